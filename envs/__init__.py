@@ -1,0 +1,31 @@
+"""MuJoCo tabletop manipulation suite with language instructions.
+
+``gym.make("VLASandbox/PickPlace-v0", instruction_split="heldout")`` builds a task;
+``envs.TASKS`` lists the registered ids; ``envs.make_expert(env)`` returns the scripted
+expert for it. This package knows nothing of the model (``vla``).
+"""
+
+from __future__ import annotations
+
+import os
+
+# EGL renders headless on CPU (Mesa) and GPU machines alike; it must be chosen before
+# mujoco is first imported, which the imports below do.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium as gym  # noqa: E402
+
+from envs.experts import make_expert  # noqa: E402
+from envs.tabletop_env import ACTION_NAMES, PROPRIO_NAMES, TabletopEnv  # noqa: E402
+from envs.tasks import TASK_CLASSES  # noqa: E402
+
+# Registered ids, in a stable order: reach, push, lift, pick_place, stack.
+TASKS: tuple[str, ...] = tuple(cls.env_id for cls in TASK_CLASSES.values())
+TASK_NAMES: dict[str, str] = {cls.env_id: name for name, cls in TASK_CLASSES.items()}
+
+for _env_id, _task in TASK_NAMES.items():
+    if _env_id not in gym.registry:
+        # No TimeLimit wrapper: the env truncates at its task's time limit itself.
+        gym.register(id=_env_id, entry_point="envs.tabletop_env:TabletopEnv", kwargs={"task": _task})
+
+__all__ = ["ACTION_NAMES", "PROPRIO_NAMES", "TASKS", "TASK_NAMES", "TabletopEnv", "make_expert"]

@@ -1,0 +1,257 @@
+"""The gymnasium environment: one task of the tabletop suite behind the observation/action
+contract of DESIGN.md.
+
+Action (float32, 7-D, each element in [-1, 1]; out-of-range values are clipped, NaN/inf
+raise ValueError naming the element):
+    [dx, dy, dz]           end-effector translation in the world frame, x MAX_TRANSLATION m
+    [droll, dpitch, dyaw]  end-effector rotation (axis-angle, world frame), x MAX_ROTATION rad
+    gripper                absolute command: -1 = fully open, +1 = fully closed
+                           (linear in between: the finger target opening is (1 - g) / 2 x max)
+The world frame: x away from the robot base (towards the scene camera), y to the robot's
+left, z up; the table top is z = 0.
+
+Observation (gymnasium Dict):
+    image        uint8 (H, W, 3) from the fixed ``scene`` camera, shadows/multisampling off
+    wrist_image  uint8 (H, W, 3) from the wrist camera (only if ``cameras`` includes it)
+    proprio      float32 (8,): grip-site position x, y, z (m); grip-site orientation as a
+                 unit quaternion w, x, y, z (w >= 0); gripper opening between pads (m)
+    instruction  str (gymnasium Text)
+
+Control runs at 1 / (PHYSICS_TIMESTEP x CONTROL_SUBSTEPS) = 20 Hz.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from envs.controller import DifferentialIK
+from envs.instructions import INSTRUCTION_SPLITS, make_instruction
+from envs.scene import (
+    ARM_JOINTS,
+    FINGER_TRAVEL,
+    OBJECT_HALF_SIZE,
+    PARK_POSITION,
+    PHYSICS_TIMESTEP,
+    build_mjcf,
+)
+from envs.tasks import make_task
+from envs.vocabulary import check_name
+from envs.world import World
+
+MAX_TRANSLATION = 0.025  # m per control step at |action| = 1
+MAX_ROTATION = 0.15  # rad per control step at |action| = 1
+CONTROL_SUBSTEPS = int(round(0.05 / PHYSICS_TIMESTEP))
+CONTROL_DT = PHYSICS_TIMESTEP * CONTROL_SUBSTEPS
+CAMERAS = ("scene", "wrist")
+ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+PROPRIO_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz", "gripper_opening")
+INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.:;'-!?"
+MAX_INSTRUCTION_LENGTH = 256
+IMAGE_SIZE_RANGE = (16, 512)
+# Home pose: arm leaning over the table, gripper pointing straight down.
+HOME_QPOS = np.array([0.0, 0.3, 0.3, 0.0, -0.6, 0.0])
+
+
+class TabletopEnv(gym.Env):
+    """A MuJoCo tabletop task with a language instruction. See the module docstring."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": int(round(1 / CONTROL_DT))}
+
+    def __init__(
+        self,
+        task: str = "pick_place",
+        instruction_split: str = "train",
+        image_size: int = 64,
+        cameras: tuple[str, ...] | list[str] = ("scene",),
+        render_mode: str | None = None,
+        render_size: int = 256,
+        max_steps: int | None = None,
+        reward_type: str = "dense",
+        success_bonus: float = 1.0,
+        terminate_on_success: bool = True,
+    ):
+        self.task = make_task(task)
+        self.instruction_split = check_name("instruction split", instruction_split, INSTRUCTION_SPLITS)
+        self.image_size = _check_image_size("image_size", image_size)
+        self.render_size = _check_image_size("render_size", render_size)
+        self.cameras = tuple(check_name("camera", c, CAMERAS) for c in cameras)
+        if "scene" not in self.cameras:
+            raise ValueError(f"cameras must include 'scene' (the policy camera); got {list(cameras)}")
+        self.render_mode = check_name("render mode", render_mode, [None, *self.metadata["render_modes"]])
+        self.reward_type = check_name("reward type", reward_type, ["dense", "sparse"])
+        self.success_bonus = float(success_bonus)
+        self.terminate_on_success = terminate_on_success
+        self.max_steps = int(max_steps or self.task.max_steps)
+        if self.max_steps <= 0:
+            raise ValueError(f"max_steps must be positive, got {max_steps}")
+
+        self.model = mujoco.MjModel.from_xml_string(build_mjcf())
+        self.data = mujoco.MjData(self.model)
+        self.world = World(self.model, self.data)
+        self.ik = DifferentialIK(self.model, "grip_site", ARM_JOINTS)
+        self._arm_qpos = self.ik.qpos_idx
+        self._arm_actuators = np.array([self.model.actuator(j).id for j in ARM_JOINTS])
+        self._finger_actuators = np.array([self.model.actuator(f).id for f in ("finger_left", "finger_right")])
+        # Remember every object's collision bits: parked objects get theirs switched off.
+        self._collision_bits = {
+            name: (self.model.geom_contype[g], self.model.geom_conaffinity[g])
+            for name, g in self.world.object_geom.items()
+        }
+        self._policy_renderer: mujoco.Renderer | None = None
+        self._video_renderer: mujoco.Renderer | None = None
+
+        image_space = gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
+        spaces: dict[str, gym.Space] = {"image": image_space}
+        if "wrist" in self.cameras:
+            spaces["wrist_image"] = image_space
+        spaces["proprio"] = gym.spaces.Box(-np.inf, np.inf, (len(PROPRIO_NAMES),), np.float32)
+        spaces["instruction"] = gym.spaces.Text(MAX_INSTRUCTION_LENGTH, min_length=1, charset=INSTRUCTION_CHARSET)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (len(ACTION_NAMES),), np.float32)
+
+        self.task_spec: dict[str, Any] = {}
+        self.instruction = ""
+        self._steps = 0
+
+    # --- episode ---------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Options: ``task_spec`` (dict) fixes the target/destination instead of sampling
+        them; ``instruction`` (str) replaces the generated instruction text."""
+        super().reset(seed=seed)
+        options = options or {}
+        rng = self.np_random
+        if "task_spec" in options:
+            self.task_spec = self.task.validate_spec(options["task_spec"])
+        else:
+            self.task_spec = self.task.sample_spec(rng)
+        layout = self.task.sample_layout(self.task_spec, rng)
+
+        mujoco.mj_resetData(self.model, self.data)
+        arm_start = HOME_QPOS + rng.uniform(-0.05, 0.05, size=HOME_QPOS.shape)
+        self.data.qpos[self._arm_qpos] = arm_start
+        self.data.ctrl[self._arm_actuators] = arm_start
+        self.data.qpos[self.world.finger_qpos] = FINGER_TRAVEL
+        self.data.ctrl[self._finger_actuators] = FINGER_TRAVEL
+        self._place_objects(layout.objects)
+        for colour, mocap in self.world.zone_mocap.items():
+            x, y = layout.zones.get(colour, PARK_POSITION[:2])
+            self.data.mocap_pos[mocap] = (x, y, 0.001) if colour in layout.zones else PARK_POSITION
+        mujoco.mj_forward(self.model, self.data)
+
+        self.instruction = str(options.get("instruction") or make_instruction(self.task_spec, self.instruction_split, rng))
+        self._check_instruction(self.instruction)
+        self._steps = 0
+        return self._observation(), self._info(self.task.success(self.world, self.task_spec))
+
+    def step(self, action):
+        action = self._check_action(action)
+        self.data.ctrl[self._arm_actuators] = self.ik.joint_targets(
+            self.data, self.data.ctrl[self._arm_actuators], action[:3] * MAX_TRANSLATION, action[3:6] * MAX_ROTATION
+        )
+        self.data.ctrl[self._finger_actuators] = (1.0 - action[6]) / 2.0 * FINGER_TRAVEL
+        mujoco.mj_step(self.model, self.data, nstep=CONTROL_SUBSTEPS)
+        self._steps += 1
+
+        success = self.task.success(self.world, self.task_spec)
+        if self.reward_type == "sparse":
+            reward = float(success)
+        else:
+            reward = self.task.dense_reward(self.world, self.task_spec) + self.success_bonus * success
+        terminated = bool(success and self.terminate_on_success)
+        truncated = self._steps >= self.max_steps
+        return self._observation(), reward, terminated, truncated, self._info(success)
+
+    # --- rendering -------------------------------------------------------------------------
+    def render(self) -> np.ndarray | None:
+        """A larger frame with shadows and anti-aliasing from the ``video`` camera (for videos)."""
+        if self.render_mode != "rgb_array":
+            return None
+        if self._video_renderer is None:
+            # The GL context takes its shadow map, multisampling and tessellation from the
+            # model when it is created; raise them for this renderer only, then restore.
+            quality = self.model.vis.quality
+            cheap = (quality.shadowsize, quality.offsamples, quality.numslices, quality.numstacks)
+            quality.shadowsize, quality.offsamples, quality.numslices, quality.numstacks = 2048, 4, 28, 16
+            self._video_renderer = mujoco.Renderer(self.model, self.render_size, self.render_size)
+            quality.shadowsize, quality.offsamples, quality.numslices, quality.numstacks = cheap
+        self.model.light_castshadow[:] = True
+        self._video_renderer.update_scene(self.data, "video")
+        self.model.light_castshadow[:] = False
+        return self._video_renderer.render()
+
+    def close(self) -> None:
+        for renderer in (self._policy_renderer, self._video_renderer):
+            if renderer is not None:
+                renderer.close()
+        self._policy_renderer = self._video_renderer = None
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _place_objects(self, objects: dict[str, tuple[float, float, float]]) -> None:
+        for name, geom in self.world.object_geom.items():
+            adr = self.world.object_qpos[name]
+            body = self.world.object_body[name]
+            if name in objects:
+                x, y, yaw = objects[name]
+                self.data.qpos[adr : adr + 7] = (x, y, OBJECT_HALF_SIZE, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2))
+                self.model.geom_contype[geom], self.model.geom_conaffinity[geom] = self._collision_bits[name]
+                self.model.body_gravcomp[body] = 0.0
+            else:
+                # Parked: floats (gravity compensated) out of sight and collides with nothing.
+                self.data.qpos[adr : adr + 7] = (*PARK_POSITION, 1, 0, 0, 0)
+                self.model.geom_contype[geom] = self.model.geom_conaffinity[geom] = 0
+                self.model.body_gravcomp[body] = 1.0
+
+    def _observation(self) -> dict[str, Any]:
+        if self._policy_renderer is None:
+            self._policy_renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+        obs: dict[str, Any] = {}
+        for camera in self.cameras:
+            self._policy_renderer.update_scene(self.data, camera)
+            obs["image" if camera == "scene" else f"{camera}_image"] = self._policy_renderer.render()
+        quat = np.empty(4)
+        mujoco.mju_mat2Quat(quat, self.data.site_xmat[self.world.grip_site])
+        quat *= np.sign(quat[0]) or 1.0
+        proprio = np.concatenate([self.data.site_xpos[self.world.grip_site], quat, [self.world.gripper_opening()]])
+        obs["proprio"] = proprio.astype(np.float32)
+        obs["instruction"] = self.instruction
+        return obs
+
+    def _info(self, success: bool) -> dict[str, Any]:
+        return {
+            "is_success": bool(success),
+            "task": self.task.name,
+            "instruction": self.instruction,
+            "split": self.instruction_split,
+            "task_spec": dict(self.task_spec),
+        }
+
+    @staticmethod
+    def _check_action(action) -> np.ndarray:
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (len(ACTION_NAMES),):
+            raise ValueError(f"action must have shape (7,) {list(ACTION_NAMES)}, got shape {action.shape}")
+        bad = ~np.isfinite(action)
+        if bad.any():
+            names = [f"{ACTION_NAMES[i]} (index {i}) = {action[i]}" for i in np.flatnonzero(bad)]
+            raise ValueError(f"action has non-finite elements: {', '.join(names)}")
+        return np.clip(action, -1.0, 1.0)
+
+    @staticmethod
+    def _check_instruction(text: str) -> None:
+        if not 1 <= len(text) <= MAX_INSTRUCTION_LENGTH:
+            raise ValueError(f"instruction must have 1..{MAX_INSTRUCTION_LENGTH} characters, got {len(text)}")
+        bad = sorted(set(text) - set(INSTRUCTION_CHARSET))
+        if bad:
+            raise ValueError(f"instruction has characters outside the allowed set: {bad}")
+
+
+def _check_image_size(name: str, size: int) -> int:
+    lo, hi = IMAGE_SIZE_RANGE
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not lo <= size <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {size!r}")
+    return int(size)

@@ -1,0 +1,57 @@
+"""The nouns of the tabletop world: object colours, object shapes and goal-zone colours.
+
+Every name that can appear in an instruction or a task spec is defined here once, so
+validation errors can list the valid values and instructions stay in sync with the scene.
+Colours are chosen far apart in hue so they stay distinguishable at 64 x 64 pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+OBJECT_COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.12, 0.10),
+    "green": (0.10, 0.70, 0.15),
+    "blue": (0.12, 0.25, 0.90),
+    "yellow": (0.95, 0.85, 0.10),
+}
+
+OBJECT_SHAPES: tuple[str, ...] = ("cube", "cylinder")
+
+# Zones are flat mats on the table; their colours never overlap the object colours, so
+# "the purple zone" can never be confused with an object.
+ZONE_COLOURS: dict[str, tuple[float, float, float]] = {
+    "purple": (0.55, 0.20, 0.75),
+    "white": (0.95, 0.95, 0.95),
+    "orange": (1.00, 0.50, 0.05),
+}
+
+
+def check_name(kind: str, value: str, allowed: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``allowed``, else raise a ValueError listing them."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"unknown {kind} {value!r}; valid values are: {', '.join(allowed)}")
+    return value
+
+
+def check_colour(colour: str) -> str:
+    return check_name("object colour", colour, OBJECT_COLOURS)
+
+
+def check_shape(shape: str) -> str:
+    return check_name("object shape", shape, OBJECT_SHAPES)
+
+
+def check_zone_colour(colour: str) -> str:
+    return check_name("zone colour", colour, ZONE_COLOURS)
+
+
+def object_name(colour: str, shape: str) -> str:
+    """The MuJoCo body name of an object, e.g. ``red_cube``."""
+    return f"{check_colour(colour)}_{check_shape(shape)}"
+
+
+def all_objects() -> list[tuple[str, str]]:
+    """Every (colour, shape) pair the scene contains."""
+    return [(c, s) for c in OBJECT_COLOURS for s in OBJECT_SHAPES]
