@@ -47,6 +47,7 @@ MAX_TRANSLATION = 0.025  # m per control step at |action| = 1
 MAX_ROTATION = 0.15  # rad per control step at |action| = 1
 CONTROL_SUBSTEPS = int(round(0.05 / PHYSICS_TIMESTEP))
 CONTROL_DT = PHYSICS_TIMESTEP * CONTROL_SUBSTEPS
+_RAMP = np.arange(1, CONTROL_SUBSTEPS + 1) / CONTROL_SUBSTEPS
 CAMERAS = ("scene", "wrist")
 ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 PROPRIO_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz", "gripper_opening")
@@ -150,11 +151,14 @@ class TabletopEnv(gym.Env):
 
     def step(self, action):
         action = self._check_action(action)
-        self.data.ctrl[self._arm_actuators] = self.ik.joint_targets(
-            self.data, self.data.ctrl[self._arm_actuators], action[:3] * MAX_TRANSLATION, action[3:6] * MAX_ROTATION
-        )
+        start = self.data.ctrl[self._arm_actuators].copy()
+        goal = self.ik.joint_targets(self.data, start, action[:3] * MAX_TRANSLATION, action[3:6] * MAX_ROTATION)
         self.data.ctrl[self._finger_actuators] = (1.0 - action[6]) / 2.0 * FINGER_TRAVEL
-        mujoco.mj_step(self.model, self.data, nstep=CONTROL_SUBSTEPS)
+        # Ramp the arm targets across the substeps: a step change every 50 ms accelerated
+        # the gripper at >10 g and shook grasped objects loose (measured ~14 mm of slip).
+        for fraction in _RAMP:
+            self.data.ctrl[self._arm_actuators] = start + fraction * (goal - start)
+            mujoco.mj_step(self.model, self.data)
         self._steps += 1
 
         success = self.task.success(self.world, self.task_spec)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.scene import OBJECT_HALF_SIZE, WORKSPACE_X, WORKSPACE_Y, ZONE_RADIUS
+from envs.scene import OBJECT_HALF_SIZE, ROBOT_BASE, WORKSPACE_X, WORKSPACE_Y, ZONE_RADIUS
 from envs.vocabulary import (
     ZONE_COLOURS,
     all_objects,
@@ -31,6 +31,9 @@ PUSH_CONTACT_OFFSET = OBJECT_HALF_SIZE + 0.035  # where the closed gripper stand
 MIN_OBJECT_GAP = 0.085  # centre-to-centre; the gripper fits between objects
 ZONE_CLEARANCE = ZONE_RADIUS + 0.045  # no object starts in or on the edge of a zone
 NUM_ZONES = 2
+# Horizontal distance from the robot base beyond which the arm cannot hold the gripper
+# vertical at pushing height (measured: pushes from x > 0.2 at the far corners stalled).
+MAX_PUSH_REACH = 0.58
 
 
 def closeness(distance: float, scale: float = 0.1) -> float:
@@ -176,7 +179,11 @@ class Push(Task):
         distance = np.hypot(zx - x, zy - y)
         standoff_x = x - (zx - x) / distance * PUSH_CONTACT_OFFSET
         standoff_y = y - (zy - y) / distance * PUSH_CONTACT_OFFSET
-        reachable = WORKSPACE_X[0] - 0.06 < standoff_x < WORKSPACE_X[1] + 0.02 and abs(standoff_y) < 0.24
+        reachable = (
+            WORKSPACE_X[0] - 0.06 < standoff_x
+            and abs(standoff_y) < 0.24
+            and np.hypot(standoff_x - ROBOT_BASE[0], standoff_y - ROBOT_BASE[1]) < MAX_PUSH_REACH
+        )
         return distance < 0.26 and reachable
 
     def success(self, world: World, spec: dict[str, Any]) -> bool:
