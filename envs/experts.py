@@ -28,7 +28,7 @@ OPEN, CLOSED = -1.0, 1.0
 HOVER_HEIGHT = 0.085  # grip-site height above an object's centre while travelling
 CARRY_HEIGHT = 0.13  # object-centre height while carrying
 PUSH_HEIGHT = 0.022  # grip-site height while pushing: the pads hit the object mid-side
-XY_TOLERANCE = 0.010
+GRASP_XY_TOLERANCE = 0.015  # the open fingers straddle the object with this much offset
 
 
 class Expert:
@@ -89,13 +89,14 @@ def _pick(world: World, name: str) -> np.ndarray:
     xy_error = np.linalg.norm(grip[:2] - obj[:2])
     if world.gripper_opening() < 0.02:  # closed on nothing: open and back off
         return _action(world, np.array([*grip[:2], obj[2] + HOVER_HEIGHT]), OPEN, yaw)
-    if xy_error > XY_TOLERANCE:
+    if xy_error > GRASP_XY_TOLERANCE:
         if grip[2] < obj[2] + 0.05 and xy_error > 0.03:  # too low to travel: go up first
             return _action(world, np.array([*grip[:2], obj[2] + HOVER_HEIGHT]), OPEN, yaw)
         height = max(obj[2] + 0.04, min(grip[2], obj[2] + HOVER_HEIGHT))
         return _action(world, np.array([*obj[:2], height]), OPEN, yaw, gain=1.5)
     if grip[2] > obj[2] + 0.006:
         return _action(world, obj, OPEN, yaw)
+    # Low enough: close, still centring (the fingers tolerate this much offset).
     return _action(world, obj, CLOSED, yaw)
 
 

@@ -144,7 +144,9 @@ class TabletopEnv(gym.Env):
             self.data.mocap_pos[mocap] = (x, y, 0.001) if colour in layout.zones else PARK_POSITION
         mujoco.mj_forward(self.model, self.data)
 
-        self.instruction = str(options.get("instruction") or make_instruction(self.task_spec, self.instruction_split, rng))
+        self.instruction = str(
+            options.get("instruction") or make_instruction(self.task_spec, self.instruction_split, rng)
+        )
         self._check_instruction(self.instruction)
         self._steps = 0
         return self._observation(), self._info(self.task.success(self.world, self.task_spec))

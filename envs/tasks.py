@@ -104,12 +104,12 @@ class Task:
             layout = Layout()
             zone_xy = [_uniform_xy(rng, margin=ZONE_RADIUS * 0.5) for _ in zone_colours]
             if _far_apart(zone_xy, 2 * ZONE_RADIUS + 0.02):
-                layout.zones = dict(zip(zone_colours, zone_xy))
+                layout.zones = dict(zip(zone_colours, zone_xy, strict=True))
                 object_xy = [_uniform_xy(rng) for _ in named + distractors]
                 if _far_apart(object_xy, MIN_OBJECT_GAP) and all(
                     np.linalg.norm(np.subtract(o, z)) > ZONE_CLEARANCE for o in object_xy for z in zone_xy
                 ):
-                    for name, (x, y) in zip(named + distractors, object_xy):
+                    for name, (x, y) in zip(named + distractors, object_xy, strict=True):
                         yaw = rng.uniform(-0.4, 0.4) if name.endswith("cube") else 0.0
                         layout.objects[name] = (x, y, yaw)
                     if self.layout_ok(spec, layout):
@@ -145,9 +145,7 @@ def _uniform_xy(rng: np.random.Generator, margin: float = 0.0) -> tuple[float, f
 
 
 def _far_apart(points: list[tuple[float, float]], min_distance: float) -> bool:
-    return all(
-        np.linalg.norm(np.subtract(a, b)) >= min_distance for i, a in enumerate(points) for b in points[i + 1 :]
-    )
+    return all(np.linalg.norm(np.subtract(a, b)) >= min_distance for i, a in enumerate(points) for b in points[i + 1 :])
 
 
 def _xy_distance(a: np.ndarray, b: np.ndarray) -> float:

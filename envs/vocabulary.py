@@ -27,11 +27,11 @@ ZONE_COLOURS: dict[str, tuple[float, float, float]] = {
 }
 
 
-def check_name(kind: str, value: str, allowed: Iterable[str]) -> str:
+def check_name(kind: str, value, allowed: Iterable):
     """Return ``value`` if it is one of ``allowed``, else raise a ValueError listing them."""
     allowed = list(allowed)
     if value not in allowed:
-        raise ValueError(f"unknown {kind} {value!r}; valid values are: {', '.join(allowed)}")
+        raise ValueError(f"unknown {kind} {value!r}; valid values are: {', '.join(map(str, allowed))}")
     return value
 
 

@@ -58,7 +58,7 @@ class World:
     # --- contacts --------------------------------------------------------------------------
     def _contact_pairs(self) -> list[tuple[int, int]]:
         n = self.data.ncon
-        return list(zip(self.data.contact.geom1[:n].tolist(), self.data.contact.geom2[:n].tolist()))
+        return list(zip(self.data.contact.geom1[:n].tolist(), self.data.contact.geom2[:n].tolist(), strict=True))
 
     def gripper_touches(self, name: str) -> bool:
         """Any part of the gripper is in contact with the object."""

@@ -1,0 +1,322 @@
+"""The demonstration dataset on disk: one HDF5 file per episode, plus an index.
+
+Layout of a dataset directory (see docs/data_format.md for the full description)::
+
+    <root>/
+      episodes/<task>/<task>-s<seed>.h5   one successful episode each, robomimic-like:
+          /obs/image          (T, H, W, 3) uint8   scene camera, observation *before* action t
+          /obs/wrist_image    (T, H, W, 3) uint8   only if the wrist camera was recorded
+          /obs/proprio        (T, 8) float32       see envs.PROPRIO_NAMES
+          /actions            (T, 7) float32       the expert's action label for obs t
+          /executed_actions   (T, 7) float32       what was sent to the env (label + noise)
+          /rewards            (T,) float32         dense reward after action t
+          /dones              (T,) bool            True on the last step
+          attrs: task, env_id, instruction, split, task_spec (JSON), seed, success,
+                 num_samples, expert_noise
+      attempts.jsonl                      one JSON line per finished attempt (the resume ledger)
+      index.h5                            the robomimic-style view of the whole dataset:
+          /data/demo_<k>      external links to the episode files' root groups
+          /data attrs         total (samples), num_episodes, env_config (JSON)
+          /index              per-episode table: path, task, seed, num_samples, instruction
+          /meta/action_stats  mean, std, min, max, q01, q99 of the action labels, per element
+
+Crash safety: an episode file is written under a temporary name in the same directory
+and then renamed (atomic on POSIX), so a reader never sees half an episode; the index is
+rebuilt the same way. Everything in ``index.h5`` can be rebuilt from the episode files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+INDEX_FILE = "index.h5"
+EPISODES_DIR = "episodes"
+ATTEMPTS_FILE = "attempts.jsonl"
+TMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """Everything one episode file holds, in memory (used by the writer and the tests)."""
+
+    task: str
+    env_id: str
+    seed: int
+    instruction: str
+    split: str
+    task_spec: dict[str, Any]
+    images: np.ndarray
+    proprio: np.ndarray
+    actions: np.ndarray
+    executed_actions: np.ndarray
+    rewards: np.ndarray
+    success: bool
+    expert_noise: float = 0.0
+    wrist_images: np.ndarray | None = None
+
+
+def episode_path(root: Path, task: str, seed: int) -> Path:
+    return Path(root) / EPISODES_DIR / task / f"{task}-s{seed}.h5"
+
+
+def _atomic_h5(final_path: Path):
+    """A temporary file next to ``final_path``; rename it over ``final_path`` to commit."""
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=final_path.name + ".", suffix=TMP_SUFFIX, dir=final_path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; datasets are meant to be shared
+    return Path(tmp)
+
+
+def write_episode_tmp(root: Path, record: EpisodeRecord) -> Path:
+    """Write ``record`` to a temporary file beside its final place; return that path.
+
+    Call ``commit_episode`` to publish it. Splitting the two lets one process (the
+    collection's main process) decide which finished episodes to keep.
+    """
+    n = len(record.actions)
+    for name, array in (("images", record.images), ("proprio", record.proprio), ("rewards", record.rewards)):
+        if len(array) != n:
+            raise ValueError(f"episode {record.task}/{record.seed}: {name} has {len(array)} steps, actions {n}")
+    tmp = _atomic_h5(episode_path(root, record.task, record.seed))
+    with h5py.File(tmp, "w") as f:
+        obs = f.create_group("obs")
+        # Chunk per step so random access to one frame reads one small chunk.
+        image_chunks = (1, *record.images.shape[1:])
+        obs.create_dataset("image", data=record.images, chunks=image_chunks, compression="lzf")
+        if record.wrist_images is not None:
+            obs.create_dataset("wrist_image", data=record.wrist_images, chunks=image_chunks, compression="lzf")
+        obs.create_dataset("proprio", data=record.proprio.astype(np.float32))
+        f.create_dataset("actions", data=record.actions.astype(np.float32))
+        f.create_dataset("executed_actions", data=record.executed_actions.astype(np.float32))
+        f.create_dataset("rewards", data=record.rewards.astype(np.float32))
+        dones = np.zeros(n, dtype=bool)
+        dones[-1] = True
+        f.create_dataset("dones", data=dones)
+        f.attrs.update(
+            task=record.task,
+            env_id=record.env_id,
+            instruction=record.instruction,
+            split=record.split,
+            task_spec=json.dumps(record.task_spec, sort_keys=True),
+            seed=record.seed,
+            success=record.success,
+            num_samples=n,
+            expert_noise=record.expert_noise,
+        )
+        f.flush()
+        os.fsync(f.id.get_vfd_handle())
+    return tmp
+
+
+def commit_episode(tmp: Path) -> Path:
+    """Atomically publish a temporary episode file under its final name."""
+    final = Path(str(tmp)[: -len(TMP_SUFFIX)].rsplit(".", 1)[0])
+    os.replace(tmp, final)
+    return final
+
+
+def write_episode(root: Path, record: EpisodeRecord) -> Path:
+    return commit_episode(write_episode_tmp(root, record))
+
+
+def remove_stale_tmp_files(root: Path) -> int:
+    """Delete temporary files left by a killed writer; returns how many."""
+    stale = list((Path(root) / EPISODES_DIR).rglob(f"*{TMP_SUFFIX}")) + list(Path(root).glob(f"*{TMP_SUFFIX}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def episode_files(root: Path) -> list[Path]:
+    """Committed episode files, in a stable order (task, then seed)."""
+    files = (Path(root) / EPISODES_DIR).glob("*/*.h5")
+
+    def key(p: Path) -> tuple[str, int]:
+        return p.parent.name, int(p.stem.rsplit("-s", 1)[1])
+
+    return sorted(files, key=key)
+
+
+# --- the index ---------------------------------------------------------------------------
+def build_index(root: Path, env_config: dict[str, Any] | None = None) -> Path:
+    """(Re)write ``index.h5`` from the committed episode files, atomically."""
+    root = Path(root)
+    files = episode_files(root)
+    rows, actions = [], []
+    for path in files:
+        with h5py.File(path, "r") as f:
+            rows.append(
+                (
+                    str(path.relative_to(root)),
+                    str(f.attrs["task"]),
+                    int(f.attrs["seed"]),
+                    int(f.attrs["num_samples"]),
+                    str(f.attrs["instruction"]),
+                )
+            )
+            actions.append(f["actions"][:])
+    index_path = root / INDEX_FILE
+    if env_config is None and index_path.exists():
+        with h5py.File(index_path, "r") as old:
+            env_config = json.loads(old["data"].attrs.get("env_config", "{}"))
+    tmp = _atomic_h5(index_path)
+    with h5py.File(tmp, "w") as f:
+        data = f.create_group("data")
+        for k, (rel, *_rest) in enumerate(rows):
+            data[f"demo_{k}"] = h5py.ExternalLink(rel, "/")
+        data.attrs.update(
+            total=sum(r[3] for r in rows), num_episodes=len(rows), env_config=json.dumps(env_config or {})
+        )
+        table = np.array(
+            rows,
+            dtype=[
+                ("path", h5py.string_dtype()),
+                ("task", h5py.string_dtype()),
+                ("seed", np.int64),
+                ("num_samples", np.int64),
+                ("instruction", h5py.string_dtype()),
+            ],
+        )
+        f.create_dataset("index", data=table)
+        stats = f.create_group("meta/action_stats")
+        for name, value in action_statistics(np.concatenate(actions) if actions else np.zeros((0, 7))).items():
+            stats.create_dataset(name, data=value)
+    os.replace(tmp, index_path)
+    return index_path
+
+
+def action_statistics(actions: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-element statistics used for normalisation and quantile binning (1st-99th pct)."""
+    if len(actions) == 0:
+        zeros = np.zeros(actions.shape[1], dtype=np.float32)
+        return {k: zeros for k in ("mean", "std", "min", "max", "q01", "q99")}
+    return {
+        "mean": actions.mean(0).astype(np.float32),
+        "std": actions.std(0).astype(np.float32),
+        "min": actions.min(0).astype(np.float32),
+        "max": actions.max(0).astype(np.float32),
+        "q01": np.quantile(actions, 0.01, axis=0).astype(np.float32),
+        "q99": np.quantile(actions, 0.99, axis=0).astype(np.float32),
+    }
+
+
+# --- the lazy reader ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class EpisodeInfo:
+    path: str
+    task: str
+    seed: int
+    num_samples: int
+    instruction: str
+
+
+class DemoDataset:
+    """Lazy, read-only access to a dataset directory: nothing but the index table is read
+    at construction; frames are read from the episode files on demand.
+
+    Open HDF5 handles are cached per process (an LRU of ``max_open_files``) and dropped
+    after a fork, so a torch DataLoader's worker processes each open their own.
+    """
+
+    def __init__(self, root: str | Path, max_open_files: int = 64):
+        self.root = Path(root)
+        index_path = self.root / INDEX_FILE
+        if not index_path.exists():
+            if not self.root.exists():
+                raise FileNotFoundError(
+                    f"no dataset at {self.root}: collect one with `python train/collect.py output={self.root}`"
+                )
+            if not episode_files(self.root):
+                raise FileNotFoundError(
+                    f"{self.root} holds no episodes; run `python train/collect.py output={self.root}`"
+                )
+            build_index(self.root)
+        with h5py.File(index_path, "r") as f:
+            table = f["index"][:]
+            self.action_stats = {k: v[:] for k, v in f["meta/action_stats"].items()}
+            self.env_config = json.loads(f["data"].attrs["env_config"])
+        self.episodes = [
+            EpisodeInfo(_str(r["path"]), _str(r["task"]), int(r["seed"]), int(r["num_samples"]), _str(r["instruction"]))
+            for r in table
+        ]
+        lengths = np.array([e.num_samples for e in self.episodes], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(lengths)])
+        self._max_open = max_open_files
+        self._handles: OrderedDict[str, h5py.File] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        """Number of (observation, action) samples over all episodes."""
+        return int(self._starts[-1])
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(episode number, step within it) of a global sample index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample index {index} out of range [0, {len(self)})")
+        episode = int(np.searchsorted(self._starts, index, side="right") - 1)
+        return episode, index - int(self._starts[episode])
+
+    def sample(self, index: int) -> dict[str, Any]:
+        """One step: image(s), proprio, action label, instruction, task."""
+        episode, t = self.locate(index)
+        f = self._file(episode)
+        item = {
+            "image": f["obs/image"][t],
+            "proprio": f["obs/proprio"][t],
+            "action": f["actions"][t],
+            "instruction": self.episodes[episode].instruction,
+            "task": self.episodes[episode].task,
+            "episode": episode,
+            "step": t,
+        }
+        if "wrist_image" in f["obs"]:
+            item["wrist_image"] = f["obs/wrist_image"][t]
+        return item
+
+    def episode(self, episode: int) -> dict[str, Any]:
+        """A whole episode's arrays and attributes."""
+        f = self._file(episode)
+        out: dict[str, Any] = {k: f[f"obs/{k}"][:] for k in f["obs"]}
+        for key in ("actions", "executed_actions", "rewards", "dones"):
+            out[key] = f[key][:]
+        attrs = dict(f.attrs)
+        attrs["task_spec"] = json.loads(attrs["task_spec"])
+        out["attrs"] = {k: v.item() if hasattr(v, "item") else v for k, v in attrs.items()}
+        return out
+
+    def _file(self, episode: int) -> h5py.File:
+        if os.getpid() != self._pid:  # forked: never share HDF5 handles across processes
+            self._handles = OrderedDict()
+            self._pid = os.getpid()
+        path = self.episodes[episode].path
+        handle = self._handles.pop(path, None)
+        if handle is None:
+            handle = h5py.File(self.root / path, "r")
+            if len(self._handles) >= self._max_open:
+                _, oldest = self._handles.popitem(last=False)
+                oldest.close()
+        self._handles[path] = handle
+        return handle
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

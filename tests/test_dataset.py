@@ -1,0 +1,103 @@
+"""The on-disk demo format: round trip, lazy reads, index, atomic commits."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from envs.dataset import (
+    DemoDataset,
+    EpisodeRecord,
+    build_index,
+    episode_files,
+    remove_stale_tmp_files,
+    write_episode,
+    write_episode_tmp,
+)
+
+
+def make_record(task="lift", seed=0, steps=5, wrist=False):
+    rng = np.random.default_rng(seed)
+    return EpisodeRecord(
+        task=task,
+        env_id="VLASandbox/Lift-v0",
+        seed=seed,
+        instruction=f"lift the red cube {seed}",
+        split="train",
+        task_spec={"task": task, "target_colour": "red", "target_shape": "cube"},
+        images=rng.integers(0, 255, (steps, 16, 16, 3), dtype=np.uint8),
+        proprio=rng.normal(size=(steps, 8)).astype(np.float32),
+        actions=rng.uniform(-1, 1, (steps, 7)).astype(np.float32),
+        executed_actions=rng.uniform(-1, 1, (steps, 7)).astype(np.float32),
+        rewards=rng.uniform(0, 1, steps).astype(np.float32),
+        success=True,
+        wrist_images=rng.integers(0, 255, (steps, 16, 16, 3), dtype=np.uint8) if wrist else None,
+    )
+
+
+def test_write_read_round_trip(tmp_path):
+    records = [make_record(seed=s, steps=3 + s, wrist=True) for s in range(4)]
+    for r in records:
+        write_episode(tmp_path, r)
+    build_index(tmp_path, {"image_size": 16})
+    ds = DemoDataset(tmp_path)
+    assert ds.num_episodes == 4 and len(ds) == sum(3 + s for s in range(4))
+    assert ds.env_config == {"image_size": 16}
+    for k, r in enumerate(records):
+        ep = ds.episode(k)
+        np.testing.assert_array_equal(ep["image"], r.images)
+        np.testing.assert_array_equal(ep["wrist_image"], r.wrist_images)
+        np.testing.assert_array_equal(ep["proprio"], r.proprio)
+        np.testing.assert_array_equal(ep["actions"], r.actions)
+        np.testing.assert_array_equal(ep["executed_actions"], r.executed_actions)
+        assert ep["dones"][-1] and not ep["dones"][:-1].any()
+        assert ep["attrs"]["instruction"] == r.instruction and ep["attrs"]["task_spec"] == r.task_spec
+    # Global sample indexing walks episodes in order.
+    sample = ds.sample(3)  # first step of episode 1
+    assert sample["episode"] == 1 and sample["step"] == 0
+    np.testing.assert_array_equal(sample["action"], records[1].actions[0])
+    all_actions = np.concatenate([r.actions for r in records])
+    np.testing.assert_allclose(ds.action_stats["q99"], np.quantile(all_actions, 0.99, axis=0), rtol=1e-5)
+    with pytest.raises(IndexError):
+        ds.sample(len(ds))
+
+
+def test_index_is_a_robomimic_style_view(tmp_path):
+    write_episode(tmp_path, make_record(seed=1))
+    index = build_index(tmp_path)
+    with h5py.File(index, "r") as f:
+        assert f["data"].attrs["num_episodes"] == 1
+        assert f["data/demo_0/obs/image"].shape == (5, 16, 16, 3)  # through the external link
+        assert f["data/demo_0"].attrs["num_samples"] == 5
+
+
+def test_reader_is_lazy_and_limits_open_files(tmp_path):
+    for s in range(6):
+        write_episode(tmp_path, make_record(seed=s))
+    build_index(tmp_path)
+    ds = DemoDataset(tmp_path, max_open_files=2)
+    assert not ds._handles  # nothing but the index read at construction
+    for i in range(len(ds)):
+        ds.sample(i)
+    assert len(ds._handles) <= 2
+    ds.close()
+
+
+def test_uncommitted_episode_is_invisible_and_cleaned_up(tmp_path):
+    write_episode(tmp_path, make_record(seed=1))
+    tmp = write_episode_tmp(tmp_path, make_record(seed=2))
+    assert tmp.exists() and len(episode_files(tmp_path)) == 1
+    assert remove_stale_tmp_files(tmp_path) == 1 and not tmp.exists()
+
+
+def test_missing_dataset_says_how_to_collect(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train/collect.py"):
+        DemoDataset(tmp_path / "nowhere")
+
+
+def test_mismatched_lengths_are_rejected(tmp_path):
+    bad = make_record()
+    bad = EpisodeRecord(**{**bad.__dict__, "rewards": bad.rewards[:-1]})
+    with pytest.raises(ValueError, match="rewards has 4 steps"):
+        write_episode(tmp_path, bad)
