@@ -43,6 +43,8 @@ class DifferentialIK:
         self.upper = model.jnt_range[joint_ids, 1].copy()
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
+        self._jac = np.zeros((6, len(joints)))
+        self._damping = config.damping**2 * np.eye(6)
 
     def joint_targets(
         self, data: mujoco.MjData, previous_target: np.ndarray, delta_pos: np.ndarray, delta_rot: np.ndarray
@@ -51,10 +53,11 @@ class DifferentialIK:
         (axis-angle, rad), both in the world frame, from the current state in ``data``."""
         mujoco.mj_jacSite(self.model, data, self._jacp, self._jacr, self.site_id)
         w = self.config.orientation_weight
-        jac = np.vstack([self._jacp[:, self.dof_idx], w * self._jacr[:, self.dof_idx]])
+        jac = self._jac
+        jac[:3] = self._jacp[:, self.dof_idx]
+        jac[3:] = w * self._jacr[:, self.dof_idx]
         error = np.concatenate([delta_pos, w * delta_rot])
-        damping = self.config.damping**2 * np.eye(6)
-        dq = jac.T @ np.linalg.solve(jac @ jac.T + damping, error)
+        dq = jac.T @ np.linalg.solve(jac @ jac.T + self._damping, error)
         dq = np.clip(dq, -self.config.max_joint_step, self.config.max_joint_step)
         measured = data.qpos[self.qpos_idx]
         lead = self.config.max_lead

@@ -88,7 +88,6 @@ def build_mjcf() -> str:
        raises these at run time. -->
   <visual>
     <quality shadowsize="0" offsamples="0" numslices="10" numstacks="4"/>
-    <global offwidth="640" offheight="640"/>
     <headlight ambient="0.45 0.45 0.45" diffuse="0.45 0.45 0.45" specular="0 0 0"/>
   </visual>
   <default>

@@ -54,6 +54,7 @@ PROPRIO_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz", "gr
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.:;'-!?"
 MAX_INSTRUCTION_LENGTH = 256
 IMAGE_SIZE_RANGE = (16, 512)
+HIDDEN_GROUP = 5
 # Home pose: arm leaning over the table, gripper pointing straight down.
 HOME_QPOS = np.array([0.0, 0.3, 0.3, 0.0, -0.6, 0.0])
 
@@ -97,6 +98,7 @@ class TabletopEnv(gym.Env):
         self.ik = DifferentialIK(self.model, "grip_site", ARM_JOINTS)
         self._arm_qpos = self.ik.qpos_idx
         self._arm_actuators = np.array([self.model.actuator(j).id for j in ARM_JOINTS])
+        assert list(self._arm_actuators) == list(range(len(ARM_JOINTS))), "arm actuators must come first"
         self._finger_actuators = np.array([self.model.actuator(f).id for f in ("finger_left", "finger_right")])
         # Remember every object's collision bits: parked objects get theirs switched off.
         self._collision_bits = {
@@ -104,6 +106,9 @@ class TabletopEnv(gym.Env):
             for name, g in self.world.object_geom.items()
         }
         self._policy_renderer: mujoco.Renderer | None = None
+        # Parked objects and zones move to a geom group no camera draws (saves draw calls).
+        self._scene_option = mujoco.MjvOption()
+        self._scene_option.geomgroup[HIDDEN_GROUP] = False
         self._video_renderer: mujoco.Renderer | None = None
 
         image_space = gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
@@ -140,8 +145,9 @@ class TabletopEnv(gym.Env):
         self.data.ctrl[self._finger_actuators] = FINGER_TRAVEL
         self._place_objects(layout.objects)
         for colour, mocap in self.world.zone_mocap.items():
-            x, y = layout.zones.get(colour, PARK_POSITION[:2])
-            self.data.mocap_pos[mocap] = (x, y, 0.001) if colour in layout.zones else PARK_POSITION
+            used = colour in layout.zones
+            self.data.mocap_pos[mocap] = (*layout.zones[colour], 0.001) if used else PARK_POSITION
+            self.model.geom_group[self.world.zone_geom[colour]] = 0 if used else HIDDEN_GROUP
         mujoco.mj_forward(self.model, self.data)
 
         self.instruction = str(
@@ -152,15 +158,7 @@ class TabletopEnv(gym.Env):
         return self._observation(), self._info(self.task.success(self.world, self.task_spec))
 
     def step(self, action):
-        action = self._check_action(action)
-        start = self.data.ctrl[self._arm_actuators].copy()
-        goal = self.ik.joint_targets(self.data, start, action[:3] * MAX_TRANSLATION, action[3:6] * MAX_ROTATION)
-        self.data.ctrl[self._finger_actuators] = (1.0 - action[6]) / 2.0 * FINGER_TRAVEL
-        # Ramp the arm targets across the substeps: a step change every 50 ms accelerated
-        # the gripper at >10 g and shook grasped objects loose (measured ~14 mm of slip).
-        for fraction in _RAMP:
-            self.data.ctrl[self._arm_actuators] = start + fraction * (goal - start)
-            mujoco.mj_step(self.model, self.data)
+        self.actuate(self._check_action(action))
         self._steps += 1
 
         success = self.task.success(self.world, self.task_spec)
@@ -172,21 +170,28 @@ class TabletopEnv(gym.Env):
         truncated = self._steps >= self.max_steps
         return self._observation(), reward, terminated, truncated, self._info(success)
 
+    def actuate(self, action: np.ndarray) -> None:
+        """Apply one (already validated and clipped) action and advance the physics one
+        control period. ``step`` = ``actuate`` + success/reward + rendering."""
+        arm_ctrl = self.data.ctrl[: len(ARM_JOINTS)]  # a view: the arm actuators come first
+        start = arm_ctrl.copy()
+        goal = self.ik.joint_targets(self.data, start, action[:3] * MAX_TRANSLATION, action[3:6] * MAX_ROTATION)
+        self.data.ctrl[self._finger_actuators] = (1.0 - action[6]) / 2.0 * FINGER_TRAVEL
+        # Ramp the arm targets across the substeps: a step change every 50 ms accelerated
+        # the gripper at >10 g and shook grasped objects loose (measured ~14 mm of slip).
+        for target in start + _RAMP[:, None] * (goal - start):
+            arm_ctrl[:] = target
+            mujoco.mj_step(self.model, self.data)
+
     # --- rendering -------------------------------------------------------------------------
     def render(self) -> np.ndarray | None:
         """A larger frame with shadows and anti-aliasing from the ``video`` camera (for videos)."""
         if self.render_mode != "rgb_array":
             return None
         if self._video_renderer is None:
-            # The GL context takes its shadow map, multisampling and tessellation from the
-            # model when it is created; raise them for this renderer only, then restore.
-            quality = self.model.vis.quality
-            cheap = (quality.shadowsize, quality.offsamples, quality.numslices, quality.numstacks)
-            quality.shadowsize, quality.offsamples, quality.numslices, quality.numstacks = 2048, 4, 28, 16
-            self._video_renderer = mujoco.Renderer(self.model, self.render_size, self.render_size)
-            quality.shadowsize, quality.offsamples, quality.numslices, quality.numstacks = cheap
+            self._video_renderer = self._make_renderer(self.render_size, pretty=True)
         self.model.light_castshadow[:] = True
-        self._video_renderer.update_scene(self.data, "video")
+        self._video_renderer.update_scene(self.data, "video", scene_option=self._scene_option)
         self.model.light_castshadow[:] = False
         return self._video_renderer.render()
 
@@ -197,6 +202,29 @@ class TabletopEnv(gym.Env):
         self._policy_renderer = self._video_renderer = None
 
     # --- helpers ---------------------------------------------------------------------------
+    def _make_renderer(self, size: int, pretty: bool) -> mujoco.Renderer:
+        """A renderer whose GL context fits its use.
+
+        The context takes its offscreen buffer size, shadow map, multisampling and
+        tessellation from the model when it is created. The policy camera gets a buffer of
+        exactly its size (clearing a 640 x 640 buffer for a 64 x 64 frame cost ~25%), no
+        shadows, no multisampling, coarse tessellation and no skybox; the video camera
+        gets the pretty settings. The model is restored afterwards.
+        """
+        vis = self.model.vis
+        saved = (vis.global_.offwidth, vis.global_.offheight, vis.quality.shadowsize, vis.quality.offsamples)
+        saved_tessellation = (vis.quality.numslices, vis.quality.numstacks)
+        vis.global_.offwidth = vis.global_.offheight = size
+        if pretty:
+            vis.quality.shadowsize, vis.quality.offsamples = 2048, 4
+            vis.quality.numslices, vis.quality.numstacks = 28, 16
+        renderer = mujoco.Renderer(self.model, size, size)
+        vis.global_.offwidth, vis.global_.offheight, vis.quality.shadowsize, vis.quality.offsamples = saved
+        vis.quality.numslices, vis.quality.numstacks = saved_tessellation
+        if not pretty:
+            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False
+        return renderer
+
     def _place_objects(self, objects: dict[str, tuple[float, float, float]]) -> None:
         for name, geom in self.world.object_geom.items():
             adr = self.world.object_qpos[name]
@@ -206,18 +234,20 @@ class TabletopEnv(gym.Env):
                 self.data.qpos[adr : adr + 7] = (x, y, OBJECT_HALF_SIZE, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2))
                 self.model.geom_contype[geom], self.model.geom_conaffinity[geom] = self._collision_bits[name]
                 self.model.body_gravcomp[body] = 0.0
+                self.model.geom_group[geom] = 0
             else:
                 # Parked: floats (gravity compensated) out of sight and collides with nothing.
                 self.data.qpos[adr : adr + 7] = (*PARK_POSITION, 1, 0, 0, 0)
                 self.model.geom_contype[geom] = self.model.geom_conaffinity[geom] = 0
                 self.model.body_gravcomp[body] = 1.0
+                self.model.geom_group[geom] = HIDDEN_GROUP
 
     def _observation(self) -> dict[str, Any]:
         if self._policy_renderer is None:
-            self._policy_renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            self._policy_renderer = self._make_renderer(self.image_size, pretty=False)
         obs: dict[str, Any] = {}
         for camera in self.cameras:
-            self._policy_renderer.update_scene(self.data, camera)
+            self._policy_renderer.update_scene(self.data, camera, scene_option=self._scene_option)
             obs["image" if camera == "scene" else f"{camera}_image"] = self._policy_renderer.render()
         quat = np.empty(4)
         mujoco.mju_mat2Quat(quat, self.data.site_xmat[self.world.grip_site])

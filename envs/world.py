@@ -33,6 +33,7 @@ class World:
         self.object_geom = {name: model.geom(name).id for name in self.object_body}
         self.object_qpos = {name: model.jnt_qposadr[model.joint(f"{name}_joint").id] for name in self.object_body}
         self.zone_mocap = {c: model.body(f"zone_{c}").mocapid[0] for c in ZONE_COLOURS}
+        self.zone_geom = {c: model.geom(f"zone_{c}").id for c in ZONE_COLOURS}
 
     # --- poses ---------------------------------------------------------------------------
     def grip_pos(self) -> np.ndarray:
