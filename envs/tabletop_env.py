@@ -121,6 +121,7 @@ class TabletopEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (len(ACTION_NAMES),), np.float32)
 
         self.task_spec: dict[str, Any] = {}
+        self.scene_objects: list[str] = []
         self.instruction = ""
         self._steps = 0
 
@@ -131,11 +132,11 @@ class TabletopEnv(gym.Env):
         super().reset(seed=seed)
         options = options or {}
         rng = self.np_random
-        if "task_spec" in options:
-            self.task_spec = self.task.validate_spec(options["task_spec"])
-        else:
-            self.task_spec = self.task.sample_spec(rng)
+        sampled = self.task.sample_spec(rng)  # drawn even when overridden: the same seed and
+        # spec then give the same scene, so an instruction can be swapped on identical layouts
+        self.task_spec = self.task.validate_spec(options["task_spec"]) if "task_spec" in options else sampled
         layout = self.task.sample_layout(self.task_spec, rng)
+        self.scene_objects = sorted(layout.objects)
 
         mujoco.mj_resetData(self.model, self.data)
         arm_start = HOME_QPOS + rng.uniform(-0.05, 0.05, size=HOME_QPOS.shape)
@@ -264,6 +265,7 @@ class TabletopEnv(gym.Env):
             "instruction": self.instruction,
             "split": self.instruction_split,
             "task_spec": dict(self.task_spec),
+            "scene_objects": list(self.scene_objects),  # "colour_shape" names on the table
         }
 
     @staticmethod

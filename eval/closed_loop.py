@@ -1,0 +1,229 @@
+"""Wiring of a trained policy to the task suite: closed-loop success, open-loop token
+accuracy on held-out demos (V3), and the reports (JSON, markdown, video)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from envs import TASK_NAMES
+from envs.collection import resolve_tasks
+from envs.evaluation import TaskResult, evaluate, markdown_table, swap_target_instruction
+from envs.video import save_video
+from vla.data import ActionTokenDataset, collate, split_episodes
+from vla.inference import PolicyRunner
+from vla.policy import VLAPolicy
+from vla.tokenizer import ActionTokenizer
+
+
+def task_ids(tasks: list[str]) -> list[str]:
+    """Env ids of task names or ids; an unknown name is a ValueError listing the valid ones."""
+    ids = {name: env_id for env_id, name in TASK_NAMES.items()}
+    return [ids[name] for name in resolve_tasks(tasks)]
+
+
+def split_demos(demos: Any, tasks: list[str], val_fraction: float, seed: int):
+    """Training and held-out sample indices, restricted to the episodes of ``tasks``."""
+    wanted = set(resolve_tasks(tasks))
+    episode_of_sample = np.repeat(np.arange(demos.num_episodes), [e.num_samples for e in demos.episodes])
+    train_idx, val_idx = split_episodes(episode_of_sample, demos.num_episodes, val_fraction, seed)
+    in_tasks = np.array([demos.episodes[e].task in wanted for e in episode_of_sample])
+    train_idx, val_idx = train_idx[in_tasks[train_idx]], val_idx[in_tasks[val_idx]]
+    if len(train_idx) == 0:
+        raise ValueError(f"the dataset at {demos.root} holds no episodes of tasks {sorted(wanted)}")
+    return train_idx, val_idx
+
+
+def success_rate(policy: VLAPolicy, tokenizer: ActionTokenizer, cfg: Any, device: torch.device) -> float:
+    """Mean closed-loop success over the configured tasks (train instructions)."""
+    runner = PolicyRunner(policy, tokenizer, device)
+    results, _ = evaluate(
+        runner,
+        task_ids(list(cfg.data.tasks)),
+        cfg.eval.episodes,
+        "train",
+        num_envs=cfg.eval.num_envs,
+        env_kwargs={"image_size": cfg.model.image_size},
+    )
+    return float(np.mean([s for r in results for s in r.successes]))
+
+
+@torch.no_grad()
+def open_loop_accuracy(
+    policy: VLAPolicy,
+    tokenizer: ActionTokenizer,
+    demos: Any,
+    indices: np.ndarray,
+    device: torch.device,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Greedy-decoded action tokens vs expert labels on held-out demo steps (no env)."""
+    policy.eval()
+    if len(indices) == 0:
+        return {"token_accuracy": float("nan"), "samples": 0}
+    dataset = ActionTokenDataset(demos, tokenizer, indices)
+    correct, total, l1 = 0, 0, 0.0
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        bins = policy.decode(batch)
+        correct += (bins == batch["action_bins"]).sum().item()
+        total += bins.numel()
+        l1 += np.abs(tokenizer.decode(bins.cpu().numpy()) - tokenizer.decode(batch["action_bins"].cpu().numpy())).sum()
+    return {"token_accuracy": correct / total, "action_l1": float(l1 / total), "samples": len(dataset)}
+
+
+def action_text(tokenizer: ActionTokenizer):
+    def text(action: np.ndarray) -> str:
+        bins = tokenizer.encode(action)
+        return "tokens " + " ".join(str(int(b)) for b in bins)
+
+    return text
+
+
+def run_report(
+    policy: VLAPolicy,
+    tokenizer: ActionTokenizer,
+    device: torch.device,
+    tasks: list[str],
+    episodes: int,
+    splits: list[str],
+    num_envs: int,
+    image_size: int,
+    out_dir: Path,
+    video_episodes: int = 1,
+    open_loop: dict[str, float] | None = None,
+    progress: bool = True,
+    swap: bool = False,
+    temperature: float = 0.0,
+    use_cache: bool = True,
+) -> dict[str, Any]:
+    """Closed-loop evaluation over splits; writes evaluation.json, evaluation.md, rollouts.mp4."""
+    from tqdm import tqdm
+
+    runner = PolicyRunner(policy, tokenizer, device, temperature=temperature, use_cache=use_cache)
+    all_results: list[TaskResult] = []
+    frames: list[np.ndarray] = []
+    bar = tqdm(total=episodes * len(tasks) * len(splits), desc="eval", disable=not progress)
+    for split in splits:
+        results, split_frames = evaluate(
+            runner,
+            task_ids(tasks),
+            episodes,
+            split,
+            num_envs=num_envs,
+            env_kwargs={"image_size": image_size},
+            video_episodes=video_episodes if split == splits[0] else 0,
+            frame_text=action_text(tokenizer),
+            progress=bar.update,
+        )
+        all_results += results
+        frames += split_frames
+    bar.close()
+    swap_report = language_swap(runner, tasks, episodes, num_envs, image_size, all_results) if swap else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(all_results)
+    report = {
+        "tasks": [r.summary() for r in all_results],
+        "open_loop": open_loop or {},
+        "language_swap": swap_report,
+        "per_episode": [
+            {"task": r.task_id, "split": r.split, "seeds": r.seeds, "successes": r.successes} for r in all_results
+        ],
+    }
+    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=1))
+    text = table
+    if open_loop:
+        text += (
+            f"\n\nOpen-loop action-token accuracy on {open_loop['samples']} held-out demo steps: "
+            f"{100 * open_loop['token_accuracy']:.1f}% (mean |action error| {open_loop['action_l1']:.3f})"
+        )
+    if swap_report:
+        text += (
+            "\n\nLanguage swap (same seeds and scenes, success judged on the originally named target):\n\n"
+            + swap_table(swap_report)
+        )
+    (out_dir / "evaluation.md").write_text(text + "\n")
+    if frames:
+        save_video(frames, out_dir / "rollouts.mp4")
+    print(text)
+    return report
+
+
+def language_swap(
+    runner: PolicyRunner, tasks: list[str], episodes: int, num_envs: int, image_size: int, reference: list[TaskResult]
+) -> dict[str, Any]:
+    """Same seeds and scenes as the ``train`` split, but each instruction names another object
+    on the table; success is still judged on the original target (V25)."""
+    swapped, _ = evaluate(
+        runner,
+        task_ids(tasks),
+        episodes,
+        "train",
+        num_envs=num_envs,
+        env_kwargs={"image_size": image_size},
+        instruction_fn=swap_target_instruction,
+    )
+    original = {r.task_id: r for r in reference if r.split == "train"}
+    if not original:  # the reference rates come from the train split on the same seeds
+        reference, _ = evaluate(
+            runner, task_ids(tasks), episodes, "train", num_envs=num_envs, env_kwargs={"image_size": image_size}
+        )
+        original = {r.task_id: r for r in reference}
+    rows = []
+    for r in swapped:
+        before = original[r.task_id]
+        assert before.seeds == r.seeds, "the swap must replay the same seeds"
+        rows.append(
+            {"task": r.task_id, "episodes": len(r.successes), "original": before.summary(), "swapped": r.summary()}
+        )
+    return {
+        "tasks": rows,
+        "original_rate": float(np.mean([s for row in rows for s in original[row["task"]].successes])),
+        "swapped_rate": float(np.mean([s for r in swapped for s in r.successes])),
+    }
+
+
+def swap_table(swap: dict[str, Any]) -> str:
+    lines = ["| task | original instruction | instruction naming another object | episodes |", "|---|---|---|---|"]
+    for row in swap["tasks"]:
+        cells = []
+        for key in ("original", "swapped"):
+            s = row[key]
+            cells.append(f"{100 * s['success_rate']:.1f}% [{100 * s['ci95'][0]:.1f}, {100 * s['ci95'][1]:.1f}]")
+        lines.append(f"| {row['task']} | {cells[0]} | {cells[1]} | {row['episodes']} |")
+    lines.append(
+        f"| **all tasks** | **{100 * swap['original_rate']:.1f}%** | **{100 * swap['swapped_rate']:.1f}%** | |"
+    )
+    return "\n".join(lines)
+
+
+def final_evaluation(
+    policy: VLAPolicy,
+    tokenizer: ActionTokenizer,
+    cfg: Any,
+    device: torch.device,
+    demos: Any,
+    val_idx: np.ndarray,
+    run_dir: Path,
+) -> dict[str, Any]:
+    open_loop = open_loop_accuracy(policy, tokenizer, demos, val_idx, device)
+    return run_report(
+        policy,
+        tokenizer,
+        device,
+        list(cfg.data.tasks),
+        cfg.eval.final_episodes,
+        list(cfg.eval.splits),
+        cfg.eval.num_envs,
+        cfg.model.image_size,
+        run_dir,
+        cfg.eval.video_episodes,
+        open_loop,
+        progress=cfg.trainer.progress,
+        swap=cfg.eval.get("language_swap", False),
+    )

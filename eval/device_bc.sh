@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU runs behind docs/results.md's GPU rows, on the device machine (one H100/H200):
+#   bash eval/device_bc.sh setup   # install carried wheels, collect the datasets
+#   bash eval/device_bc.sh sweep   # GPU-config run (first half) + CPU-config variants side by side
+#   bash eval/device_bc.sh finish  # resume the GPU-config run to its end, final evaluation
+# Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM).
+set -uo pipefail
+phase=$1
+for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+[ -d /tmp/site/mujoco ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl VLA_MINILM_PATH=$PWD/.minilm16 PYTHONUNBUFFERED=1
+out=${OUT:-outputs/device}; mkdir -p "$out" outputs/sweep
+common="trainer.progress=false eval.num_envs=10 data.collect_if_missing=false"
+
+if [ "$phase" = setup ]; then
+  nvidia-smi -L; nproc
+  python3 train/collect.py output=data/demos episodes_per_task=100 workers=12 video=false progress=false
+  python3 train/collect.py output=data/demos400 episodes_per_task=400 workers=12 video=false progress=false
+fi
+
+if [ "$phase" = sweep ]; then
+  gpu="model=gpu trainer=gpu data.path=data/demos400 data.num_workers=6 trainer.steps=10000 trainer.stop_at_step=${GPU_STOP:-5000} trainer.checkpoint_every=1000 eval.every_steps=2500 eval.episodes=10"
+  timeout 500 python3 train/bc.py $gpu $common run_dir=outputs/sweep/gpu > outputs/sweep/gpu.log 2>&1 &
+  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 eval.every_steps=400 eval.episodes=10 eval.final_episodes=30 eval.splits=[train] eval.video_episodes=0"
+  run() { name=$1; shift; timeout 500 python3 train/bc.py $cpu $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
+  run A_lr5e-4_1200 trainer.steps=1200 &
+  run B_lr1e-3_1200 trainer.steps=1200 trainer.lr=1e-3 &
+  run C_vl1_2000 trainer.steps=2000 trainer.lr=1e-3 model.vision_layers=1 &
+  run D_patch16_2000 trainer.steps=2000 trainer.lr=1e-3 model.patch_size=16 model.vision_pool=1 &
+  run E_lr5e-4_4000 trainer.steps=4000 &
+  run F_parallel_1200 trainer.steps=1200 trainer.lr=1e-3 model.decoding=parallel &
+  run G_quantile_1200 trainer.steps=1200 trainer.lr=1e-3 tokenizer.binning=quantile &
+  wait
+fi
+
+if [ "$phase" = finish ]; then
+  python3 train/bc.py model=gpu trainer=gpu data.path=data/demos400 data.num_workers=6 trainer.steps=10000 \
+    trainer.checkpoint_every=1000 eval.every_steps=2500 eval.episodes=10 eval.final_episodes=100 \
+    eval.language_swap=true $common resume=outputs/sweep/gpu run_dir=outputs/sweep/gpu > outputs/sweep/gpu_finish.log 2>&1
+fi
+
+for f in outputs/sweep/*/evaluation.md; do echo "== $f"; cat "$f"; done > "$out/summary_$phase.md" 2>/dev/null
+for f in outputs/sweep/*.log; do echo "== $f"; grep -v "Loading weights" "$f" | tail -25; done > "$out/logs_$phase.txt"
+tar czf "$out/runs_$phase.tgz" outputs/sweep/*/metrics.jsonl outputs/sweep/*/evaluation.* outputs/sweep/*/config.yaml outputs/sweep/*/rollouts.mp4 2>/dev/null
+cat "$out/summary_$phase.md"; tail -3 outputs/sweep/*.log

@@ -1,0 +1,246 @@
+"""Behaviour cloning of the RT-2-style VLA: ``python train/bc.py [key=value ...]``.
+
+Config: configs/bc.yaml (+ model/, trainer/ groups). The run directory gets the resolved
+config, checkpoints (latest.pt, best.pt by closed-loop success), TensorBoard logs,
+metrics.jsonl, and the final evaluation (JSON, markdown table, video).
+Resume exactly with ``resume=<run dir>``; multi-process with
+``torchrun --nproc_per_node=2 train/bc.py ...`` (gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout too
+
+from envs.dataset import DemoDataset  # noqa: E402
+from eval.cli import user_errors  # noqa: E402
+from eval.closed_loop import final_evaluation, split_demos, success_rate  # noqa: E402
+from vla.checkpoint import CheckpointError, build_policy, read_checkpoint, save_checkpoint  # noqa: E402
+from vla.data import ActionTokenDataset, collate  # noqa: E402
+from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
+from vla.tokenizer import ActionTokenizer  # noqa: E402
+from vla.training import StepSampler, init_distributed, rng_state, seed_everything, set_rng_state, warmup_cosine  # noqa: E402
+
+
+@hydra.main(config_path="../configs", config_name="bc", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        train(cfg)
+
+
+def train(cfg: DictConfig) -> None:
+    rank, world, device = init_distributed()
+    if cfg.device != "auto":
+        device = torch.device(cfg.device)
+    run_dir = Path(cfg.resume or cfg.run_dir)
+    t = cfg.trainer
+
+    # --- data ------------------------------------------------------------------------------
+    demos = load_or_collect(cfg, rank)
+    if cfg.data.preload:
+        demos.preload(progress=rank == 0 and t.progress)
+    policy_config = PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
+    if demos.env_config.get("image_size", policy_config.image_size) != policy_config.image_size:
+        raise SystemExit(
+            f"error: the dataset has {demos.env_config['image_size']}px images but "
+            f"model.image_size={policy_config.image_size}"
+        )
+    tokenizer = fit_tokenizer(cfg, demos)
+
+    # --- model, optimiser, and (maybe) the state to resume ---------------------------------
+    seed_everything(cfg.seed)
+    policy = VLAPolicy(policy_config).to(device)
+    optimizer = torch.optim.AdamW(
+        [p for p in policy.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, t.warmup_steps, t.steps))
+    start_step, best_success = 0, -1.0
+    if cfg.resume:
+        payload = load_resume_state(run_dir, policy_config, policy, optimizer, schedule)
+        start_step, best_success = payload["step"], payload["best_success"]
+        tokenizer = ActionTokenizer.from_state_dict(payload["tokenizer"])
+    model = policy
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            policy, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    train_idx, val_idx = split_demos(demos, list(cfg.data.tasks), cfg.data.val_fraction, cfg.seed)
+    per_rank_batch = t.batch_size // world
+    loader = torch.utils.data.DataLoader(
+        ActionTokenDataset(demos, tokenizer, train_idx),
+        batch_size=per_rank_batch,
+        sampler=StepSampler(len(train_idx), cfg.seed, start_step * t.batch_size, rank, world),
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate,
+        persistent_workers=cfg.data.num_workers > 0,
+    )
+    use_bf16 = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+    writer = None
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(run_dir / "tb")
+        print(
+            f"run dir: {run_dir}  | {demos.num_episodes} episodes, {len(train_idx)} train samples | "
+            f"{sum(p.numel() for p in policy.parameters() if p.requires_grad) / 1e6:.2f}M trainable params | "
+            f"device {device} x{world}"
+        )
+
+    # --- the training loop -------------------------------------------------------------------
+    stop = min(t.steps, t.stop_at_step or t.steps)
+    bar = tqdm(total=t.steps, initial=start_step, desc="bc", disable=rank != 0 or not t.progress)
+    batches = iter(loader)
+    model.train()
+    last_time, samples = time.perf_counter(), 0
+    for step in range(start_step, stop):
+        batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in next(batches).items()}
+        with autocast:
+            out = model(batch, augment=t.augment)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), t.grad_clip)
+        optimizer.step()
+        schedule.step()
+        samples += per_rank_batch * world
+
+        if rank == 0 and (step + 1) % t.log_every == 0:
+            now = time.perf_counter()
+            metrics = {
+                "step": step + 1,
+                "loss": out["loss"].item(),
+                "token_accuracy": out["token_accuracy"].item(),
+                "grad_norm": grad_norm.item(),
+                "lr": schedule.get_last_lr()[0],
+                "samples_per_s": samples / (now - last_time),
+            }
+            last_time, samples = now, 0
+            log_metrics(writer, run_dir, metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['token_accuracy']:.2f}")
+        bar.update(1)
+
+        done = step + 1 == stop
+        if rank == 0 and cfg.eval.every_steps and ((step + 1) % cfg.eval.every_steps == 0 or step + 1 == t.steps):
+            rate = success_rate(policy, tokenizer, cfg, device)
+            log_metrics(writer, run_dir, {"step": step + 1, "eval/success_rate": rate})
+            bar.write(f"step {step + 1}: closed-loop success {100 * rate:.1f}% ({cfg.eval.episodes} episodes per task)")
+            if rate > best_success:
+                best_success = rate
+                save(
+                    run_dir / "checkpoints" / "best.pt",
+                    policy,
+                    tokenizer,
+                    optimizer,
+                    schedule,
+                    step + 1,
+                    best_success,
+                    cfg,
+                )
+            model.train()
+        if rank == 0 and ((step + 1) % t.checkpoint_every == 0 or done):
+            save(
+                run_dir / "checkpoints" / "latest.pt",
+                policy,
+                tokenizer,
+                optimizer,
+                schedule,
+                step + 1,
+                best_success,
+                cfg,
+            )
+    bar.close()
+
+    if rank == 0 and stop == t.steps:
+        if not (run_dir / "checkpoints" / "best.pt").exists():
+            save(run_dir / "checkpoints" / "best.pt", policy, tokenizer, optimizer, schedule, stop, best_success, cfg)
+        best, _ = build_policy(read_checkpoint(run_dir / "checkpoints" / "best.pt"))
+        final_evaluation(best.to(device), tokenizer, cfg, device, demos, val_idx, run_dir)
+    if writer is not None:
+        writer.close()
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def load_or_collect(cfg: DictConfig, rank: int) -> DemoDataset:
+    path = Path(cfg.data.path)
+    if not (path / "index.h5").exists():
+        if not cfg.data.collect_if_missing:
+            raise SystemExit(f"error: no dataset at {path}; collect one with `python train/collect.py output={path}`")
+        if rank == 0:
+            from envs.collection import CollectConfig, collect, resolve_tasks
+
+            print(f"no dataset at {path}: collecting {cfg.data.episodes_per_task} expert episodes per task first")
+            collect(
+                CollectConfig(
+                    tasks=resolve_tasks(list(cfg.data.tasks)),
+                    episodes_per_task=cfg.data.episodes_per_task,
+                    output=path,
+                    image_size=cfg.model.image_size,
+                )
+            )
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+    return DemoDataset(path)
+
+
+def fit_tokenizer(cfg: DictConfig, demos: DemoDataset) -> ActionTokenizer:
+    stats = demos.action_stats
+    if cfg.tokenizer.binning == "quantile":
+        return ActionTokenizer(cfg.tokenizer.bins, stats["q01"], stats["q99"], "quantile")
+    return ActionTokenizer(cfg.tokenizer.bins, mode=cfg.tokenizer.binning)
+
+
+def load_resume_state(run_dir: Path, config: PolicyConfig, policy, optimizer, schedule) -> dict:
+    try:
+        payload = read_checkpoint(run_dir / "checkpoints" / "latest.pt")
+        restored, _ = build_policy(payload, expected=asdict(config))
+    except CheckpointError as error:
+        raise SystemExit(f"error: cannot resume from {run_dir}: {error}") from None
+    policy.load_state_dict(restored.state_dict())
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    set_rng_state(payload["rng"])
+    print(f"resumed {run_dir} at step {payload['step']}")
+    return payload
+
+
+def save(path, policy, tokenizer, optimizer, schedule, step, best_success, cfg) -> None:
+    save_checkpoint(
+        path,
+        policy,
+        tokenizer,
+        optimizer=optimizer.state_dict(),
+        schedule=schedule.state_dict(),
+        step=step,
+        best_success=best_success,
+        rng=rng_state(),
+        train_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def log_metrics(writer, run_dir: Path, metrics: dict) -> None:
+    step = metrics["step"]
+    for key, value in metrics.items():
+        if key != "step":
+            writer.add_scalar(key if "/" in key else f"train/{key}", value, step)
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(metrics) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Policy checkpoints: model weights, policy config, action tokenizer, training state.
+
+Saved atomically (temporary file + rename), so a crash mid-save leaves the previous
+checkpoint intact. Loading errors are one clear message, never a deep traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vla.policy import PolicyConfig, VLAPolicy
+from vla.tokenizer import ActionTokenizer
+
+FORMAT = "vla-sandbox-policy/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used, with the reason and the path."""
+
+
+def save_checkpoint(path: str | Path, policy: VLAPolicy, tokenizer: ActionTokenizer, **extra: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "policy_config": policy.config_dict(),
+        "tokenizer": tokenizer.state_dict(),
+        "model": policy.trainable_state_dict(),
+        **extra,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "best.pt" if (path / "checkpoints" / "best.pt").exists() else path / "latest.pt"
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
+    payload["path"] = str(path)
+    return payload
+
+
+def build_policy(payload: dict[str, Any], expected: dict[str, Any] | None = None) -> tuple[VLAPolicy, ActionTokenizer]:
+    """Model and tokenizer from a checkpoint; ``expected`` (a policy config) must match it."""
+    saved = payload["policy_config"]
+    if expected is not None:
+        diff = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+        if diff:
+            details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointError(f"{payload['path']} was trained with a different model config ({details})")
+    try:
+        policy = VLAPolicy(PolicyConfig.from_dict(saved))
+        policy.load_trainable_state_dict(payload["model"])
+    except (ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{payload['path']}: {error}") from None
+    return policy, ActionTokenizer.from_state_dict(payload["tokenizer"])

@@ -1,0 +1,64 @@
+"""Demo samples -> model batches: images, proprio, instruction strings, action-token targets.
+
+``ActionTokenDataset`` wraps any demo reader with ``__len__`` and ``sample(i)`` (e.g.
+``envs.dataset.DemoDataset``) so this package never imports the simulator. ``collate``
+stacks tensors and keeps instructions as a list of strings: they have different lengths,
+and the text encoder pads them and returns the attention mask (V8).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla.tokenizer import ActionTokenizer
+
+
+class ActionTokenDataset(torch.utils.data.Dataset):
+    def __init__(self, demos: Any, tokenizer: ActionTokenizer, indices: np.ndarray | None = None):
+        self.demos = demos
+        self.tokenizer = tokenizer
+        self.indices = np.arange(len(demos)) if indices is None else np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.demos.sample(int(self.indices[i]))
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(s["image"])),
+            "proprio": torch.from_numpy(np.asarray(s["proprio"], dtype=np.float32)),
+            "instruction": s["instruction"],
+            "action_bins": torch.from_numpy(self.tokenizer.encode(s["action"])),
+        }
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    batch: dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in ("image", "proprio", "action_bins")}
+    batch["instruction"] = [s["instruction"] for s in samples]
+    return batch
+
+
+def observations_to_batch(observations: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+    """Env observations (the contract's dicts) -> a model batch on ``device``."""
+    images = np.stack([np.asarray(o["image"]) for o in observations])
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"observation images must be uint8 (H, W, 3), got {images.dtype} {images.shape[1:]}")
+    return {
+        "image": torch.from_numpy(images).to(device),
+        "proprio": torch.from_numpy(np.stack([np.asarray(o["proprio"], dtype=np.float32) for o in observations])).to(
+            device
+        ),
+        "instruction": [str(o["instruction"]) for o in observations],
+    }
+
+
+def split_episodes(episode_of_sample: np.ndarray, num_episodes: int, val_fraction: float, seed: int):
+    """Sample indices of training and held-out episodes (held-out demos give open-loop accuracy)."""
+    rng = np.random.default_rng(seed)
+    n_val = int(round(num_episodes * val_fraction))
+    val_episodes = set(rng.choice(num_episodes, size=n_val, replace=False).tolist()) if n_val else set()
+    is_val = np.array([e in val_episodes for e in episode_of_sample])
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

