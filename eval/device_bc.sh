@@ -19,17 +19,17 @@ if [ "$phase" = setup ]; then
 fi
 
 if [ "$phase" = sweep ]; then
-  gpu="model=gpu trainer=gpu data.path=data/demos400 data.num_workers=6 trainer.steps=10000 trainer.stop_at_step=${GPU_STOP:-5000} trainer.checkpoint_every=1000 eval.every_steps=2500 eval.episodes=10"
-  timeout 500 python3 train/bc.py $gpu $common run_dir=outputs/sweep/gpu > outputs/sweep/gpu.log 2>&1 &
-  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 eval.every_steps=400 eval.episodes=10 eval.final_episodes=30 eval.splits=[train] eval.video_episodes=0"
-  run() { name=$1; shift; timeout 500 python3 train/bc.py $cpu $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
-  run A_lr5e-4_1200 trainer.steps=1200 &
-  run B_lr1e-3_1200 trainer.steps=1200 trainer.lr=1e-3 &
-  run C_vl1_2000 trainer.steps=2000 trainer.lr=1e-3 model.vision_layers=1 &
-  run D_patch16_2000 trainer.steps=2000 trainer.lr=1e-3 model.patch_size=16 model.vision_pool=1 &
-  run E_lr5e-4_4000 trainer.steps=4000 &
-  run F_parallel_1200 trainer.steps=1200 trainer.lr=1e-3 model.decoding=parallel &
-  run G_quantile_1200 trainer.steps=1200 trainer.lr=1e-3 tokenizer.binning=quantile &
+  export OMP_NUM_THREADS=2  # several runs share 16 cores: no oversubscription
+  gpu="model=gpu trainer=gpu data.path=data/demos400 data.num_workers=3 trainer.steps=${GPU_STEPS:-8000} trainer.stop_at_step=${GPU_STOP:-8000} trainer.checkpoint_every=1000 eval.every_steps=2000 eval.episodes=10 eval.final_episodes=30 eval.splits=[train]"
+  timeout 560 python3 train/bc.py $gpu $common run_dir=outputs/sweep/gpu_conv_noaug trainer.augment=false model.patch_embed=conv > outputs/sweep/gpu_conv_noaug.log 2>&1 &
+  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 trainer.lr=1e-3 eval.every_steps=500 eval.episodes=10 eval.final_episodes=30 eval.splits=[train] eval.video_episodes=0"
+  run() { name=$1; shift; timeout 560 python3 train/bc.py $cpu $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
+  run a_noaug_1500 trainer.steps=1500 trainer.augment=false &
+  run b_noaug_conv_1500 trainer.steps=1500 trainer.augment=false model.patch_embed=conv &
+  run c_aug_conv_1500 trainer.steps=1500 model.patch_embed=conv &
+  run d_noaug_4000 trainer.steps=4000 trainer.augment=false &
+  run e_noaug_conv_4000 trainer.steps=4000 trainer.augment=false model.patch_embed=conv &
+  run g_reach_noaug_1500 trainer.steps=1500 trainer.augment=false data.tasks=[reach] &
   wait
 fi
 

@@ -33,6 +33,7 @@ class PolicyConfig:
     patch_size: int = 8
     vision_pool: int = 1  # average-pool k x k patch tokens before the decoder (V5, V20)
     vision_layers: int = 2
+    patch_embed: str = "linear"  # linear (classic ViT) | conv (a small conv stem before the tokens)
     width: int = 128
     layers: int = 4
     heads: int = 4
@@ -61,7 +62,7 @@ class VLAPolicy(nn.Module):
     def __init__(self, config: PolicyConfig):
         super().__init__()
         self.config = c = config
-        self.vision = ViT(c.image_size, c.patch_size, c.width, c.vision_layers, c.heads, c.vision_pool)
+        self.vision = ViT(c.image_size, c.patch_size, c.width, c.vision_layers, c.heads, c.vision_pool, c.patch_embed)
         self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length)
         self.text_proj = nn.Linear(self.text.out_dim, c.width)
         self.proprio_proj = nn.Sequential(nn.Linear(c.proprio_dim, c.width), nn.LayerNorm(c.width))
