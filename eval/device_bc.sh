@@ -14,22 +14,23 @@ common="trainer.progress=false eval.num_envs=10 data.collect_if_missing=false"
 
 if [ "$phase" = setup ]; then
   nvidia-smi -L; nproc
-  python3 train/collect.py output=data/demos episodes_per_task=100 workers=12 video=false progress=false
-  python3 train/collect.py output=data/demos400 episodes_per_task=400 workers=12 video=false progress=false
+  python3 train/collect.py output=data/demos episodes_per_task=100 workers=14 video=false progress=false
+  python3 train/collect.py output=data/demos300 episodes_per_task=300 workers=14 video=false progress=false
 fi
 
 if [ "$phase" = sweep ]; then
   export OMP_NUM_THREADS=2  # several runs share 16 cores: no oversubscription
-  gpu="model=gpu trainer=gpu data.path=data/demos400 data.num_workers=3 trainer.steps=${GPU_STEPS:-8000} trainer.stop_at_step=${GPU_STOP:-8000} trainer.checkpoint_every=1000 eval.every_steps=2000 eval.episodes=10 eval.final_episodes=30 eval.splits=[train]"
-  timeout 560 python3 train/bc.py $gpu $common run_dir=outputs/sweep/gpu_conv_noaug trainer.augment=false model.patch_embed=conv > outputs/sweep/gpu_conv_noaug.log 2>&1 &
+  limit=${LIMIT:-420}
+  gpu="model=gpu trainer=gpu data.path=data/demos300 data.num_workers=3 trainer.steps=${GPU_STEPS:-6000} trainer.checkpoint_every=1000 eval.every_steps=2000 eval.episodes=10 eval.final_episodes=30 eval.splits=[train] eval.video_episodes=0"
+  timeout $limit python3 train/bc.py $gpu $common run_dir=outputs/sweep/gpu_sincos > outputs/sweep/gpu_sincos.log 2>&1 &
   cpu="model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 trainer.lr=1e-3 eval.every_steps=500 eval.episodes=10 eval.final_episodes=30 eval.splits=[train] eval.video_episodes=0"
-  run() { name=$1; shift; timeout 560 python3 train/bc.py $cpu $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
-  run a_noaug_1500 trainer.steps=1500 trainer.augment=false &
-  run b_noaug_conv_1500 trainer.steps=1500 trainer.augment=false model.patch_embed=conv &
-  run c_aug_conv_1500 trainer.steps=1500 model.patch_embed=conv &
-  run d_noaug_4000 trainer.steps=4000 trainer.augment=false &
-  run e_noaug_conv_4000 trainer.steps=4000 trainer.augment=false model.patch_embed=conv &
-  run g_reach_noaug_1500 trainer.steps=1500 trainer.augment=false data.tasks=[reach] &
+  run() { name=$1; shift; timeout $limit python3 train/bc.py $cpu $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
+  run s1_d300 data.path=data/demos300 trainer.steps=1500 &
+  run s2_d300_conv data.path=data/demos300 trainer.steps=1500 model.patch_embed=conv &
+  run s3_d300_noaug data.path=data/demos300 trainer.steps=1500 trainer.augment=false &
+  run s4_d300_3000 data.path=data/demos300 trainer.steps=3000 &
+  run s5_d100 data.path=data/demos trainer.steps=1500 &
+  run s6_d100_reach data.path=data/demos trainer.steps=1500 data.tasks=[reach] &
   wait
 fi
 

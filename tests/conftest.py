@@ -9,3 +9,34 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+import pytest  # noqa: E402
+
+# A policy small enough to train for a few steps in seconds on 2 CPU cores.
+TINY_MODEL = {
+    "image_size": 32,
+    "patch_size": 8,
+    "vision_pool": 1,
+    "vision_layers": 1,
+    "width": 32,
+    "layers": 1,
+    "heads": 2,
+    "text_encoder": "scratch",
+}
+
+
+def tiny_model_overrides() -> list[str]:
+    return [f"model.{k}={v}" for k, v in TINY_MODEL.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_demos(tmp_path_factory) -> Path:
+    """Two expert episodes of reach and lift at 32 x 32 pixels, collected for real."""
+    from envs.collection import CollectConfig, collect
+
+    root = tmp_path_factory.mktemp("demos") / "demos"
+    collect(
+        CollectConfig(tasks=("reach", "lift"), episodes_per_task=2, output=root, workers=1, image_size=32),
+        progress=False,
+    )
+    return root

@@ -93,6 +93,7 @@ def train(cfg: DictConfig) -> None:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        keep_metrics_up_to(run_dir / "metrics.jsonl", start_step)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(run_dir / "tb")
@@ -231,6 +232,12 @@ def save(path, policy, tokenizer, optimizer, schedule, step, best_success, cfg) 
         rng=rng_state(),
         train_config=OmegaConf.to_container(cfg, resolve=True),
     )
+
+
+def keep_metrics_up_to(path: Path, step: int) -> None:
+    """A resumed run drops what the interrupted one logged after its checkpoint; a new run starts empty."""
+    rows = path.read_text().splitlines() if path.exists() else []
+    path.write_text("".join(row + "\n" for row in rows if json.loads(row)["step"] <= step))
 
 
 def log_metrics(writer, run_dir: Path, metrics: dict) -> None:

@@ -33,8 +33,16 @@ def conv_stem(patch_size: int, width: int) -> nn.Sequential:
 
 
 class ViT(nn.Module):
-    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int, pool: int = 1,
-                 patch_embed: str = "linear"):
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        layers: int,
+        heads: int,
+        pool: int = 1,
+        patch_embed: str = "linear",
+    ):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} must be divisible by patch_size {patch_size}")
@@ -48,7 +56,12 @@ class ViT(nn.Module):
             self.patch = conv_stem(patch_size, width)
         else:
             self.patch = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
-        self.position = nn.Parameter(torch.randn(1, grid * grid, width) * 0.02)
+        # Where a patch is must survive into every token: the decoder reads *values* from the
+        # vision tokens, so a target's location reaches the actions only through them. A fixed
+        # 2-D sin-cos code of unit scale carries it from step 0 (a learned table starting at
+        # 0.02 is drowned by the patch content for thousands of steps); a learned part refines it.
+        self.register_buffer("fixed_position", sincos_2d(grid, width), persistent=False)
+        self.position = nn.Parameter(torch.zeros(1, grid * grid, width))
         self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
 
@@ -64,7 +77,7 @@ class ViT(nn.Module):
                 f"got {images.dtype} {tuple(images.shape)}"
             )
         x = (images.permute(0, 3, 1, 2).float() / 255.0 - _MEAN) / _STD
-        x = self.patch(x).flatten(2).transpose(1, 2) + self.position
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.fixed_position + self.position
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
@@ -73,6 +86,22 @@ class ViT(nn.Module):
             x = x.transpose(1, 2).reshape(b, w, self.grid, self.grid)
             x = F.avg_pool2d(x, self.pool).flatten(2).transpose(1, 2)
         return x
+
+
+def sincos_2d(grid: int, width: int) -> torch.Tensor:
+    """(1, grid*grid, width) fixed 2-D sine-cosine position code (as in MAE): half the channels
+    encode the row, half the column, at geometrically spaced frequencies."""
+    if width % 4:
+        raise ValueError(f"width must be divisible by 4 for the 2-D position code, got {width}")
+    quarter = width // 4
+    frequencies = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    coords = torch.arange(grid, dtype=torch.float32)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    parts = []
+    for axis in (rows.flatten(), cols.flatten()):
+        angles = axis[:, None] * frequencies[None, :]
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1).unsqueeze(0)
 
 
 def random_shift(images: torch.Tensor, pad: int = 4) -> torch.Tensor:

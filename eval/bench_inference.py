@@ -1,0 +1,109 @@
+"""Batch-1 decoding speed: KV cache vs recomputing the sequence per token vs parallel decoding.
+
+    python eval/bench_inference.py [--checkpoint RUN_DIR_OR_PT] [--repeats 200] [--model cpu|gpu]
+
+Times ``policy.decode`` on one observation (the policy's whole per-step cost), checks that
+cached and uncached decoding give identical tokens on every call, and reports ratios
+within this one run (timings on a shared machine drift; ratios drift less). Without a
+checkpoint it times a freshly initialised model of the named config (the speed does not
+depend on the weights); the parallel row then is the same architecture in parallel mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout too
+
+from vla.checkpoint import build_policy, read_checkpoint  # noqa: E402
+from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+INSTRUCTIONS = ["pick up the red cube and put it in the orange zone", "stack the blue cylinder on the green cube"]
+
+
+def make_policies(args: argparse.Namespace) -> tuple[VLAPolicy, VLAPolicy]:
+    if args.checkpoint:
+        policy, _ = build_policy(read_checkpoint(args.checkpoint))
+    else:
+        values = yaml.safe_load((REPO / "configs" / "model" / f"{args.model}.yaml").read_text())
+        policy = VLAPolicy(PolicyConfig.from_dict(values))
+    parallel = VLAPolicy(PolicyConfig.from_dict({**policy.config_dict(), "decoding": "parallel"}))
+    parallel.load_state_dict(policy.state_dict())
+    return policy.eval(), parallel.eval()
+
+
+def timed(fn, repeats: int) -> list[float]:
+    for _ in range(5):  # warm-up: allocator, caches, instruction-feature cache
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--model", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    policy, parallel = make_policies(args)
+    size = policy.config.image_size
+    g = torch.Generator().manual_seed(0)
+    observations = [
+        {
+            "image": torch.randint(0, 256, (1, size, size, 3), dtype=torch.uint8, generator=g),
+            "proprio": torch.randn(1, 8, generator=g),
+            "instruction": [INSTRUCTIONS[i % 2]],
+        }
+        for i in range(8)
+    ]
+    mismatches = 0
+    for batch in observations:
+        mismatches += int(not torch.equal(policy.decode(batch, use_cache=True), policy.decode(batch, use_cache=False)))
+
+    counter = iter(range(10**9))
+
+    def next_obs():
+        return observations[next(counter) % len(observations)]
+
+    with torch.inference_mode():
+        rows = {
+            "kv_cache": timed(lambda: policy.decode(next_obs(), use_cache=True), args.repeats),
+            "recompute": timed(lambda: policy.decode(next_obs(), use_cache=False), args.repeats),
+            "parallel": timed(lambda: parallel.decode(next_obs()), args.repeats),
+        }
+    medians = {k: statistics.median(v) * 1e3 for k, v in rows.items()}
+    print(
+        f"batch 1, {policy.config.layers} layers x width {policy.config.width}, "
+        f"torch threads {torch.get_num_threads()}, "
+        f"{args.repeats} calls each; cached == uncached tokens on {len(observations) - mismatches}/{len(observations)}"
+    )
+    print(f"{'decoding':<12}{'median ms':>10}{'p90 ms':>9}{'vs recompute':>14}")
+    for name, times in rows.items():
+        p90 = sorted(times)[int(0.9 * len(times))] * 1e3
+        print(f"{name:<12}{medians[name]:>10.2f}{p90:>9.2f}{medians['recompute'] / medians[name]:>13.2f}x")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"median_ms": medians, "identical_tokens": mismatches == 0}, indent=1))
+    if mismatches:
+        raise SystemExit(f"error: KV-cache decoding differed from full recomputation on {mismatches} observations")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""train/bc.py and eval/evaluate.py end to end on a tiny real dataset: resume equality, DDP
+smoke, evaluation outputs, and one clear error line for each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, tiny_model_overrides
+
+FAST = [
+    "trainer.progress=false",
+    "trainer.log_every=1",
+    "trainer.batch_size=8",
+    "trainer.warmup_steps=2",
+    "eval.every_steps=0",
+    "eval.final_episodes=1",
+    "eval.splits=[train]",
+    "eval.num_envs=1",
+    "eval.video_episodes=0",
+    "data.tasks=[reach,lift]",
+    "data.num_workers=1",
+    "data.val_fraction=0.25",
+]
+
+
+def run(script: str, *args: str, launcher: list[str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+    command = [*(launcher or [sys.executable]), str(REPO_ROOT / script), *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def train(tiny_demos: Path, run_dir: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
+    result = run(
+        "train/bc.py", f"data.path={tiny_demos}", f"run_dir={run_dir}", *FAST, *tiny_model_overrides(), *extra, **kwargs
+    )
+    return result
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_demos, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "full"
+    result = train(tiny_demos, run_dir, "trainer.steps=6", "trainer.checkpoint_every=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_run_directory_holds_config_checkpoints_logs_and_evaluation(trained_run):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "evaluation.json",
+        "evaluation.md",
+        "checkpoints/latest.pt",
+        "checkpoints/best.pt",
+    ):
+        assert (trained_run / name).exists(), name
+    assert any((trained_run / "tb").iterdir())
+    assert sorted(losses(trained_run)) == [1, 2, 3, 4, 5, 6]
+    report = json.loads((trained_run / "evaluation.json").read_text())
+    assert {row["task"] for row in report["tasks"]} == {"VLASandbox/Reach-v0", "VLASandbox/Lift-v0"}
+
+
+def test_resumed_run_has_exactly_the_losses_of_the_uninterrupted_run(tiny_demos, trained_run, tmp_path):
+    run_dir = tmp_path / "interrupted"
+    first = train(tiny_demos, run_dir, "trainer.steps=6", "trainer.checkpoint_every=3", "trainer.stop_at_step=3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert sorted(losses(run_dir)) == [1, 2, 3]
+    second = train(tiny_demos, run_dir, "trainer.steps=6", "trainer.checkpoint_every=3", f"resume={run_dir}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert losses(run_dir) == losses(trained_run)
+
+
+def test_two_process_ddp_on_cpu_trains_and_checkpoints(tiny_demos, tmp_path):
+    run_dir = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = train(tiny_demos, run_dir, "trainer.steps=3", "eval.final_episodes=1", launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x2" in result.stdout  # the run reports both ranks
+    assert (run_dir / "checkpoints" / "latest.pt").exists()
+
+
+def test_evaluate_reports_splits_language_swap_open_loop_and_video(trained_run, tmp_path):
+    out = tmp_path / "eval"
+    result = run(
+        "eval/evaluate.py",
+        f"checkpoint={trained_run}",
+        "episodes=2",
+        "tasks=[reach]",
+        "num_envs=2",
+        "splits=[train,heldout]",
+        "progress=false",
+        f"out_dir={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "evaluation.json").read_text())
+    assert [(r["split"], r["episodes"]) for r in report["tasks"]] == [("train", 2), ("heldout", 2)]
+    assert all(0 <= r["ci95"][0] <= r["success_rate"] <= r["ci95"][1] <= 1 for r in report["tasks"])
+    assert report["language_swap"]["tasks"][0]["episodes"] == 2
+    assert report["open_loop"]["samples"] > 0
+    assert (out / "rollouts.mp4").stat().st_size > 0
+    assert "all tasks" in (out / "evaluation.md").read_text()
+
+
+def assert_one_clear_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr[-2000:]
+
+
+def test_resume_with_a_different_model_config_is_one_clear_error(tiny_demos, trained_run, tmp_path):
+    result = train(tiny_demos, trained_run, "trainer.steps=6", f"resume={trained_run}", "model.width=64")
+    assert_one_clear_error(result, "different model config", "width")
+
+
+def test_corrupted_checkpoint_is_one_clear_error(tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"this is not a checkpoint" * 10)
+    assert_one_clear_error(run("eval/evaluate.py", f"checkpoint={broken}"), "not a readable checkpoint", str(broken))
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = run("train/bc.py", f"data.path={missing}", "data.collect_if_missing=false", f"run_dir={tmp_path / 'r'}")
+    assert_one_clear_error(result, "no dataset at", "train/collect.py")
+
+
+def test_unknown_task_is_one_clear_error(trained_run):
+    result = run("eval/evaluate.py", f"checkpoint={trained_run}", "tasks=[fly]")
+    assert_one_clear_error(result, "unknown task 'fly'", "reach")
