@@ -85,6 +85,9 @@ def train(cfg: DictConfig) -> None:
         num_workers=cfg.data.num_workers,
         collate_fn=collate,
         persistent_workers=cfg.data.num_workers > 0,
+        # its own generator: starting the loader must not draw from the global RNG, or a
+        # resumed run's augmentation noise would shift by one draw
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     use_bf16 = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
