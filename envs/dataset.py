@@ -257,7 +257,8 @@ class DemoDataset:
         self._memory: dict[str, np.ndarray] | None = None
 
     def preload(self, progress: bool = True) -> DemoDataset:
-        """Read every step's image, proprio and action into RAM (about 12 KB a step at 64 px).
+        """Read every step's scene image, proprio and action into RAM (about 12 KB a step at
+        64 px; wrist images are not preloaded: the policy reads the scene camera).
 
         Random access over hundreds of small HDF5 files costs a file open per sample, which
         starves a 2-core trainer; after a preload, DataLoader workers forked from this
@@ -293,26 +294,22 @@ class DemoDataset:
         """One step: image(s), proprio, action label, instruction, task."""
         episode, t = self.locate(index)
         if self._memory is not None:
-            m = self._memory
-            return {
-                "image": m["image"][index],
-                "proprio": m["proprio"][index],
-                "action": m["action"][index],
-                "instruction": self.episodes[episode].instruction,
-                "task": self.episodes[episode].task,
-                "episode": episode,
-                "step": t,
-            }
-        f = self._file(episode)
+            image, proprio, action = (self._memory[k][index] for k in ("image", "proprio", "action"))
+        else:
+            f = self._file(episode)
+            image, proprio, action = f["obs/image"][t], f["obs/proprio"][t], f["actions"][t]
         item = {
-            "image": f["obs/image"][t],
-            "proprio": f["obs/proprio"][t],
-            "action": f["actions"][t],
+            "image": image,
+            "proprio": proprio,
+            "action": action,
             "instruction": self.episodes[episode].instruction,
             "task": self.episodes[episode].task,
             "episode": episode,
             "step": t,
         }
+        if self._memory is not None:
+            return item
+        f = self._file(episode)
         if "wrist_image" in f["obs"]:
             item["wrist_image"] = f["obs/wrist_image"][t]
         return item

@@ -106,6 +106,13 @@ def train(cfg: DictConfig) -> None:
             f"device {device} x{world}"
         )
 
+        sample = collate([loader.dataset[0]])
+        layout = ", ".join(f"{name} {count}" for name, count in policy.token_layout(_to(sample, device)))
+        print(f"token layout per step (V1): [{layout}] x width {policy_config.width}")
+
+    def checkpoint(name: str, step: int) -> None:
+        save(run_dir / "checkpoints" / name, policy, tokenizer, optimizer, schedule, step, best_success, cfg)
+
     # --- the training loop -------------------------------------------------------------------
     stop = min(t.steps, t.stop_at_step or t.steps)
     bar = tqdm(total=t.steps, initial=start_step, desc="bc", disable=rank != 0 or not t.progress)
@@ -113,7 +120,7 @@ def train(cfg: DictConfig) -> None:
     model.train()
     last_time, samples = time.perf_counter(), 0
     for step in range(start_step, stop):
-        batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in next(batches).items()}
+        batch = _to(next(batches), device)
         with autocast:
             out = model(batch, augment=t.augment)
         optimizer.zero_grad(set_to_none=True)
@@ -145,33 +152,15 @@ def train(cfg: DictConfig) -> None:
             bar.write(f"step {step + 1}: closed-loop success {100 * rate:.1f}% ({cfg.eval.episodes} episodes per task)")
             if rate > best_success:
                 best_success = rate
-                save(
-                    run_dir / "checkpoints" / "best.pt",
-                    policy,
-                    tokenizer,
-                    optimizer,
-                    schedule,
-                    step + 1,
-                    best_success,
-                    cfg,
-                )
+                checkpoint("best.pt", step + 1)
             model.train()
         if rank == 0 and ((step + 1) % t.checkpoint_every == 0 or done):
-            save(
-                run_dir / "checkpoints" / "latest.pt",
-                policy,
-                tokenizer,
-                optimizer,
-                schedule,
-                step + 1,
-                best_success,
-                cfg,
-            )
+            checkpoint("latest.pt", step + 1)
     bar.close()
 
     if rank == 0 and stop == t.steps:
         if not (run_dir / "checkpoints" / "best.pt").exists():
-            save(run_dir / "checkpoints" / "best.pt", policy, tokenizer, optimizer, schedule, stop, best_success, cfg)
+            checkpoint("best.pt", stop)
         best, _ = build_policy(read_checkpoint(run_dir / "checkpoints" / "best.pt"))
         final_evaluation(best.to(device), tokenizer, cfg, device, demos, val_idx, run_dir)
     if writer is not None:
@@ -235,6 +224,10 @@ def save(path, policy, tokenizer, optimizer, schedule, step, best_success, cfg) 
         rng=rng_state(),
         train_config=OmegaConf.to_container(cfg, resolve=True),
     )
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 def keep_metrics_up_to(path: Path, step: int) -> None:
