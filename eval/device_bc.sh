@@ -38,7 +38,7 @@ if [ "$phase" = ddp ]; then  # NCCL data parallel on a 2-GPU host: 1 vs 2 proces
   nvidia-smi -L
   python3 train/collect.py output=data/demos20 episodes_per_task=20 workers=16 video=false progress=false
   ddp="model=gpu trainer=gpu data.path=data/demos20 data.num_workers=2 trainer.steps=300 trainer.log_every=50 eval.every_steps=0 eval.final_episodes=1 eval.splits=[train] eval.video_episodes=0"
-  for n in 1 2; do
+  for n in ${NPROCS:-1 2}; do
     torchrun --standalone --nproc_per_node=$n train/bc.py $ddp $common run_dir=outputs/sweep/ddp$n > outputs/sweep/ddp$n.log 2>&1
     echo "nproc $n rc=$?"; grep "device\|samples_per_s" outputs/sweep/ddp$n.log | head -2
     tail -3 outputs/sweep/ddp$n/metrics.jsonl
