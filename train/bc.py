@@ -165,7 +165,7 @@ def train(cfg: DictConfig) -> None:
         final_evaluation(best.to(device), tokenizer, cfg, device, demos, val_idx, run_dir)
     if writer is not None:
         writer.close()
-    if world > 1:
+    if torch.distributed.is_initialized():  # under torchrun, even with one process
         torch.distributed.destroy_process_group()
 
 
