@@ -43,6 +43,14 @@ def test_kv_cache_decoding_gives_the_same_tokens_as_recomputing_everything():
             batch, use_cache=False, temperature=temperature, generator=torch.Generator().manual_seed(1)
         )
         assert torch.equal(cached, full)
+        everything = policy.decode(
+            batch,
+            use_cache=False,
+            reuse_prefix=False,
+            temperature=temperature,
+            generator=torch.Generator().manual_seed(1),
+        )
+        assert torch.equal(cached, everything)
 
 
 def test_greedy_decoding_matches_the_teacher_forced_argmax():

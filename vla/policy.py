@@ -155,8 +155,14 @@ class VLAPolicy(nn.Module):
         use_cache: bool = True,
         temperature: float = 0.0,
         generator: torch.Generator | None = None,
+        reuse_prefix: bool = True,
     ) -> torch.Tensor:
-        """Action bins (B, action_dim): greedy (temperature 0) or sampled."""
+        """Action bins (B, action_dim): greedy (temperature 0) or sampled.
+
+        ``use_cache=False`` recomputes the decoder over the whole sequence for every token;
+        with ``reuse_prefix=False`` it also re-encodes the image and instruction each time,
+        as a plain ``model(inputs)`` call per token would (the no-cache baselines of L1).
+        """
         prefix, key_valid = self.prefix(batch)
         b, p, _ = prefix.shape
         d = self.config.action_dim
@@ -169,6 +175,8 @@ class VLAPolicy(nn.Module):
         bins = torch.zeros(b, d, dtype=torch.long, device=prefix.device)
         if not use_cache:  # recompute the whole sequence for every token (the L1 baseline)
             for i in range(d):
+                if not reuse_prefix and i > 0:
+                    prefix, key_valid = self.prefix(batch)
                 x = torch.cat([prefix, self._action_inputs(bins, b, i + 1)], 1)
                 valid = torch.cat([key_valid, ones[:, : i + 1]], 1)
                 logits = self.head(self.norm(self._run(x, self._mask(valid, p))[:, -1:]))
