@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results.md's GPU rows, on the device machine (one H100/H200):
 #   bash eval/device_bc.sh setup   # install carried wheels, collect the datasets
-#   bash eval/device_bc.sh sweep   # GPU-config run (first half) + CPU-config variants side by side
-#   bash eval/device_bc.sh finish  # resume the GPU-config run to its end, final evaluation
+#   bash eval/device_bc.sh sweep   # a GPU-config run and CPU-config variants side by side
+#   NPROCS=1 bash eval/device_bc.sh ddp   # torchrun through NCCL (NPROCS="1 2" on a 2-GPU host)
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM).
 set -uo pipefail
 phase=$1
@@ -43,12 +43,6 @@ if [ "$phase" = ddp ]; then  # NCCL data parallel on a 2-GPU host: 1 vs 2 proces
     echo "nproc $n rc=$?"; grep "device\|samples_per_s" outputs/sweep/ddp$n.log | head -2
     tail -3 outputs/sweep/ddp$n/metrics.jsonl
   done
-fi
-
-if [ "$phase" = finish ]; then
-  python3 train/bc.py model=gpu trainer=gpu data.path=data/demos400 data.num_workers=6 trainer.steps=10000 \
-    trainer.checkpoint_every=1000 eval.every_steps=2500 eval.episodes=10 eval.final_episodes=100 \
-    eval.language_swap=true $common resume=outputs/sweep/gpu run_dir=outputs/sweep/gpu > outputs/sweep/gpu_finish.log 2>&1
 fi
 
 for f in outputs/sweep/*/evaluation.md; do echo "== $f"; cat "$f"; done > "$out/summary_$phase.md" 2>/dev/null

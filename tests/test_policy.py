@@ -113,6 +113,13 @@ def test_runner_acts_on_env_observations(tmp_path):
         runner.act({**obs, "image": np.zeros((32, 32, 3), np.float32)})
 
 
+def test_a_run_directory_without_best_loads_its_latest_checkpoint(tmp_path):
+    from vla.checkpoint import read_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "checkpoints" / "latest.pt", make_policy(), ActionTokenizer(256), step=3)
+    assert read_checkpoint(tmp_path)["step"] == 3
+
+
 @pytest.mark.parametrize(
     "key, value, message", [("decoding", "beam", "decoding"), ("colour", 1, "unknown policy config")]
 )

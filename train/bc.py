@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 from envs.dataset import DemoDataset  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
 from eval.closed_loop import final_evaluation, split_demos, success_rate  # noqa: E402
-from vla.checkpoint import CheckpointError, build_policy, read_checkpoint, save_checkpoint  # noqa: E402
+from vla.checkpoint import CheckpointError, check_config, load_weights, read_checkpoint, save_checkpoint  # noqa: E402
 from vla.data import ActionTokenDataset, collate  # noqa: E402
 from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
 from vla.tokenizer import ActionTokenizer  # noqa: E402
@@ -161,8 +161,8 @@ def train(cfg: DictConfig) -> None:
     if rank == 0 and stop == t.steps:
         if not (run_dir / "checkpoints" / "best.pt").exists():
             checkpoint("best.pt", stop)
-        best, _ = build_policy(read_checkpoint(run_dir / "checkpoints" / "best.pt"))
-        final_evaluation(best.to(device), tokenizer, cfg, device, demos, val_idx, run_dir)
+        load_weights(policy, read_checkpoint(run_dir / "checkpoints" / "best.pt"))  # evaluate the best
+        final_evaluation(policy, tokenizer, cfg, device, demos, val_idx, run_dir)
     if writer is not None:
         writer.close()
     if torch.distributed.is_initialized():  # under torchrun, even with one process
@@ -201,10 +201,10 @@ def fit_tokenizer(cfg: DictConfig, demos: DemoDataset) -> ActionTokenizer:
 def load_resume_state(run_dir: Path, config: PolicyConfig, policy, optimizer, schedule) -> dict:
     try:
         payload = read_checkpoint(run_dir / "checkpoints" / "latest.pt")
-        restored, _ = build_policy(payload, expected=asdict(config))
+        check_config(payload, asdict(config))
+        load_weights(policy, payload)
     except CheckpointError as error:
         raise SystemExit(f"error: cannot resume from {run_dir}: {error}") from None
-    policy.load_state_dict(restored.state_dict())
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["schedule"])
     set_rng_state(payload["rng"])

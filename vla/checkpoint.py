@@ -42,8 +42,9 @@ def save_checkpoint(path: str | Path, policy: VLAPolicy, tokenizer: ActionTokeni
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "best.pt" if (path / "checkpoints" / "best.pt").exists() else path / "latest.pt"
+    if path.is_dir():  # a run directory: its best checkpoint, else its latest
+        best = path / "checkpoints" / "best.pt"
+        path = best if best.exists() else path / "checkpoints" / "latest.pt"
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
@@ -56,17 +57,28 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def build_policy(payload: dict[str, Any], expected: dict[str, Any] | None = None) -> tuple[VLAPolicy, ActionTokenizer]:
-    """Model and tokenizer from a checkpoint; ``expected`` (a policy config) must match it."""
+def check_config(payload: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Raise CheckpointError naming every field where the checkpoint's policy config differs."""
     saved = payload["policy_config"]
-    if expected is not None:
-        diff = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
-        if diff:
-            details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
-            raise CheckpointError(f"{payload['path']} was trained with a different model config ({details})")
+    diff = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+    if diff:
+        details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(f"{payload['path']} was trained with a different model config ({details})")
+
+
+def load_weights(policy: VLAPolicy, payload: dict[str, Any]) -> VLAPolicy:
+    """Checkpoint weights into an existing policy (no second text encoder is built)."""
     try:
-        policy = VLAPolicy(PolicyConfig.from_dict(saved))
         policy.load_trainable_state_dict(payload["model"])
     except (ValueError, RuntimeError) as error:
         raise CheckpointError(f"{payload['path']}: {error}") from None
-    return policy, ActionTokenizer.from_state_dict(payload["tokenizer"])
+    return policy
+
+
+def build_policy(payload: dict[str, Any]) -> tuple[VLAPolicy, ActionTokenizer]:
+    """Model and tokenizer from a checkpoint."""
+    try:
+        policy = VLAPolicy(PolicyConfig.from_dict(payload["policy_config"]))
+    except ValueError as error:
+        raise CheckpointError(f"{payload['path']}: {error}") from None
+    return load_weights(policy, payload), ActionTokenizer.from_state_dict(payload["tokenizer"])

@@ -32,11 +32,10 @@ class PolicyRunner:
         self.temperature = temperature
         self.use_cache = use_cache
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.last_bins: np.ndarray | None = None
 
     def reset(self) -> None:
-        """Between episodes. The policy is memoryless (one observation in, one action out)."""
-        self.last_bins = None
+        """Between episodes: nothing to clear, the policy is memoryless (one observation in,
+        one action out). Kept so callers treat every policy alike."""
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
         return self.act_batch([obs])[0]
@@ -48,7 +47,6 @@ class PolicyRunner:
             .cpu()
             .numpy()
         )
-        self.last_bins = bins
         return self.tokenizer.decode(bins)
 
 

@@ -40,15 +40,6 @@ class ActionTokenizer:
         self.high = np.maximum(self.high, self.low + 1e-3)
         self.width = (self.high - self.low) / bins
 
-    @classmethod
-    def fit(cls, actions: np.ndarray, bins: int = 256, mode: str = "uniform", token_offset: int = 0) -> ActionTokenizer:
-        """Uniform ignores the data; quantile bins the 1st-99th percentile of ``actions``."""
-        actions = np.asarray(actions)
-        if mode == "quantile":
-            low, high = np.quantile(actions, 0.01, axis=0), np.quantile(actions, 0.99, axis=0)
-            return cls(bins, low, high, mode, token_offset, actions.shape[-1])
-        return cls(bins, None, None, mode, token_offset, actions.shape[-1])
-
     def encode(self, actions: np.ndarray) -> np.ndarray:
         """Continuous actions (..., 7) -> bin indices (..., 7), int64 in [0, bins)."""
         actions = np.asarray(actions, dtype=np.float64)

@@ -25,13 +25,6 @@ class KVCache:
         self.keys[layer], self.values[layer] = k, v
         return k, v
 
-    def length(self) -> int:
-        return 0 if self.keys[0] is None else self.keys[0].shape[2]
-
-    def num_bytes(self) -> int:
-        """Actual memory: 2 (K and V) x layers x batch x heads x tokens x head_dim x bytes."""
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
-
 
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int):
@@ -42,21 +35,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0, need_weights: bool = False):
+    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         b, n, w = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         if cache is not None:
             k, v = cache.append(layer, k, v)
-        if need_weights:  # explicit softmax, for attention maps (V25); same maths as SDPA
-            scores = (q @ k.transpose(-2, -1)) / (q.shape[-1] ** 0.5)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            weights = scores.softmax(-1)
-            y = weights @ v
-        else:
-            weights = None
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out(y.transpose(1, 2).reshape(b, n, w)), weights
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(b, n, w))
 
 
 class Block(nn.Module):
@@ -69,6 +54,5 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0):
-        a, _ = self.attn(self.norm1(x), mask, cache, layer)
-        x = x + self.drop(a)
+        x = x + self.drop(self.attn(self.norm1(x), mask, cache, layer))
         return x + self.drop(self.mlp(self.norm2(x)))
