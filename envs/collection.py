@@ -121,9 +121,10 @@ def record_expert_episode(env: Any, seed: int, expert_noise: float) -> EpisodeRe
     base = env.unwrapped
     expert = make_expert(env, noise_std=expert_noise, seed=seed)
     obs, info = env.reset(seed=seed)
-    images, wrist, proprio, labels, executed, rewards = [], [], [], [], [], []
+    images, wrist, proprio, labels, executed, rewards, key_positions = [], [], [], [], [], [], []
     while True:
         action = expert(obs)
+        key_positions.append(info["key_positions"])
         images.append(obs["image"])
         if "wrist_image" in obs:
             wrist.append(obs["wrist_image"])
@@ -149,6 +150,7 @@ def record_expert_episode(env: Any, seed: int, expert_noise: float) -> EpisodeRe
         success=bool(info["is_success"]),
         expert_noise=expert_noise,
         wrist_images=np.stack(wrist) if wrist else None,
+        key_positions=np.stack(key_positions),
     )
 
 

@@ -10,6 +10,8 @@ Layout of a dataset directory (see docs/data_format.md for the full description)
           /actions            (T, 7) float32       the expert's action label for obs t
           /executed_actions   (T, 7) float32       what was sent to the env (label + noise)
           /rewards            (T,) float32         dense reward after action t
+          /key_positions      (T, 6) float32       privileged: target and destination centres (m)
+                                                   at obs t (Task.key_positions; training aid only)
           /dones              (T,) bool            True on the last step
           attrs: task, env_id, instruction, split, task_spec (JSON), seed, success,
                  num_samples, expert_noise
@@ -62,6 +64,7 @@ class EpisodeRecord:
     success: bool
     expert_noise: float = 0.0
     wrist_images: np.ndarray | None = None
+    key_positions: np.ndarray | None = None
 
 
 def episode_path(root: Path, task: str, seed: int) -> Path:
@@ -98,6 +101,8 @@ def write_episode_tmp(root: Path, record: EpisodeRecord) -> Path:
         obs.create_dataset("proprio", data=record.proprio.astype(np.float32))
         f.create_dataset("actions", data=record.actions.astype(np.float32))
         f.create_dataset("executed_actions", data=record.executed_actions.astype(np.float32))
+        if record.key_positions is not None:
+            f.create_dataset("key_positions", data=record.key_positions.astype(np.float32))
         f.create_dataset("rewards", data=record.rewards.astype(np.float32))
         dones = np.zeros(n, dtype=bool)
         dones[-1] = True
@@ -257,8 +262,8 @@ class DemoDataset:
         self._memory: dict[str, np.ndarray] | None = None
 
     def preload(self, progress: bool = True) -> DemoDataset:
-        """Read every step's scene image, proprio and action into RAM (about 12 KB a step at
-        64 px; wrist images are not preloaded: the policy reads the scene camera).
+        """Read every step's images, proprio and action into RAM (about 12 KB a step and
+        camera at 64 px).
 
         Random access over hundreds of small HDF5 files costs a file open per sample, which
         starves a 2-core trainer; after a preload, DataLoader workers forked from this
@@ -266,12 +271,16 @@ class DemoDataset:
         """
         from tqdm import tqdm
 
-        parts: dict[str, list[np.ndarray]] = {"image": [], "proprio": [], "action": []}
+        parts: dict[str, list[np.ndarray]] = {}
         for path in tqdm([e.path for e in self.episodes], desc="load demos", disable=not progress, leave=False):
             with h5py.File(self.root / path, "r") as f:
-                parts["image"].append(f["obs/image"][:])
-                parts["proprio"].append(f["obs/proprio"][:])
-                parts["action"].append(f["actions"][:])
+                for key in f["obs"]:
+                    parts.setdefault(key, []).append(f["obs"][key][:])
+                parts.setdefault("action", []).append(f["actions"][:])
+                if "key_positions" in f:
+                    parts.setdefault("key_positions", []).append(f["key_positions"][:])
+        if len(parts.get("key_positions", [])) != len(self.episodes):  # older files lack them
+            parts.pop("key_positions", None)
         self._memory = {k: np.concatenate(v) for k, v in parts.items()}
         return self
 
@@ -294,25 +303,30 @@ class DemoDataset:
         """One step: image(s), proprio, action label, instruction, task."""
         episode, t = self.locate(index)
         if self._memory is not None:
-            image, proprio, action = (self._memory[k][index] for k in ("image", "proprio", "action"))
+            item = {k: v[index] for k, v in self._memory.items()}
         else:
             f = self._file(episode)
-            image, proprio, action = f["obs/image"][t], f["obs/proprio"][t], f["actions"][t]
-        item = {
-            "image": image,
-            "proprio": proprio,
-            "action": action,
-            "instruction": self.episodes[episode].instruction,
-            "task": self.episodes[episode].task,
-            "episode": episode,
-            "step": t,
-        }
-        if self._memory is not None:
-            return item
-        f = self._file(episode)
-        if "wrist_image" in f["obs"]:
-            item["wrist_image"] = f["obs/wrist_image"][t]
+            item = {k: f["obs"][k][t] for k in f["obs"]}
+            item["action"] = f["actions"][t]
+            if "key_positions" in f:
+                item["key_positions"] = f["key_positions"][t]
+        item.update(
+            instruction=self.episodes[episode].instruction,
+            task=self.episodes[episode].task,
+            episode=episode,
+            step=t,
+        )
         return item
+
+    def proprio_statistics(self, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-element mean and std of proprio over ``indices`` (all samples by default)."""
+        if self._memory is not None:
+            proprio = self._memory["proprio"]
+        else:
+            proprio = np.concatenate([self._file(e)["obs/proprio"][:] for e in range(self.num_episodes)])
+        if indices is not None:
+            proprio = proprio[indices]
+        return proprio.mean(0), proprio.std(0)
 
     def episode(self, episode: int) -> dict[str, Any]:
         """A whole episode's arrays and attributes."""

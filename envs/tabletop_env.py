@@ -266,6 +266,8 @@ class TabletopEnv(gym.Env):
             "split": self.instruction_split,
             "task_spec": dict(self.task_spec),
             "scene_objects": list(self.scene_objects),  # "colour_shape" names on the table
+            # privileged (not an observation): target and destination centres, metres
+            "key_positions": self.task.key_positions(self.world, self.task_spec),
         }
 
     @staticmethod

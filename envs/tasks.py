@@ -129,6 +129,21 @@ class Task:
     def base(spec: dict[str, Any]) -> str:
         return object_name(spec["base_colour"], spec["base_shape"])
 
+    # --- privileged state for training aids ----------------------------------------------
+    def key_positions(self, world: World, spec: dict[str, Any]) -> np.ndarray:
+        """float32 (6,): the named target's centre, then where it must go (the zone centre,
+        the base object's centre; the target itself for reach and lift). Not an observation:
+        demos record it so a model can be taught *where* the instruction points (an
+        auxiliary loss), the policy never reads it."""
+        target = world.object_pos(self.target(spec))
+        if self.uses_zone:
+            destination = world.zone_pos(spec["zone_colour"])
+        elif self.uses_base:
+            destination = world.object_pos(self.base(spec))
+        else:
+            destination = target
+        return np.concatenate([target, destination]).astype(np.float32)
+
     # --- predicates ----------------------------------------------------------------------
     def success(self, world: World, spec: dict[str, Any]) -> bool:
         raise NotImplementedError

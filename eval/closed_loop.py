@@ -38,6 +38,11 @@ def split_demos(demos: Any, tasks: list[str], val_fraction: float, seed: int):
     return train_idx, val_idx
 
 
+def policy_env_kwargs(policy: VLAPolicy) -> dict[str, Any]:
+    """Env settings the policy's inputs need: its image size and its cameras."""
+    return {"image_size": policy.config.image_size, "cameras": list(policy.config.cameras)}
+
+
 def success_rate(policy: VLAPolicy, tokenizer: ActionTokenizer, cfg: Any, device: torch.device) -> float:
     """Mean closed-loop success over the configured tasks (train instructions)."""
     runner = PolicyRunner(policy, tokenizer, device)
@@ -47,7 +52,7 @@ def success_rate(policy: VLAPolicy, tokenizer: ActionTokenizer, cfg: Any, device
         cfg.eval.episodes,
         "train",
         num_envs=cfg.eval.num_envs,
-        env_kwargs={"image_size": cfg.model.image_size},
+        env_kwargs=policy_env_kwargs(policy),
     )
     return float(np.mean([s for r in results for s in r.successes]))
 
@@ -64,7 +69,7 @@ def open_loop_accuracy(
     """Greedy-decoded action tokens vs expert labels on held-out demo steps (no env)."""
     policy.eval()
     if len(indices) == 0:
-        return {"token_accuracy": float("nan"), "samples": 0}
+        return {"token_accuracy": float("nan"), "action_l1": float("nan"), "samples": 0}
     dataset = ActionTokenDataset(demos, tokenizer, indices)
     correct, total, l1 = 0, 0, 0.0
     for start in range(0, len(dataset), batch_size):
@@ -93,7 +98,6 @@ def run_report(
     episodes: int,
     splits: list[str],
     num_envs: int,
-    image_size: int,
     out_dir: Path,
     video_episodes: int = 1,
     open_loop: dict[str, float] | None = None,
@@ -116,7 +120,7 @@ def run_report(
             episodes,
             split,
             num_envs=num_envs,
-            env_kwargs={"image_size": image_size},
+            env_kwargs=policy_env_kwargs(policy),
             video_episodes=video_episodes if split == splits[0] else 0,
             frame_text=action_text(tokenizer),
             progress=bar.update,
@@ -124,7 +128,7 @@ def run_report(
         all_results += results
         frames += split_frames
     bar.close()
-    swap_report = language_swap(runner, tasks, episodes, num_envs, image_size, all_results) if swap else None
+    swap_report = language_swap(runner, tasks, episodes, num_envs, all_results) if swap else None
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(all_results)
     report = {
@@ -137,7 +141,7 @@ def run_report(
     }
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=1))
     text = table
-    if open_loop:
+    if open_loop and open_loop["samples"]:
         text += (
             f"\n\nOpen-loop action-token accuracy on {open_loop['samples']} held-out demo steps: "
             f"{100 * open_loop['token_accuracy']:.1f}% (mean |action error| {open_loop['action_l1']:.3f})"
@@ -155,24 +159,23 @@ def run_report(
 
 
 def language_swap(
-    runner: PolicyRunner, tasks: list[str], episodes: int, num_envs: int, image_size: int, reference: list[TaskResult]
+    runner: PolicyRunner, tasks: list[str], episodes: int, num_envs: int, reference: list[TaskResult]
 ) -> dict[str, Any]:
     """Same seeds and scenes as the ``train`` split, but each instruction names another object
     on the table; success is still judged on the original target (V25)."""
+    env_kwargs = policy_env_kwargs(runner.policy)
     swapped, _ = evaluate(
         runner,
         task_ids(tasks),
         episodes,
         "train",
         num_envs=num_envs,
-        env_kwargs={"image_size": image_size},
+        env_kwargs=env_kwargs,
         instruction_fn=swap_target_instruction,
     )
     original = {r.task_id: r for r in reference if r.split == "train"}
     if not original:  # the reference rates come from the train split on the same seeds
-        reference, _ = evaluate(
-            runner, task_ids(tasks), episodes, "train", num_envs=num_envs, env_kwargs={"image_size": image_size}
-        )
+        reference, _ = evaluate(runner, task_ids(tasks), episodes, "train", num_envs=num_envs, env_kwargs=env_kwargs)
         original = {r.task_id: r for r in reference}
     rows = []
     for r in swapped:
@@ -220,7 +223,6 @@ def final_evaluation(
         cfg.eval.final_episodes,
         list(cfg.eval.splits),
         cfg.eval.num_envs,
-        cfg.model.image_size,
         run_dir,
         cfg.eval.video_episodes,
         open_loop,

@@ -12,26 +12,94 @@ export PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl VLA_MINILM_PATH=$PWD/.minilm16 PY
 out=${OUT:-outputs/device}; mkdir -p "$out" outputs/sweep
 common="trainer.progress=false eval.num_envs=10 data.collect_if_missing=false"
 
-if [ "$phase" = setup ]; then
+if [ "$phase" = setup ]; then  # demos with both cameras: scene-only models read the same files
   nvidia-smi -L; nproc
-  python3 train/collect.py output=data/demos episodes_per_task=100 workers=14 video=false progress=false
-  python3 train/collect.py output=data/demos300 episodes_per_task=300 workers=14 video=false progress=false
+  python3 train/collect.py output=data/demos100w episodes_per_task=100 cameras=[scene,wrist] workers=15 video=false progress=false
+  python3 train/collect.py output=data/demos300w episodes_per_task=300 cameras=[scene,wrist] workers=15 video=false progress=false
 fi
 
 if [ "$phase" = sweep ]; then
   export OMP_NUM_THREADS=2  # several runs share 16 cores: no oversubscription
-  limit=${LIMIT:-420}
-  gpu="model=gpu trainer=gpu data.path=data/demos300 data.num_workers=3 trainer.steps=${GPU_STEPS:-6000} trainer.checkpoint_every=1000 eval.every_steps=2000 eval.episodes=10 eval.final_episodes=30 eval.splits=[train] eval.video_episodes=0"
-  timeout $limit python3 train/bc.py $gpu $common run_dir=outputs/sweep/gpu_sincos > outputs/sweep/gpu_sincos.log 2>&1 &
-  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 trainer.lr=1e-3 eval.every_steps=500 eval.episodes=10 eval.final_episodes=30 eval.splits=[train] eval.video_episodes=0"
+  limit=${LIMIT:-480}
+  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 eval.every_steps=750 eval.episodes=10 eval.final_episodes=30 eval.splits=[train] eval.video_episodes=0"
   run() { name=$1; shift; timeout $limit python3 train/bc.py $cpu $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
-  run s1_d300 data.path=data/demos300 trainer.steps=1500 &
-  run s2_d300_conv data.path=data/demos300 trainer.steps=1500 model.patch_embed=conv &
-  run s3_d300_noaug data.path=data/demos300 trainer.steps=1500 trainer.augment=false &
-  run s4_d300_3000 data.path=data/demos300 trainer.steps=3000 &
-  run s5_d100 data.path=data/demos trainer.steps=1500 &
-  run s6_d100_reach data.path=data/demos trainer.steps=1500 data.tasks=[reach] &
+  wrist="model.cameras=[scene,wrist]"
+  run p1_d100 data.path=data/demos100w trainer.steps=1500 &
+  run p2_d100_noaug data.path=data/demos100w trainer.steps=1500 trainer.augment=false &
+  run p3_d100_wrist data.path=data/demos100w trainer.steps=1500 $wrist &
+  run p4_d300_wrist data.path=data/demos300w trainer.steps=3000 $wrist &
+  run p5_reach data.path=data/demos100w trainer.steps=1500 data.tasks=[reach] &
+  run p6_reach_wrist data.path=data/demos100w trainer.steps=1500 data.tasks=[reach] $wrist &
+  gpu="model=gpu trainer=gpu data.path=data/demos300w data.num_workers=3 trainer.steps=${GPU_STEPS:-5000} trainer.checkpoint_every=1000 eval.every_steps=2500 eval.episodes=10 eval.final_episodes=30 eval.splits=[train] eval.video_episodes=0"
+  timeout $limit python3 train/bc.py $gpu $common $wrist run_dir=outputs/sweep/g1_wrist > outputs/sweep/g1_wrist.log 2>&1 &
   wait
+fi
+
+if [ "$phase" = probe ]; then  # train briefly, then ask the expert about the policy's own states
+  python3 train/collect.py output=data/demos100w episodes_per_task=100 cameras=[scene,wrist] workers=15 video=false progress=false | tail -1
+  export OMP_NUM_THREADS=2
+  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 data.path=data/demos100w eval.every_steps=0 eval.final_episodes=10 eval.splits=[train] eval.video_episodes=0"
+  train_probe() {
+    name=$1; tasks=$2; eps=$3; shift 3
+    timeout ${LIMIT:-330} python3 train/bc.py $cpu $common run_dir=outputs/sweep/$name data.tasks=[$tasks] "$@" > outputs/sweep/$name.log 2>&1
+    timeout 180 python3 eval/probe_closed_loop.py --checkpoint outputs/sweep/$name --device cuda --tasks ${tasks//,/ } \
+      --episodes $eps --out $out/probe_$name.json > $out/probe_$name.md 2>&1
+  }
+  train_probe q1_reach750 reach 20 trainer.steps=750 &
+  train_probe q2_reach1500 reach 20 trainer.steps=1500 &
+  train_probe q3_all1500 reach,push,lift,pick_place,stack 5 trainer.steps=1500 &
+  train_probe q4_all1500_wrist reach,push,lift,pick_place,stack 5 trainer.steps=1500 model.cameras=[scene,wrist] &
+  train_probe q5_reach750_wrist reach 20 trainer.steps=750 model.cameras=[scene,wrist] &
+  wait
+  cat $out/probe_*.md
+fi
+
+if [ "$phase" = aux ]; then  # the auxiliary key-position loss, and 10x more reach layouts
+  python3 train/collect.py output=data/demos100w episodes_per_task=100 cameras=[scene,wrist] workers=15 video=false progress=false | tail -1
+  python3 train/collect.py output=data/reach1000 tasks=[reach] episodes_per_task=1000 workers=15 video=false progress=false | tail -1
+  export OMP_NUM_THREADS=2
+  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 eval.every_steps=0 eval.final_episodes=10 eval.splits=[train] eval.video_episodes=0"
+  train_probe() {
+    name=$1; tasks=$2; eps=$3; shift 3
+    timeout ${LIMIT:-360} python3 train/bc.py $cpu $common run_dir=outputs/sweep/$name data.tasks=[$tasks] "$@" > outputs/sweep/$name.log 2>&1
+    [ "$eps" -gt 0 ] && timeout 120 python3 eval/probe_closed_loop.py --checkpoint outputs/sweep/$name --device cuda \
+      --tasks ${tasks//,/ } --episodes $eps --variants policy expert_translation --out $out/probe_$name.json > $out/probe_$name.md 2>&1
+  }
+  all=reach,push,lift,pick_place,stack
+  train_probe a1_reach_aux reach 20 data.path=data/demos100w trainer.steps=750 model.aux_weight=1 &
+  train_probe a2_reach1000 reach 20 data.path=data/reach1000 trainer.steps=1500 &
+  train_probe a3_reach1000_aux reach 20 data.path=data/reach1000 trainer.steps=1500 model.aux_weight=1 &
+  train_probe a4_all_aux $all 0 data.path=data/demos100w trainer.steps=1500 model.aux_weight=1 &
+  train_probe a5_all_aux_wrist $all 0 data.path=data/demos100w trainer.steps=1500 model.aux_weight=1 model.cameras=[scene,wrist] &
+  train_probe a6_all_aux_noaug $all 0 data.path=data/demos100w trainer.steps=1500 model.aux_weight=1 trainer.augment=false &
+  wait
+  for f in outputs/sweep/*/metrics.jsonl; do echo "$f $(tail -1 $f)"; done
+  cat $out/probe_*.md
+fi
+
+if [ "$phase" = reach ]; then  # longer reach runs: data scale, DART noise, wrist view, model size
+  c="tasks=[reach] workers=15 video=false progress=false"
+  python3 train/collect.py output=data/reach1000w episodes_per_task=1000 cameras=[scene,wrist] $c | tail -1
+  python3 train/collect.py output=data/reach1000n3 episodes_per_task=1000 expert_noise=0.3 $c | tail -1
+  python3 train/collect.py output=data/reach3000 episodes_per_task=3000 $c | tail -1
+  export OMP_NUM_THREADS=2
+  base="data.num_workers=1 eval.every_steps=0 eval.final_episodes=20 eval.splits=[train] eval.video_episodes=0 data.tasks=[reach] model.aux_weight=1"
+  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off trainer.steps=4000"
+  train_probe() {  # name, then all overrides
+    name=$1; shift
+    timeout ${LIMIT:-330} python3 train/bc.py $base $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1
+    timeout 100 python3 eval/probe_closed_loop.py --checkpoint outputs/sweep/$name --device cuda \
+      --tasks reach --episodes 20 --variants policy --out $out/probe_$name.json > $out/probe_$name.md 2>&1
+  }
+  train_probe b1_1000 $cpu data.path=data/reach1000w &
+  train_probe b2_1000_wrist $cpu data.path=data/reach1000w model.cameras=[scene,wrist] &
+  train_probe b3_1000_noise03 $cpu data.path=data/reach1000n3 &
+  train_probe b4_3000 $cpu data.path=data/reach3000 &
+  train_probe b5_1000_noaug $cpu data.path=data/reach1000w trainer.augment=false &
+  train_probe b6_gpu_1000 model=gpu trainer=gpu data.path=data/reach1000w trainer.steps=3000 trainer.warmup_steps=300 &
+  wait
+  for f in outputs/sweep/*/metrics.jsonl; do echo "$f $(tail -1 $f)"; done
+  cat $out/probe_*.md
 fi
 
 if [ "$phase" = ddp ]; then  # NCCL data parallel on a 2-GPU host: 1 vs 2 processes, same global batch

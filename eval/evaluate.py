@@ -43,7 +43,6 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         int(cfg.episodes),
         list(cfg.splits),
         int(cfg.num_envs),
-        policy.config.image_size,
         Path(cfg.out_dir),
         int(cfg.video_episodes),
         open_loop,

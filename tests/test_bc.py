@@ -139,3 +139,26 @@ def test_missing_dataset_is_one_clear_error(tmp_path):
 def test_unknown_task_is_one_clear_error(trained_run):
     result = run("eval/evaluate.py", f"checkpoint={trained_run}", "tasks=[fly]")
     assert_one_clear_error(result, "unknown task 'fly'", "reach")
+
+
+def test_a_model_camera_the_demos_lack_is_one_clear_error(tiny_demos, tmp_path):
+    result = train(tiny_demos, tmp_path / "r", "trainer.steps=2", "model.cameras=[scene,wrist]")
+    assert_one_clear_error(result, "recorded only ['scene']", "cameras=[scene,wrist]")
+
+
+def test_auxiliary_key_position_loss_trains_from_the_recorded_demos(tiny_demos, tmp_path):
+    result = train(tiny_demos, tmp_path / "aux", "trainer.steps=3", "model.aux_weight=1.0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "aux" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["aux_error_cm"] > 0 for r in rows if "loss" in r)
+
+
+def test_closed_loop_probe_compares_the_policy_with_the_expert_on_its_own_states(trained_run, tmp_path):
+    out = tmp_path / "probe.json"
+    args = ["--checkpoint", str(trained_run), "--tasks", "reach", "--episodes", "1", "--out", str(out)]
+    result = run("eval/probe_closed_loop.py", *args, "--variants", "policy", "expert_translation")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["variant"] for r in rows] == ["policy", "expert_translation"]
+    assert set(rows[0]["mean_abs_error"]) == {"dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"}
+    assert "| Reach-v0 | policy |" in result.stdout

@@ -40,6 +40,24 @@ def test_observation_contract_and_info():
     assert np.isfinite(reward)
 
 
+def test_info_names_where_the_target_is_and_where_it_must_go():
+    """Privileged key positions (for auxiliary losses): target centre, then destination."""
+    for task_id in ("VLASandbox/Push-v0", "VLASandbox/Stack-v0", "VLASandbox/Reach-v0"):
+        env = gym.make(task_id)
+        _, info = env.reset(seed=5)
+        world, spec, keys = env.unwrapped.world, info["task_spec"], info["key_positions"]
+        target = world.object_pos(f"{spec['target_colour']}_{spec['target_shape']}")
+        if "zone_colour" in spec:
+            destination = world.zone_pos(spec["zone_colour"])
+        elif "base_colour" in spec:
+            destination = world.object_pos(f"{spec['base_colour']}_{spec['base_shape']}")
+        else:
+            destination = target
+        assert keys.shape == (6,) and keys.dtype == np.float32
+        np.testing.assert_allclose(keys, np.concatenate([target, destination]), atol=1e-6)
+        env.close()
+
+
 def test_same_seed_same_actions_same_images_and_states():
     def rollout():
         env = gym.make("VLASandbox/PickPlace-v0")

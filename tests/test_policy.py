@@ -121,8 +121,54 @@ def test_a_run_directory_without_best_loads_its_latest_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "key, value, message", [("decoding", "beam", "decoding"), ("colour", 1, "unknown policy config")]
+    "key, value, message",
+    [
+        ("decoding", "beam", "decoding"),
+        ("colour", 1, "unknown policy config"),
+        ("cameras", ["wrist"], "cameras must start with 'scene'"),
+        ("cameras", ["scene", "thermal"], "cameras must start with 'scene'"),
+    ],
 )
 def test_bad_policy_config_names_the_valid_values(key, value, message):
     with pytest.raises(ValueError, match=message):
         PolicyConfig.from_dict({**TINY_MODEL, key: value})
+
+
+def test_the_wrist_camera_adds_its_own_vision_tokens_and_is_read():
+    policy = make_policy(cameras=["scene", "wrist"])
+    batch = random_batch(4)
+    batch["wrist_image"] = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    layout = dict(policy.token_layout(batch))
+    assert layout["vision"] == 2 * policy.vision.num_tokens
+    assert torch.equal(policy.decode(batch, use_cache=True), policy.decode(batch, use_cache=False))
+    other_view = {**batch, "wrist_image": 255 - batch["wrist_image"]}
+    assert not torch.allclose(policy.action_logits(batch), policy.action_logits(other_view))
+    with pytest.raises(ValueError, match="no 'wrist_image'"):
+        policy.decode(random_batch(4))
+
+
+def test_proprio_is_standardised_with_the_demo_statistics_and_saved(tmp_path):
+    from vla.checkpoint import build_policy, read_checkpoint, save_checkpoint
+
+    mean, std = torch.linspace(-1, 1, 8), torch.linspace(0.5, 2, 8)
+    policy, batch = make_policy(), random_batch(4)
+    policy.set_proprio_statistics(mean, std)
+    plain = make_policy()  # same weights (same seed), identity statistics
+    standardised = {**batch, "proprio": (batch["proprio"] - mean) / std}
+    assert torch.allclose(policy.action_logits(batch), plain.action_logits(standardised), atol=1e-5)
+    loaded, _ = build_policy(read_checkpoint(save_checkpoint(tmp_path / "p.pt", policy, ActionTokenizer(256))))
+    assert torch.equal(loaded.proprio_mean, mean) and torch.equal(loaded.proprio_std, std)
+    with pytest.raises(ValueError, match="8 elements"):
+        policy.set_proprio_statistics(torch.zeros(3), torch.ones(3))
+
+
+def test_the_auxiliary_loss_regresses_where_the_instruction_points():
+    policy = make_policy(aux_weight=1.0).train()
+    batch = {**random_batch(8), "key_positions": torch.rand(8, 6) * 0.4 - 0.2}
+    out = policy.loss(batch, augment=False)
+    assert torch.isclose(out["loss"], out["action_loss"] + out["aux_loss"])
+    out["loss"].backward()
+    assert policy.key_position_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="key_positions"):
+        policy.loss(random_batch(8))
+    assert make_policy().key_position_head is None  # off by default: no extra weights

@@ -51,16 +51,14 @@ def train(cfg: DictConfig) -> None:
     if cfg.data.preload:
         demos.preload(progress=rank == 0 and t.progress)
     policy_config = PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
-    if demos.env_config.get("image_size", policy_config.image_size) != policy_config.image_size:
-        raise SystemExit(
-            f"error: the dataset has {demos.env_config['image_size']}px images but "
-            f"model.image_size={policy_config.image_size}"
-        )
+    check_dataset_matches(demos, policy_config)
     tokenizer = fit_tokenizer(cfg, demos)
 
     # --- model, optimiser, and (maybe) the state to resume ---------------------------------
     seed_everything(cfg.seed)
     policy = VLAPolicy(policy_config).to(device)
+    train_idx, val_idx = split_demos(demos, list(cfg.data.tasks), cfg.data.val_fraction, cfg.seed)
+    policy.set_proprio_statistics(*demos.proprio_statistics(train_idx))
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay
     )
@@ -76,7 +74,6 @@ def train(cfg: DictConfig) -> None:
             policy, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    train_idx, val_idx = split_demos(demos, list(cfg.data.tasks), cfg.data.val_fraction, cfg.seed)
     per_rank_batch = t.batch_size // world
     loader = torch.utils.data.DataLoader(
         ActionTokenDataset(demos, tokenizer, train_idx),
@@ -136,6 +133,7 @@ def train(cfg: DictConfig) -> None:
                 "step": step + 1,
                 "loss": out["loss"].item(),
                 "token_accuracy": out["token_accuracy"].item(),
+                **{k: out[k].item() for k in ("aux_loss", "aux_error_cm") if k in out},
                 "grad_norm": grad_norm.item(),
                 "lr": schedule.get_last_lr()[0],
                 "samples_per_s": samples / (now - last_time),
@@ -184,11 +182,26 @@ def load_or_collect(cfg: DictConfig, rank: int) -> DemoDataset:
                     episodes_per_task=cfg.data.episodes_per_task,
                     output=path,
                     image_size=cfg.model.image_size,
+                    cameras=tuple(cfg.model.cameras),
                 )
             )
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
     return DemoDataset(path)
+
+
+def check_dataset_matches(demos: DemoDataset, config: PolicyConfig) -> None:
+    """The demos must carry the images the model reads, at its size."""
+    size = demos.env_config.get("image_size", config.image_size)
+    if size != config.image_size:
+        raise SystemExit(f"error: the dataset has {size}px images but model.image_size={config.image_size}")
+    recorded = demos.env_config.get("cameras", ["scene"])
+    missing = [c for c in config.cameras if c not in recorded]
+    if missing:
+        raise SystemExit(
+            f"error: model.cameras={config.cameras} but the dataset at {demos.root} recorded only {recorded}; "
+            f"collect one with `python train/collect.py output=<dir> cameras=[{','.join(config.cameras)}]`"
+        )
 
 
 def fit_tokenizer(cfg: DictConfig, demos: DemoDataset) -> ActionTokenizer:

@@ -27,32 +27,40 @@ class ActionTokenDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         s = self.demos.sample(int(self.indices[i]))
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(s["image"])),
             "proprio": torch.from_numpy(np.asarray(s["proprio"], dtype=np.float32)),
             "instruction": s["instruction"],
             "action_bins": torch.from_numpy(self.tokenizer.encode(s["action"])),
         }
+        if "wrist_image" in s:
+            item["wrist_image"] = torch.from_numpy(np.ascontiguousarray(s["wrist_image"]))
+        if "key_positions" in s:  # privileged, for the auxiliary loss only
+            item["key_positions"] = torch.from_numpy(np.asarray(s["key_positions"], dtype=np.float32))
+        return item
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    batch: dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in ("image", "proprio", "action_bins")}
+    keys = [k for k in ("image", "wrist_image", "proprio", "action_bins", "key_positions") if k in samples[0]]
+    batch: dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in keys}
     batch["instruction"] = [s["instruction"] for s in samples]
     return batch
 
 
 def observations_to_batch(observations: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
     """Env observations (the contract's dicts) -> a model batch on ``device``."""
-    images = np.stack([np.asarray(o["image"]) for o in observations])
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"observation images must be uint8 (H, W, 3), got {images.dtype} {images.shape[1:]}")
-    return {
-        "image": torch.from_numpy(images).to(device),
-        "proprio": torch.from_numpy(np.stack([np.asarray(o["proprio"], dtype=np.float32) for o in observations])).to(
-            device
-        ),
-        "instruction": [str(o["instruction"]) for o in observations],
-    }
+    batch: dict[str, Any] = {}
+    for key in ("image", "wrist_image"):
+        if key not in observations[0]:
+            continue
+        images = np.stack([np.asarray(o[key]) for o in observations])
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"observation {key}s must be uint8 (H, W, 3), got {images.dtype} {images.shape[1:]}")
+        batch[key] = torch.from_numpy(images).to(device)
+    proprio = np.stack([np.asarray(o["proprio"], dtype=np.float32) for o in observations])
+    batch["proprio"] = torch.from_numpy(proprio).to(device)
+    batch["instruction"] = [str(o["instruction"]) for o in observations]
+    return batch
 
 
 def split_episodes(episode_of_sample: np.ndarray, num_episodes: int, val_fraction: float, seed: int):

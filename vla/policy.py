@@ -13,7 +13,7 @@ but each element is predicted without seeing the others).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -25,6 +25,10 @@ from vla.transformer import Block, KVCache
 from vla.vision import ViT, random_shift
 
 DECODINGS = ("autoregressive", "parallel")
+KEY_POSITION_SCALE = 0.1  # metres -> units of the auxiliary regression (the table spans ~+-0.2 m)
+KEY_POSITION_DIM = 6
+# Camera name -> the observation key holding its image (the env's contract).
+CAMERA_KEYS = {"scene": "image", "wrist": "wrist_image"}
 
 
 @dataclass
@@ -45,6 +49,11 @@ class PolicyConfig:
     action_dim: int = 7
     proprio_dim: int = 8
     decoding: str = "autoregressive"  # autoregressive | parallel
+    cameras: list[str] = field(default_factory=lambda: ["scene"])  # scene | scene + wrist
+    # Auxiliary loss weight (0: off): from the start token's state, regress where the
+    # instruction points (target and destination centres, recorded by the demos). Teaches the
+    # *where* of the instruction densely instead of through 2-bit "move left/right" labels.
+    aux_weight: float = 0.0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PolicyConfig:
@@ -53,6 +62,10 @@ class PolicyConfig:
         if unknown:
             raise ValueError(f"unknown policy config keys {unknown}; valid keys are: {', '.join(sorted(known))}")
         config = cls(**values)
+        config.cameras = list(config.cameras)
+        unknown_cameras = [c for c in config.cameras if c not in CAMERA_KEYS]
+        if unknown_cameras or not config.cameras or config.cameras[0] != "scene":
+            raise ValueError(f"cameras must start with 'scene' and hold only {list(CAMERA_KEYS)}, got {config.cameras}")
         if config.decoding not in DECODINGS:
             raise ValueError(f"unknown decoding {config.decoding!r}; valid values are: {', '.join(DECODINGS)}")
         return config
@@ -63,9 +76,17 @@ class VLAPolicy(nn.Module):
         super().__init__()
         self.config = c = config
         self.vision = ViT(c.image_size, c.patch_size, c.width, c.vision_layers, c.heads, c.vision_pool, c.patch_embed)
+        # One ViT for every camera; a learned embedding per camera tells the decoder which view
+        # a token came from.
+        self.camera_embed = nn.Parameter(torch.randn(len(c.cameras), c.width) * 0.02)
         self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length)
         self.text_proj = nn.Linear(self.text.out_dim, c.width)
         self.proprio_proj = nn.Sequential(nn.Linear(c.proprio_dim, c.width), nn.LayerNorm(c.width))
+        # Proprio arrives in metres and quaternion units: positions vary by ~0.1 while the
+        # quaternion's w sits at ~1, so unscaled the gripper position is a whisper in the token.
+        # Standardised with the demos' statistics (set_proprio_statistics), saved with the weights.
+        self.register_buffer("proprio_mean", torch.zeros(c.proprio_dim))
+        self.register_buffer("proprio_std", torch.ones(c.proprio_dim))
         self.type_embed = nn.Parameter(torch.randn(4, c.width) * 0.02)  # vision, text, proprio, action
         self.action_embed = nn.Embedding(c.bins, c.width)  # the reserved action-token block
         self.action_position = nn.Parameter(torch.randn(c.action_dim, c.width) * 0.02)
@@ -73,30 +94,52 @@ class VLAPolicy(nn.Module):
         self.blocks = nn.ModuleList(Block(c.width, c.heads, dropout=c.dropout) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.width)
         self.head = nn.Linear(c.width, c.bins)
+        self.key_position_head = nn.Linear(c.width, KEY_POSITION_DIM) if c.aux_weight > 0 else None
 
     # --- the prefix ----------------------------------------------------------------------
     def prefix(self, batch: dict[str, Any], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens and key mask of [vision | text | proprio]: (B, P, W), (B, P) bool."""
-        images = batch["image"]
-        if augment:
-            images = random_shift(images)
-        vision = self.vision(images) + self.type_embed[0]
-        text_states, text_mask = self.text(batch["instruction"], images.device)
+        views = []
+        for i, camera in enumerate(self.config.cameras):
+            if CAMERA_KEYS[camera] not in batch:
+                raise ValueError(
+                    f"the policy reads cameras {self.config.cameras} but the observation has no "
+                    f"{CAMERA_KEYS[camera]!r} (make the env with cameras={self.config.cameras})"
+                )
+            images = batch[CAMERA_KEYS[camera]]
+            if augment:
+                images = random_shift(images)
+            views.append(self.vision(images) + self.camera_embed[i])
+        vision = torch.cat(views, 1) + self.type_embed[0]
+        device = vision.device
+        text_states, text_mask = self.text(batch["instruction"], device)
         text = self.text_proj(text_states) + self.type_embed[1]
-        parts, masks = [vision, text], [torch.ones(vision.shape[:2], dtype=torch.bool, device=images.device), text_mask]
+        parts, masks = [vision, text], [torch.ones(vision.shape[:2], dtype=torch.bool, device=device), text_mask]
         if self.config.use_proprio:
-            parts.append(self.proprio_proj(batch["proprio"]).unsqueeze(1) + self.type_embed[2])
-            masks.append(torch.ones(len(images), 1, dtype=torch.bool, device=images.device))
+            proprio = (batch["proprio"] - self.proprio_mean) / self.proprio_std
+            parts.append(self.proprio_proj(proprio).unsqueeze(1) + self.type_embed[2])
+            masks.append(torch.ones(len(vision), 1, dtype=torch.bool, device=device))
         return torch.cat(parts, 1), torch.cat(masks, 1)
 
     def token_layout(self, batch: dict[str, Any]) -> list[tuple[str, int]]:
         """(segment name, number of tokens) of one forward pass, for printing (V1)."""
         _, mask = self.prefix(batch)
-        layout = [("vision", self.vision.num_tokens), ("text", mask.shape[1] - self.vision.num_tokens)]
+        vision_tokens = self.vision.num_tokens * len(self.config.cameras)
+        layout = [("vision", vision_tokens), ("text", mask.shape[1] - vision_tokens)]
         if self.config.use_proprio:
             layout[-1] = ("text", layout[-1][1] - 1)
             layout.append(("proprio", 1))
         return [*layout, ("action", self.config.action_dim)]
+
+    def set_proprio_statistics(self, mean: Any, std: Any) -> None:
+        """Standardise proprio with the training data's per-element mean and std (a floor on
+        std keeps constant elements, e.g. a fixed quaternion part, from blowing up)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if mean.shape != (self.config.proprio_dim,) or std.shape != (self.config.proprio_dim,):
+            raise ValueError(f"proprio statistics must have {self.config.proprio_dim} elements, got {mean.shape}")
+        self.proprio_mean.copy_(mean)
+        self.proprio_std.copy_(std.clamp_min(1e-2))
 
     # --- action inputs and masks ----------------------------------------------------------
     def _action_inputs(self, bins: torch.Tensor | None, batch_size: int, count: int) -> torch.Tensor:
@@ -128,24 +171,41 @@ class VLAPolicy(nn.Module):
     # --- training ------------------------------------------------------------------------
     def action_logits(self, batch: dict[str, Any], augment: bool = False) -> torch.Tensor:
         """Teacher-forced logits (B, action_dim, bins) for ``batch["action_bins"]``."""
+        return self.head(self._action_states(batch, augment))
+
+    def _action_states(self, batch: dict[str, Any], augment: bool) -> torch.Tensor:
+        """Final normalised states at the action positions (B, action_dim, width)."""
         prefix, key_valid = self.prefix(batch, augment)
         b, p, _ = prefix.shape
         d = self.config.action_dim
         actions = self._action_inputs(batch["action_bins"], b, d)
         key_valid = torch.cat([key_valid, torch.ones(b, d, dtype=torch.bool, device=prefix.device)], 1)
         out = self._run(torch.cat([prefix, actions], 1), self._mask(key_valid, p))
-        return self.head(self.norm(out[:, p:]))
+        return self.norm(out[:, p:])
 
     def forward(self, batch: dict[str, Any], augment: bool = True) -> dict[str, torch.Tensor]:
         """The training loss (so DistributedDataParallel can wrap the policy)."""
         return self.loss(batch, augment)
 
     def loss(self, batch: dict[str, Any], augment: bool = True) -> dict[str, torch.Tensor]:
-        logits = self.action_logits(batch, augment)
+        states = self._action_states(batch, augment)
+        logits = self.head(states)
         target = batch["action_bins"]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
-        accuracy = (logits.argmax(-1) == target).float().mean()
-        return {"loss": loss, "token_accuracy": accuracy}
+        action_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        out = {"loss": action_loss, "action_loss": action_loss}
+        out["token_accuracy"] = (logits.argmax(-1) == target).float().mean()
+        if self.key_position_head is not None:
+            if "key_positions" not in batch:
+                raise ValueError("model.aux_weight > 0 needs demos that record key_positions (collect them anew)")
+            predicted = self.key_position_head(states[:, 0]).float()
+            aux = F.mse_loss(predicted, batch["key_positions"] / KEY_POSITION_SCALE)
+            out["aux_loss"] = aux
+            # the mean position error in centimetres is what a reader can judge
+            out["aux_error_cm"] = (predicted.detach() - batch["key_positions"] / KEY_POSITION_SCALE).abs().mean() * (
+                100 * KEY_POSITION_SCALE
+            )
+            out["loss"] = action_loss + self.config.aux_weight * aux
+        return out
 
     # --- inference -------------------------------------------------------------------------
     @torch.no_grad()
