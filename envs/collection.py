@@ -18,7 +18,7 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -57,6 +57,15 @@ class CollectConfig:
     instruction_split: str = "train"
     expert_noise: float = 0.1
     max_attempts_factor: float = 3.0  # give up on a task after this many attempts per wanted episode
+    # DAgger: ``driver()`` (picklable, called once per worker) returns ``act(obs) -> action``;
+    # each step that callable drives, except with probability ``driver_beta`` the expert does.
+    # The expert still labels every state. Driven episodes are kept whether or not they succeed.
+    driver: Callable[[], Callable[[dict[str, Any]], np.ndarray]] | None = None
+    driver_beta: float = 0.0
+
+    @property
+    def keep_failures(self) -> bool:
+        return self.driver is not None
 
     def env_config(self) -> dict[str, Any]:
         return {
@@ -114,16 +123,29 @@ def _worker_env(task: str, config: CollectConfig):
     return _WORKER_ENVS[key]
 
 
-def record_expert_episode(env: Any, seed: int, expert_noise: float) -> EpisodeRecord:
-    """Run the task's expert for one episode from ``seed`` and record everything."""
+def record_expert_episode(
+    env: Any,
+    seed: int,
+    expert_noise: float,
+    driver: Callable[[dict[str, Any]], np.ndarray] | None = None,
+    driver_beta: float = 0.0,
+) -> EpisodeRecord:
+    """Run one episode from ``seed`` and record everything, the expert's label at every state.
+
+    Without a ``driver`` the expert acts (plus its noise); with one, the driver acts on each
+    step except with probability ``driver_beta`` (DAgger's mixture), so the labels cover the
+    states the driver's own mistakes lead to."""
     from envs import make_expert
 
     base = env.unwrapped
     expert = make_expert(env, noise_std=expert_noise, seed=seed)
+    mix = np.random.default_rng([seed, 1])
     obs, info = env.reset(seed=seed)
     images, wrist, proprio, labels, executed, rewards, key_positions = [], [], [], [], [], [], []
     while True:
         action = expert(obs)
+        if driver is not None and mix.random() >= driver_beta:
+            action = np.asarray(driver(obs), dtype=np.float32)
         key_positions.append(info["key_positions"])
         images.append(obs["image"])
         if "wrist_image" in obs:
@@ -154,11 +176,25 @@ def record_expert_episode(env: Any, seed: int, expert_noise: float) -> EpisodeRe
     )
 
 
+_WORKER_DRIVERS: dict[str, Callable] = {}
+
+
+def _worker_driver(config: CollectConfig) -> Callable | None:
+    """The driver policy, built once per worker process (loading a checkpoint is slow)."""
+    if config.driver is None:
+        return None
+    key = repr(config.driver)
+    if key not in _WORKER_DRIVERS:
+        _WORKER_DRIVERS[key] = config.driver()
+    return _WORKER_DRIVERS[key]
+
+
 def _attempt(task: str, seed: int, config: CollectConfig) -> dict[str, Any]:
-    """Worker entry point: one attempt; a successful episode goes to a temporary file."""
-    record = record_expert_episode(_worker_env(task, config), seed, config.expert_noise)
+    """Worker entry point: one attempt; a kept episode goes to a temporary file."""
+    env = _worker_env(task, config)
+    record = record_expert_episode(env, seed, config.expert_noise, _worker_driver(config), config.driver_beta)
     result = {"task": task, "seed": seed, "success": record.success, "steps": len(record.actions)}
-    if record.success:
+    if record.success or config.keep_failures:
         result["tmp"] = str(write_episode_tmp(config.output, record))
     return result
 
@@ -249,7 +285,8 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
                     for future in finished:
                         job = in_flight.pop(future)
                         result = future.result()
-                        if result["success"] and kept[result["task"]] < config.episodes_per_task:
+                        keep = result["success"] or config.keep_failures
+                        if keep and kept[result["task"]] < config.episodes_per_task:
                             commit_episode(Path(result["tmp"]))
                             kept[result["task"]] += 1
                             bar.update(1)

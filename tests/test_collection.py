@@ -152,3 +152,21 @@ def test_collect_script_smoke(tmp_path):
     assert "successful episodes/min" in result.stdout
     assert (out / "expert_rollouts.mp4").stat().st_size > 1000
     assert DemoDataset(out).num_episodes == 1
+
+
+def test_a_driver_acts_while_the_expert_labels_every_state():
+    """DAgger collection: the executed actions are the driver's, the labels the expert's."""
+    import gymnasium as gym
+    import numpy as np
+
+    from envs.collection import record_expert_episode
+
+    env = gym.make("VLASandbox/Reach-v0", image_size=32, max_steps=8)
+    still = np.zeros(7, np.float32)
+    driven = record_expert_episode(env, seed=3, expert_noise=0.0, driver=lambda obs: still, driver_beta=0.0)
+    assert np.all(driven.executed_actions == 0)
+    assert np.abs(driven.actions[:, :2]).max() > 0.5  # the expert wants to move towards the target
+    assert not driven.success and len(driven.actions) == 8
+    expert_only = record_expert_episode(env, seed=3, expert_noise=0.0, driver=lambda obs: still, driver_beta=1.0)
+    np.testing.assert_array_equal(expert_only.executed_actions, expert_only.actions)
+    env.close()

@@ -39,7 +39,9 @@ def main(cfg: DictConfig) -> None:
         train(cfg)
 
 
-def train(cfg: DictConfig) -> None:
+def train(cfg: DictConfig) -> dict | None:
+    """Train, evaluate, and return the final evaluation report (None on other ranks or when
+    stopped early)."""
     rank, world, device = init_distributed()
     if cfg.device != "auto":
         device = torch.device(cfg.device)
@@ -64,6 +66,8 @@ def train(cfg: DictConfig) -> None:
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, t.warmup_steps, t.steps))
     start_step, best_success = 0, -1.0
+    if cfg.get("init") and not cfg.resume:  # fine-tune: weights (and proprio statistics) from a checkpoint
+        tokenizer = load_init_weights(Path(cfg.init), policy_config, policy)
     if cfg.resume:
         payload = load_resume_state(run_dir, policy_config, policy, optimizer, schedule)
         start_step, best_success = payload["step"], payload["best_success"]
@@ -160,11 +164,14 @@ def train(cfg: DictConfig) -> None:
         if not (run_dir / "checkpoints" / "best.pt").exists():
             checkpoint("best.pt", stop)
         load_weights(policy, read_checkpoint(run_dir / "checkpoints" / "best.pt"))  # evaluate the best
-        final_evaluation(policy, tokenizer, cfg, device, demos, val_idx, run_dir)
+        report = final_evaluation(policy, tokenizer, cfg, device, demos, val_idx, run_dir)
+    else:
+        report = None
     if writer is not None:
         writer.close()
     if torch.distributed.is_initialized():  # under torchrun, even with one process
         torch.distributed.destroy_process_group()
+    return report
 
 
 def load_or_collect(cfg: DictConfig, rank: int) -> DemoDataset:
@@ -209,6 +216,18 @@ def fit_tokenizer(cfg: DictConfig, demos: DemoDataset) -> ActionTokenizer:
     if cfg.tokenizer.binning == "quantile":
         return ActionTokenizer(cfg.tokenizer.bins, stats["q01"], stats["q99"], "quantile")
     return ActionTokenizer(cfg.tokenizer.bins, mode=cfg.tokenizer.binning)
+
+
+def load_init_weights(path: Path, config: PolicyConfig, policy) -> ActionTokenizer:
+    """Weights from a checkpoint; its tokenizer too (the bins the weights were trained on)."""
+    try:
+        payload = read_checkpoint(path)
+        check_config(payload, asdict(config))
+        load_weights(policy, payload)
+    except CheckpointError as error:
+        raise SystemExit(f"error: cannot start from init={path}: {error}") from None
+    print(f"initialised from {payload['path']} (step {payload.get('step')})")
+    return ActionTokenizer.from_state_dict(payload["tokenizer"])
 
 
 def load_resume_state(run_dir: Path, config: PolicyConfig, policy, optimizer, schedule) -> dict:

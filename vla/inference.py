@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,13 @@ class PolicyRunner:
             .numpy()
         )
         return self.tokenizer.decode(bins)
+
+
+def policy_driver(path: str | Path, device: str = "cpu", threads: int = 1) -> Callable[[dict[str, Any]], np.ndarray]:
+    """``act(obs)`` of a checkpoint, for worker processes that step envs with it (DAgger
+    collection): one torch thread each, so N workers do not fight over N cores."""
+    torch.set_num_threads(threads)
+    return load_policy(path, device=device).act
 
 
 def load_policy(path: str | Path, device: str = "cpu", **kwargs: Any) -> PolicyRunner:
