@@ -1,0 +1,53 @@
+"""The topic names and QoS profiles every node and client share.
+
+Topics (all under ``/vla``; message types in docs/ros2.md):
+    camera/image      sensor_msgs/Image          sim -> policy   rgb8, frame ``scene_camera``
+    camera/wrist/image sensor_msgs/Image         sim -> policy   rgb8, frame ``wrist_camera`` (if enabled)
+    joint_states      sensor_msgs/JointState     sim -> policy   rad (arm), m (fingers, gripper)
+    ee_pose           geometry_msgs/PoseStamped  sim -> policy   grip site in frame ``world``
+    instruction       std_msgs/String            sim -> policy   latched (transient local)
+    instruction_ack   std_msgs/String            policy -> sim   the instruction the policy now uses
+    cmd/ee_twist      geometry_msgs/TwistStamped policy -> sim   m/s and rad/s, frame ``world``
+    cmd/gripper       sensor_msgs/JointState     policy -> sim   joint ``gripper``: -1 open .. +1 closed
+    estop             std_msgs/Bool              anyone -> both  true latches a stop
+    policy/inference_time std_msgs/Float64       policy ->       seconds per decoded action
+    safety/events     std_msgs/String            both ->         "<node>: <rule>" whenever the filter changed a command
+Services: ``/vla_sim/reset_estop`` and ``/vla_policy/reset_estop`` (std_srvs/Trigger).
+Action: ``/vla/execute_instruction`` (vla_sandbox_interfaces/action/ExecuteInstruction).
+"""
+
+from __future__ import annotations
+
+from ros2_bridge import require_ros
+
+require_ros()
+
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+
+NAMESPACE = "/vla"
+IMAGE = f"{NAMESPACE}/camera/image"
+WRIST_IMAGE = f"{NAMESPACE}/camera/wrist/image"
+JOINT_STATES = f"{NAMESPACE}/joint_states"
+EE_POSE = f"{NAMESPACE}/ee_pose"
+INSTRUCTION = f"{NAMESPACE}/instruction"
+INSTRUCTION_ACK = f"{NAMESPACE}/instruction_ack"
+CMD_TWIST = f"{NAMESPACE}/cmd/ee_twist"
+CMD_GRIPPER = f"{NAMESPACE}/cmd/gripper"
+ESTOP = f"{NAMESPACE}/estop"
+INFERENCE_TIME = f"{NAMESPACE}/policy/inference_time"
+SAFETY_EVENTS = f"{NAMESPACE}/safety/events"
+EXECUTE_INSTRUCTION = f"{NAMESPACE}/execute_instruction"
+WORLD_FRAME = "world"
+CAMERA_FRAME = "scene_camera"
+WRIST_CAMERA_FRAME = "wrist_camera"
+
+# Reliable, a short queue: lock-step evaluation must not lose a message, and a slow reader
+# should see recent data rather than a backlog.
+STREAM_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+# The current instruction (and its acknowledgement) must reach a node that starts later.
+LATCHED_QOS = QoSProfile(
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    history=HistoryPolicy.KEEP_LAST,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)

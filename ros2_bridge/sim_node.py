@@ -1,0 +1,411 @@
+"""The simulator node: the MuJoCo tabletop env as a ROS 2 robot.
+
+``python -m ros2_bridge.sim_node --ros-args -p mode:=realtime -p task:=reach``
+
+Publishes camera frames, joint states, the end-effector pose and the instruction; applies
+the commands it receives through the safety filter; serves the ``execute_instruction``
+action (goal: instruction/task/seed; feedback: step, last action, elapsed time; result:
+success, steps, per-step round trip). The robot moves only while a goal executes.
+
+Two modes:
+- ``realtime``: steps at ``rate_hz`` (20 Hz, the env's control rate) with the freshest
+  command; the watchdog stops motion when no command arrived within ``watchdog_timeout``.
+- ``lockstep``: steps exactly once per command pair stamped with the latest observation, so
+  an episode is the same sequence of observations and actions as an in-process rollout.
+
+All env calls run on one robot thread: MuJoCo's EGL context belongs to the thread that
+created it, and ROS callbacks (on executor threads) only store messages and wake it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ros2_bridge import require_ros
+
+require_ros()  # before any ROS import: one clear message without the ros2 extra
+
+import gymnasium as gym  # noqa: E402
+import rclpy  # noqa: E402
+from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
+from rclpy.action import ActionServer, CancelResponse, GoalResponse  # noqa: E402
+from rclpy.callback_groups import ReentrantCallbackGroup  # noqa: E402
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from std_msgs.msg import Bool, String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from envs import TASK_NAMES  # noqa: E402
+from envs.collection import resolve_tasks  # noqa: E402
+from envs.instructions import INSTRUCTION_SPLITS  # noqa: E402
+from envs.scene import ARM_JOINTS, FINGER_JOINTS  # noqa: E402
+from ros2_bridge import messages as m  # noqa: E402
+from ros2_bridge import ros  # noqa: E402
+from ros2_bridge.interfaces import load_action  # noqa: E402
+from ros2_bridge.safety import CONTROL_DT, SafetyFilter, SafetyLimits, ThrottledLog  # noqa: E402
+
+ExecuteInstruction = load_action()
+_ENV_IDS = {name: env_id for env_id, name in TASK_NAMES.items()}
+
+
+@dataclass
+class Episode:
+    """One executing goal; the robot thread fills it in, the action callback waits on it."""
+
+    task_id: str
+    split: str
+    seed: int | None
+    instruction: str
+    max_steps: int
+    goal_handle: object
+    started: float = field(default_factory=time.monotonic)
+    steps: int = 0
+    success: bool = False
+    round_trip: list[float] = field(default_factory=list)
+    waiting_for_ack: bool = False
+    cancel_requested: bool = False
+    message: str = ""
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+class SimNode(Node):
+    def __init__(self) -> None:
+        super().__init__("vla_sim")
+        self.task_id = _ENV_IDS[resolve_tasks([self.declare_parameter("task", "reach").value])[0]]
+        self.split = self.declare_parameter("split", "train").value
+        self.image_size = int(self.declare_parameter("image_size", 64).value)
+        self.cameras = tuple(self.declare_parameter("cameras", "scene").value.split(","))  # "scene" or "scene,wrist"
+        self.mode = self.declare_parameter("mode", "realtime").value
+        self.rate_hz = float(self.declare_parameter("rate_hz", 1.0 / CONTROL_DT).value)
+        timeout = float(self.declare_parameter("watchdog_timeout", 2 * CONTROL_DT).value)
+        # Off only to compare with in-process rollouts, whose env has no workspace box.
+        self.workspace_clamp = bool(self.declare_parameter("workspace_clamp", True).value)
+        if self.mode not in ("realtime", "lockstep"):
+            raise ValueError(f"mode must be 'realtime' or 'lockstep', got {self.mode!r}")
+        self.safety = SafetyFilter(SafetyLimits(watchdog_timeout=timeout), log=self.get_logger().error)
+        self.report = ThrottledLog(self.get_logger().error)
+        self.events_pub = self.create_publisher(String, ros.SAFETY_EVENTS, ros.STREAM_QOS)
+
+        self._cond = threading.Condition()
+        self._episode: Episode | None = None
+        self._new_episode: Episode | None = None
+        self._commands: dict[int, dict[str, object]] = {}  # stamp -> {"twist", "gripper"}
+        self._latest: dict[str, object] = {}  # realtime: the freshest twist and gripper command
+        self._sent: dict[int, float] = {}  # stamp -> monotonic publish time of that observation
+        self._obs_key: int | None = None
+        self._acked = ""
+        self._envs: dict[tuple[str, str], gym.Env] = {}
+        self.env: gym.Env | None = None
+        self.obs: dict | None = None
+        self._running = True
+
+        self.image_pub = self.create_publisher(Image, ros.IMAGE, ros.STREAM_QOS)
+        self.wrist_pub = (
+            self.create_publisher(Image, ros.WRIST_IMAGE, ros.STREAM_QOS) if "wrist" in self.cameras else None
+        )
+        self.joints_pub = self.create_publisher(JointState, ros.JOINT_STATES, ros.STREAM_QOS)
+        self.pose_pub = self.create_publisher(PoseStamped, ros.EE_POSE, ros.STREAM_QOS)
+        self.instruction_pub = self.create_publisher(String, ros.INSTRUCTION, ros.LATCHED_QOS)
+        self.create_subscription(TwistStamped, ros.CMD_TWIST, lambda msg: self._on_command("twist", msg), 50)
+        self.create_subscription(JointState, ros.CMD_GRIPPER, lambda msg: self._on_command("gripper", msg), 50)
+        self.create_subscription(String, ros.INSTRUCTION_ACK, self._on_ack, ros.LATCHED_QOS)
+        self.create_subscription(Bool, ros.ESTOP, self._on_estop, 10)
+        self.create_service(Trigger, "~/reset_estop", self._on_reset_estop)
+        self.action_server = ActionServer(
+            self,
+            ExecuteInstruction,
+            ros.EXECUTE_INSTRUCTION,
+            execute_callback=self._execute,
+            goal_callback=self._on_goal,
+            cancel_callback=self._on_cancel,
+            callback_group=ReentrantCallbackGroup(),
+        )
+        self.robot = threading.Thread(target=self._robot_loop, name="robot", daemon=True)
+        self.robot.start()
+        cameras = "+".join(self.cameras)
+        self.get_logger().info(f"simulator ready: {self.task_id}, {self.mode}, {cameras} at {self.image_size} px")
+
+    # --- ROS callbacks (executor threads): store and wake the robot thread ---------------------
+    def _on_command(self, kind: str, msg) -> None:
+        key, now = m.stamp_key(msg.header.stamp), time.monotonic()
+        with self._cond:
+            if self.mode == "realtime":
+                self._latest[kind] = msg
+            elif key == self._obs_key:  # lock-step: only commands answering the current observation
+                self._commands.setdefault(key, {})[kind] = msg
+            else:
+                return
+            episode = self._episode
+            if kind == "twist" and key in self._sent and episode is not None:
+                episode.round_trip.append(now - self._sent.pop(key))
+            self.safety.feed(now)
+            self._cond.notify_all()
+
+    def _on_ack(self, msg: String) -> None:
+        with self._cond:
+            self._acked = msg.data
+            self._cond.notify_all()
+
+    def _on_estop(self, msg: Bool) -> None:
+        if msg.data:
+            self.safety.engage_estop("estop topic")
+
+    def _on_reset_estop(self, request, response):
+        response.success = self.safety.reset_estop()
+        response.message = "emergency stop released" if response.success else "no emergency stop was engaged"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_goal(self, goal) -> GoalResponse:
+        try:
+            self._episode_from_goal(goal, None)
+        except ValueError as error:
+            self.get_logger().error(f"goal rejected: {error}")
+            return GoalResponse.REJECT
+        with self._cond:
+            if self._episode is not None or self._new_episode is not None:
+                self.get_logger().error("goal rejected: another instruction is executing")
+                return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def _on_cancel(self, goal_handle) -> CancelResponse:
+        with self._cond:
+            for episode in (self._episode, self._new_episode):
+                if episode is not None and episode.goal_handle is goal_handle:
+                    episode.cancel_requested = True
+            self._cond.notify_all()
+        return CancelResponse.ACCEPT
+
+    def _execute(self, goal_handle):
+        """Hand the goal to the robot thread and wait until its episode ends."""
+        episode = self._episode_from_goal(goal_handle.request, goal_handle)
+        with self._cond:
+            self._new_episode = episode
+            self._cond.notify_all()
+        episode.finished.wait()
+        result = ExecuteInstruction.Result(
+            success=episode.success,
+            steps=episode.steps,
+            instruction=episode.instruction,
+            message=episode.message,
+            round_trip=episode.round_trip,
+        )
+        if episode.cancel_requested:
+            deadline = time.monotonic() + 1.0  # the server marks the goal CANCELING after our callback
+            while not goal_handle.is_cancel_requested and time.monotonic() < deadline:
+                time.sleep(0.001)
+            goal_handle.canceled()
+        elif self._running:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return result
+
+    def _episode_from_goal(self, goal, goal_handle) -> Episode:
+        task = goal.task or self.task_id
+        task_id = _ENV_IDS[resolve_tasks([task])[0]]  # ValueError lists the valid names
+        split = goal.split or self.split
+        if split not in INSTRUCTION_SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid: {list(INSTRUCTION_SPLITS)}")
+        instruction = m.check_instruction(goal.instruction) if goal.instruction else ""
+        seed = None if goal.seed < 0 else int(goal.seed)
+        return Episode(task_id, split, seed, instruction, int(goal.max_steps), goal_handle)
+
+    # --- the robot thread -----------------------------------------------------------------
+    def _robot_loop(self) -> None:
+        try:
+            self._use_env(self.task_id, self.split)
+            self.obs, _ = self.env.reset(seed=0)
+            next_tick = time.monotonic()
+            while self._running:
+                if self.mode == "realtime":
+                    next_tick += 1.0 / self.rate_hz
+                    time.sleep(max(0.0, next_tick - time.monotonic()))
+                    next_tick = max(next_tick, time.monotonic() - 1.0 / self.rate_hz)  # no catch-up bursts
+                    self._start_pending_episode()
+                    self._realtime_tick()
+                else:
+                    self._lockstep_tick()
+        except Exception as error:  # a robot that cannot step must say why, and end its goal
+            self.get_logger().fatal(f"robot loop stopped: {type(error).__name__}: {error}")
+            with self._cond:
+                for episode in (self._episode, self._new_episode):
+                    if episode is not None:
+                        episode.message = f"simulator error: {error}"
+                        episode.finished.set()
+            raise
+
+    def _use_env(self, task_id: str, split: str) -> None:
+        key = (task_id, split)
+        if key not in self._envs:
+            self._envs[key] = gym.make(
+                task_id, instruction_split=split, image_size=self.image_size, cameras=self.cameras
+            )
+        self.env = self._envs[key]
+
+    def _start_pending_episode(self) -> None:
+        with self._cond:
+            episode, self._new_episode = self._new_episode, None
+        if episode is None:
+            return
+        self._use_env(episode.task_id, episode.split)
+        options = {"instruction": episode.instruction} if episode.instruction else None
+        self.obs, info = self.env.reset(seed=episode.seed, options=options)
+        episode.instruction = info["instruction"]
+        episode.max_steps = min(episode.max_steps or self.env.unwrapped.max_steps, self.env.unwrapped.max_steps)
+        episode.started = time.monotonic()
+        self.safety.last_gripper = -1.0  # the env resets with the gripper open
+        with self._cond:
+            self._episode = episode
+            self._commands.clear()
+            self._latest.clear()
+            episode.waiting_for_ack = self.mode == "lockstep" and self._acked != episode.instruction
+        self.instruction_pub.publish(String(data=episode.instruction))
+        self.get_logger().info(f"executing {episode.task_id} seed {episode.seed}: {episode.instruction!r}")
+        if self.mode == "lockstep" and not episode.waiting_for_ack:
+            self._publish_observation()
+
+    def _lockstep_tick(self) -> None:
+        start = ack_arrived = complete = False
+        with self._cond:
+            self._cond.wait_for(self._lockstep_ready, timeout=0.1)
+            episode = self._episode
+            if episode is None:
+                start = self._new_episode is not None
+            else:
+                ack_arrived = episode.waiting_for_ack and self._acked == episode.instruction
+                episode.waiting_for_ack = episode.waiting_for_ack and not ack_arrived
+                pair = self._commands.get(self._obs_key, {})
+                complete = len(pair) == 2
+                if complete:
+                    del self._commands[self._obs_key]
+        if episode is None:
+            if start:
+                self._start_pending_episode()
+        elif episode.cancel_requested:
+            self._finish(episode, "canceled")
+        elif ack_arrived:  # the policy now holds this episode's instruction: show it the scene
+            self._publish_observation()
+        elif complete:
+            self._apply(self._action_from(pair))
+
+    def _lockstep_ready(self) -> bool:
+        episode = self._episode
+        if episode is None:
+            return self._new_episode is not None
+        if episode.cancel_requested or (episode.waiting_for_ack and self._acked == episode.instruction):
+            return True
+        return len(self._commands.get(self._obs_key, {})) == 2
+
+    def _realtime_tick(self) -> None:
+        with self._cond:
+            episode = self._episode
+            pair = dict(self._latest)
+        if episode is not None and episode.cancel_requested:
+            self._finish(episode, "canceled")
+            episode = None
+        if episode is None:  # idle: hold still, keep the camera streaming
+            self.obs, *_ = self.env.step(self.safety.stop())
+            self._publish_observation()
+            return
+        self._apply(self._action_from(pair) if len(pair) == 2 else None)
+        if self._episode is not None:
+            self._publish_observation()
+
+    def _action_from(self, pair: dict) -> np.ndarray | None:
+        try:
+            return m.action_from_msgs(pair["twist"], pair["gripper"])
+        except m.MalformedMessage as error:
+            self.report(error.kind, f"malformed command replaced by a stop: {error}")
+            return None
+
+    def _apply(self, command: np.ndarray | None) -> None:
+        """One control step of the current episode with the safety-filtered command."""
+        episode = self._episode
+        if command is None:  # no usable command yet (or a malformed one, already reported)
+            action = self.safety.stop()
+        else:
+            action = self._filter(command, self.obs["proprio"])
+        self.obs, _, terminated, truncated, info = self.env.step(action)
+        episode.steps += 1
+        episode.success = bool(info["is_success"])
+        feedback = ExecuteInstruction.Feedback(step=episode.steps, elapsed=time.monotonic() - episode.started)
+        feedback.last_action = action.astype(np.float32)
+        episode.goal_handle.publish_feedback(feedback)
+        if terminated or truncated or episode.steps >= episode.max_steps:
+            self._finish(episode, "success" if episode.success else "time limit")
+        elif self.mode == "lockstep":
+            self._publish_observation()
+
+    def _finish(self, episode: Episode, message: str) -> None:
+        with self._cond:
+            self._episode = None
+            self._obs_key = None
+            self._commands.clear()
+            self._sent.clear()
+        episode.message = message
+        self.get_logger().info(f"episode ended after {episode.steps} steps: {message}")
+        episode.finished.set()
+
+    def _publish_observation(self) -> None:
+        stamp = self.get_clock().now().to_msg()
+        key = m.stamp_key(stamp)
+        env = self.env.unwrapped
+        names = [*ARM_JOINTS, *FINGER_JOINTS, m.GRIPPER_JOINT]
+        qpos_idx = [*env.ik.qpos_idx, *env.world.finger_qpos]
+        dof_idx = [*env.ik.dof_idx, *(env.model.jnt_dofadr[env.model.joint(j).id] for j in FINGER_JOINTS)]
+        positions = [*env.data.qpos[qpos_idx], float(self.obs["proprio"][7])]
+        velocities = [*env.data.qvel[dof_idx], 0.0]
+        with self._cond:
+            self._obs_key = key
+            self._sent[key] = time.monotonic()
+            if len(self._sent) > 100:  # realtime: commands for old observations may never come
+                self._sent.pop(next(iter(self._sent)))
+        self.joints_pub.publish(m.joint_state_msg(names, positions, velocities, stamp))
+        self.pose_pub.publish(m.pose_msg(self.obs["proprio"], stamp))
+        if self.wrist_pub is not None:
+            self.wrist_pub.publish(m.image_msg(self.obs["wrist_image"], stamp, ros.WRIST_CAMERA_FRAME))
+        self.image_pub.publish(m.image_msg(self.obs["image"], stamp))
+
+    def _filter(self, command: np.ndarray, proprio: np.ndarray) -> np.ndarray:
+        """The safety filter, announcing every change it makes on the events topic."""
+        # Lock-step: simulated time stands still between commands, so a command is fresh when it
+        # arrives (judged then, not after the robot thread was scheduled on a busy machine).
+        now = self.safety.watchdog.last_fed if self.mode == "lockstep" else None
+        action, why = self.safety.filter(command, proprio[:3] if self.workspace_clamp else None, now)
+        if why is not None:
+            self.events_pub.publish(String(data=f"sim: {why}"))
+        return action
+
+    def shutdown(self) -> None:
+        self._running = False
+        with self._cond:
+            self._cond.notify_all()
+            for episode in (self._episode, self._new_episode):
+                if episode is not None:
+                    episode.message = "simulator shut down"
+                    episode.finished.set()
+
+
+def main() -> None:
+    rclpy.init()
+    node = SimNode()
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""The ROS 2 bridge with real rclpy over DDS on loopback: the simulator and the policy node run
+as separate processes on a private ROS_DOMAIN_ID; this test process joins as a third node.
+
+Covers the publish/subscribe round trip, the action's goal, feedback, result and cancel,
+the emergency stop, malformed input (images, instructions, a 1 kHz command flood), the
+watchdog when the policy node dies, and the evaluation command against in-process
+evaluation on the same seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="the ros2 extra is not installed: pip install -e '.[ros2]'")
+
+import rclpy  # noqa: E402
+from action_msgs.msg import GoalStatus  # noqa: E402
+from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import Bool, String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from envs.evaluation import EVAL_SEED_BASE  # noqa: E402
+from ros2_bridge import messages as m  # noqa: E402
+from ros2_bridge import ros  # noqa: E402
+from ros2_bridge.client import InstructionClient  # noqa: E402
+from ros2_bridge.interfaces import load_action  # noqa: E402
+from ros2_bridge.processes import REPO_ROOT, NodeProcesses, ros_env, start_bridge  # noqa: E402
+from tests.test_bc import train  # noqa: E402
+
+# Three private domains per test run (lock-step bridge, real-time bridge, evaluation command).
+DOMAIN = 1 + (os.getpid() % 33) * 3
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # this process's nodes too
+IMAGE_SIZE = 32  # the tiny model's
+WATCHDOG_TIMEOUT = 0.1
+
+
+class Peer:
+    """A node of the test itself, on its own rclpy context and domain."""
+
+    def __init__(self, domain: int):
+        self.context = Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.node = rclpy.create_node("test_peer", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.client = InstructionClient(self.node, self.executor)
+
+    def spin_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.01)
+
+    def spin_until(self, predicate, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate() and time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.02)
+        return bool(predicate())
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_demos, tmp_path_factory) -> Path:
+    load_action()  # generate the action interface once, before any node process needs it
+    run_dir = tmp_path_factory.mktemp("ros2") / "run"
+    result = train(tiny_demos, run_dir, "trainer.steps=6")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir / "checkpoints" / "best.pt"
+
+
+def running_bridge(checkpoint: Path, domain: int, log_dir: Path, lockstep: bool):
+    nodes = NodeProcesses(domain, log_dir)
+    peer = None
+    try:
+        start_bridge(nodes, str(checkpoint), {"image_size": IMAGE_SIZE}, "reach", lockstep=lockstep)
+        peer = Peer(domain)
+        assert peer.client.wait_for_server(60.0), nodes.log("sim")[-2000:]
+        if not lockstep:
+            assert peer.client.wait_for_policy(60.0), nodes.log("policy")[-2000:]
+        yield SimpleNamespace(nodes=nodes, peer=peer)
+    finally:
+        if peer is not None:
+            peer.close()
+        nodes.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def lockstep(tiny_checkpoint, tmp_path_factory):
+    yield from running_bridge(tiny_checkpoint, DOMAIN, tmp_path_factory.mktemp("lockstep_logs"), lockstep=True)
+
+
+@pytest.fixture(scope="module")
+def realtime(tiny_checkpoint, tmp_path_factory):
+    yield from running_bridge(tiny_checkpoint, DOMAIN + 1, tmp_path_factory.mktemp("realtime_logs"), lockstep=False)
+
+
+def observation_msgs(stamp, image: np.ndarray):
+    proprio = np.array([0.0, 0.0, 0.2, 1.0, 0.0, 0.0, 0.0, 0.096], dtype=np.float32)
+    joints = m.joint_state_msg([m.GRIPPER_JOINT], [float(proprio[7])], [0.0], stamp)
+    return m.image_msg(image, stamp), m.pose_msg(proprio, stamp), joints
+
+
+def test_publish_subscribe_round_trip_through_the_policy_node(lockstep):
+    peer = lockstep.peer
+    node = peer.node
+    image_pub = node.create_publisher(m.Image, ros.IMAGE, ros.STREAM_QOS)
+    pose_pub = node.create_publisher(PoseStamped, ros.EE_POSE, ros.STREAM_QOS)
+    joints_pub = node.create_publisher(JointState, ros.JOINT_STATES, ros.STREAM_QOS)
+    instruction_pub = node.create_publisher(String, ros.INSTRUCTION, ros.LATCHED_QOS)
+    commands = []
+    node.create_subscription(TwistStamped, ros.CMD_TWIST, commands.append, ros.STREAM_QOS)
+    instruction_pub.publish(String(data="touch the red cube"))
+    assert peer.spin_until(lambda: image_pub.get_subscription_count() > 0, 10.0)
+    peer.spin_for(0.3)
+
+    stamp = node.get_clock().now().to_msg()
+    image = np.random.default_rng(0).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    sent = time.monotonic()
+    for msg, pub in zip(observation_msgs(stamp, image), (image_pub, pose_pub, joints_pub), strict=True):
+        pub.publish(msg)
+    key = m.stamp_key(stamp)
+    assert peer.spin_until(lambda: any(m.stamp_key(c.header.stamp) == key for c in commands), 10.0)
+    reply = next(c for c in commands if m.stamp_key(c.header.stamp) == key)
+    assert reply.header.frame_id == ros.WORLD_FRAME
+    assert time.monotonic() - sent < 5.0
+    for name in ("image_pub", "pose_pub", "joints_pub", "instruction_pub"):
+        node.destroy_publisher(locals()[name])
+
+
+def test_action_goal_gives_feedback_every_step_and_a_result(lockstep):
+    outcome = lockstep.peer.client.run(task="reach", seed=EVAL_SEED_BASE, max_steps=12, timeout=60)
+    assert outcome.accepted and outcome.status == GoalStatus.STATUS_SUCCEEDED
+    result = outcome.result
+    assert 1 <= result.steps <= 12 and result.instruction
+    assert [f.step for f in outcome.feedback] == list(range(1, result.steps + 1))
+    elapsed = [f.elapsed for f in outcome.feedback]
+    assert elapsed == sorted(elapsed)
+    assert len(result.round_trip) == result.steps and all(0 < t < 5 for t in result.round_trip)
+
+
+def test_cancel_ends_the_goal_and_stops_the_robot_at_once(lockstep):
+    peer = lockstep.peer
+    outcome = peer.client.run(task="reach", seed=EVAL_SEED_BASE + 1, timeout=60, cancel_when=lambda fb: len(fb) >= 3)
+    assert outcome.status == GoalStatus.STATUS_CANCELED
+    assert outcome.result.message == "canceled" and outcome.result.steps < 20
+    frames = []
+    subscription = peer.node.create_subscription(m.Image, ros.IMAGE, frames.append, ros.STREAM_QOS)
+    peer.spin_for(0.5)
+    assert frames == []  # lock-step: no goal, no steps, no new frames
+    peer.node.destroy_subscription(subscription)
+
+
+def test_estop_latches_a_stop_until_reset(lockstep):
+    peer = lockstep.peer
+    estop = peer.node.create_publisher(Bool, ros.ESTOP, 10)
+    assert peer.spin_until(lambda: estop.get_subscription_count() >= 2, 10.0)
+    estop.publish(Bool(data=True))
+    peer.spin_for(0.3)
+    stopped = peer.client.run(task="reach", seed=EVAL_SEED_BASE, max_steps=5, timeout=60)
+    assert stopped.result.steps == 5
+    assert all(not np.any(f.last_action[:6]) for f in stopped.feedback)
+
+    for service in ("/vla_sim/reset_estop", "/vla_policy/reset_estop"):
+        client = peer.node.create_client(Trigger, service)
+        assert client.wait_for_service(timeout_sec=10.0), service
+        future = client.call_async(Trigger.Request())
+        assert peer.spin_until(future.done, 10.0)
+        assert future.result().success, service
+        peer.node.destroy_client(client)
+    moving = peer.client.run(task="reach", seed=EVAL_SEED_BASE, max_steps=5, timeout=60)
+    assert any(np.any(f.last_action[:6]) for f in moving.feedback)
+    peer.node.destroy_publisher(estop)
+
+
+def test_malformed_images_and_instructions_are_logged_and_the_nodes_keep_serving(lockstep):
+    peer, nodes = lockstep.peer, lockstep.nodes
+    node = peer.node
+    image_pub = node.create_publisher(m.Image, ros.IMAGE, ros.STREAM_QOS)
+    pose_pub = node.create_publisher(PoseStamped, ros.EE_POSE, ros.STREAM_QOS)
+    joints_pub = node.create_publisher(JointState, ros.JOINT_STATES, ros.STREAM_QOS)
+    instruction_pub = node.create_publisher(String, ros.INSTRUCTION, ros.LATCHED_QOS)
+    assert peer.spin_until(lambda: image_pub.get_subscription_count() > 0, 10.0)
+
+    def publish(image_msg) -> None:
+        stamp = node.get_clock().now().to_msg()
+        _, pose, joints = observation_msgs(stamp, np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8))
+        image_msg.header.stamp = stamp
+        for msg, pub in ((pose, pose_pub), (joints, joints_pub), (image_msg, image_pub)):
+            pub.publish(msg)
+        peer.spin_for(0.1)
+
+    stamp = node.get_clock().now().to_msg()
+    publish(m.image_msg(np.zeros((64, 64, 3), np.uint8), stamp))  # wrong size
+    bgr = m.image_msg(np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), stamp)
+    bgr.encoding = "bgr8"
+    publish(bgr)  # wrong encoding
+    short = m.image_msg(np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), stamp)
+    short.data = bytes(10)
+    publish(short)  # truncated data
+    instruction_pub.publish(String(data=""))
+    peer.spin_for(0.2)
+    instruction_pub.publish(String(data="x" * 10_000))
+    peer.spin_for(0.3)
+    rejected = peer.client.run(instruction="a" * 10_000, task="reach", seed=EVAL_SEED_BASE, timeout=30)
+    assert not rejected.accepted
+
+    ok = peer.client.run(task="reach", seed=EVAL_SEED_BASE, max_steps=5, timeout=60)
+    assert ok.accepted and ok.result.steps == 5
+    assert all(p.poll() is None for p in nodes.processes.values())
+    policy_log, sim_log = nodes.log("policy"), nodes.log("sim")
+    assert f"image must be {IMAGE_SIZE}x{IMAGE_SIZE}" in policy_log
+    assert "image encoding must be 'rgb8', got 'bgr8'" in policy_log
+    assert "image data has 10 bytes" in policy_log
+    assert "instruction ignored, robot held still: instruction is empty" in policy_log
+    assert "instruction has 10000 characters, more than the 256 allowed" in policy_log
+    assert "goal rejected: instruction has 10000 characters" in sim_log
+    assert "Traceback" not in policy_log + sim_log
+    for pub in (image_pub, pose_pub, joints_pub, instruction_pub):
+        node.destroy_publisher(pub)
+
+
+def test_command_flood_at_1khz_is_survived_and_logged_once(realtime):
+    peer, nodes = realtime.peer, realtime.nodes
+    twist_pub = peer.node.create_publisher(TwistStamped, ros.CMD_TWIST, ros.STREAM_QOS)
+    gripper_pub = peer.node.create_publisher(JointState, ros.CMD_GRIPPER, ros.STREAM_QOS)
+    assert peer.spin_until(lambda: twist_pub.get_subscription_count() > 0, 10.0)
+    feedback = []
+    goal = peer.client.client.send_goal_async(
+        load_action().Goal(task="reach", seed=EVAL_SEED_BASE, max_steps=400), feedback_callback=feedback.append
+    )
+    assert peer.spin_until(goal.done, 10.0) and goal.result().accepted
+    start = time.monotonic()
+    for i in range(1000):  # one second at 1 kHz, some of it garbage
+        action = np.full(7, np.nan) if i % 10 == 0 else np.zeros(7)
+        twist, gripper = m.command_msgs(action, peer.node.get_clock().now().to_msg())
+        if i % 7 == 0:
+            gripper.name = ["not_a_gripper", "x"]
+        gripper_pub.publish(gripper)
+        twist_pub.publish(twist)
+        peer.executor.spin_once(timeout_sec=0)
+        time.sleep(max(0.0, start + (i + 1) / 1000 - time.monotonic()))
+    during = len(feedback)
+    peer.spin_for(0.5)
+    assert len(feedback) > during  # still stepping after the flood
+    cancel = goal.result().cancel_goal_async()
+    assert peer.spin_until(cancel.done, 10.0)
+    result = goal.result().get_result_async()
+    assert peer.spin_until(result.done, 10.0) and result.result().status == GoalStatus.STATUS_CANCELED
+    assert all(p.poll() is None for p in nodes.processes.values())
+    sim_log = nodes.log("sim")
+    errors = [line for line in sim_log.splitlines() if line.startswith("[ERROR]")]
+    assert any("non-finite command" in line for line in errors)
+    assert any("malformed command replaced by a stop" in line for line in errors)
+    assert len(errors) < 10, errors  # one line per kind, not one per message
+    peer.node.destroy_publisher(twist_pub)
+    peer.node.destroy_publisher(gripper_pub)
+
+
+def test_watchdog_stops_the_robot_when_the_policy_node_dies(realtime):
+    peer, nodes = realtime.peer, realtime.nodes
+    feedback: list[tuple[float, object]] = []
+    goal = peer.client.client.send_goal_async(
+        load_action().Goal(task="reach", seed=EVAL_SEED_BASE, max_steps=400),
+        feedback_callback=lambda msg: feedback.append((time.monotonic(), msg.feedback)),
+    )
+    assert peer.spin_until(goal.done, 10.0) and goal.result().accepted
+    assert peer.spin_until(lambda: len(feedback) >= 10, 10.0)
+    assert any(np.any(f.last_action[:6]) for _, f in feedback), "the policy should be moving the robot"
+
+    os.killpg(nodes.processes["policy"].pid, signal.SIGKILL)  # dies mid-episode, no goodbye
+    killed = time.monotonic()
+    peer.spin_for(1.0)
+    after = [(t - killed, f) for t, f in feedback if t > killed]
+    first_stop = next(t for t, f in after if not np.any(f.last_action[:6]))
+    # The last command arrived before the kill, so the stop comes within the timeout plus one
+    # control period of feedback delivery (and scheduling slack on a loaded CI machine).
+    assert first_stop <= WATCHDOG_TIMEOUT + 0.05 + 0.15, after[:5]
+    assert all(not np.any(f.last_action[:6]) for t, f in after if t > first_stop)
+    assert "watchdog" in nodes.log("sim")
+    goal.result().cancel_goal_async()
+    result = goal.result().get_result_async()
+    assert peer.spin_until(result.done, 10.0) and result.result().status == GoalStatus.STATUS_CANCELED
+    assert nodes.processes["sim"].poll() is None
+
+
+def test_evaluate_command_matches_in_process_evaluation(tiny_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    command = [
+        sys.executable,
+        "-m",
+        "ros2_bridge.evaluate",
+        f"checkpoint={tiny_checkpoint}",
+        "episodes=3",
+        "tasks=[reach]",
+        f"domain_id={DOMAIN + 2}",
+        f"out_dir={out}",
+    ]
+    env = {**ros_env(DOMAIN + 2), "OMP_NUM_THREADS": "1"}
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, text=True, start_new_session=True, **pipes)
+    try:
+        stdout, stderr = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, stderr[-3000:]
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["agreement"] == {"episodes": 3, "same_outcome": 3, "same_length": 3}
+    assert report["ros2_per_episode"][0]["seeds"] == [EVAL_SEED_BASE + i for i in range(3)]
+    assert report["latency"]["steps"] == sum(report["ros2_per_episode"][0]["lengths"])
+    assert report["latency"]["safety_events"] == {}  # nothing clamped: the rollouts are the same
+    assert "Per-episode agreement: 3/3" in stdout
+
+
+def test_policy_node_with_a_missing_checkpoint_is_one_clear_error(tmp_path):
+    command = [sys.executable, "-m", "ros2_bridge.policy_node", "--ros-args", "-p", f"checkpoint:={tmp_path}/none.pt"]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=ros_env(DOMAIN), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "cannot start" in result.stderr and "no checkpoint at" in result.stderr
+    assert "Traceback" not in result.stderr
