@@ -30,8 +30,7 @@ from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
-from std_msgs.msg import Bool, Float64, String  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
+from std_msgs.msg import Float64, String  # noqa: E402
 
 from ros2_bridge import messages as m  # noqa: E402
 from ros2_bridge import ros  # noqa: E402
@@ -74,8 +73,7 @@ class PolicyNode(Node):
         self.create_subscription(JointState, ros.JOINT_STATES, lambda msg: self._on_part("joints", msg), ros.STREAM_QOS)
         if "wrist" in self.parts:
             self.create_subscription(Image, ros.WRIST_IMAGE, lambda msg: self._on_part("wrist", msg), ros.STREAM_QOS)
-        self.create_subscription(Bool, ros.ESTOP, self._on_estop, 10)
-        self.create_service(Trigger, "~/reset_estop", self._on_reset_estop)
+        ros.serve_estop(self, self.safety)
         if self.rate_hz > 0:
             self.create_timer(1.0 / self.rate_hz, self._on_timer)
         mode = f"{self.rate_hz:g} Hz" if self.rate_hz > 0 else "one command per observation"
@@ -119,16 +117,6 @@ class PolicyNode(Node):
         self.safety.feed()
         if self.rate_hz <= 0:
             self._act()
-
-    def _on_estop(self, msg: Bool) -> None:
-        if msg.data:
-            self.safety.engage_estop("estop topic")
-
-    def _on_reset_estop(self, request, response):
-        response.success = self.safety.reset_estop()
-        response.message = "emergency stop released" if response.success else "no emergency stop was engaged"
-        self.get_logger().info(response.message)
-        return response
 
     # --- outputs --------------------------------------------------------------------------
     def _on_timer(self) -> None:

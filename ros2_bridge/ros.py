@@ -23,6 +23,8 @@ from ros2_bridge import require_ros
 require_ros()
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from std_msgs.msg import Bool  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
 
 NAMESPACE = "/vla"
 IMAGE = f"{NAMESPACE}/camera/image"
@@ -51,3 +53,21 @@ LATCHED_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
+
+
+def serve_estop(node, safety) -> None:
+    """The emergency stop every node obeys: ``true`` on the estop topic latches a stop in
+    ``safety``; the node's ``~/reset_estop`` service (std_srvs/Trigger) releases it."""
+
+    def on_estop(msg: Bool) -> None:
+        if msg.data:
+            safety.engage_estop("estop topic")
+
+    def on_reset(request, response):
+        response.success = safety.reset_estop()
+        response.message = "emergency stop released" if response.success else "no emergency stop was engaged"
+        node.get_logger().info(response.message)
+        return response
+
+    node.create_subscription(Bool, ESTOP, on_estop, 10)
+    node.create_service(Trigger, "~/reset_estop", on_reset)

@@ -37,8 +37,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup  # noqa: E402
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
-from std_msgs.msg import Bool, String  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
 
 from envs import TASK_NAMES  # noqa: E402
 from envs.collection import resolve_tasks  # noqa: E402
@@ -114,8 +113,7 @@ class SimNode(Node):
         self.create_subscription(TwistStamped, ros.CMD_TWIST, lambda msg: self._on_command("twist", msg), 50)
         self.create_subscription(JointState, ros.CMD_GRIPPER, lambda msg: self._on_command("gripper", msg), 50)
         self.create_subscription(String, ros.INSTRUCTION_ACK, self._on_ack, ros.LATCHED_QOS)
-        self.create_subscription(Bool, ros.ESTOP, self._on_estop, 10)
-        self.create_service(Trigger, "~/reset_estop", self._on_reset_estop)
+        ros.serve_estop(self, self.safety)
         self.action_server = ActionServer(
             self,
             ExecuteInstruction,
@@ -150,16 +148,6 @@ class SimNode(Node):
         with self._cond:
             self._acked = msg.data
             self._cond.notify_all()
-
-    def _on_estop(self, msg: Bool) -> None:
-        if msg.data:
-            self.safety.engage_estop("estop topic")
-
-    def _on_reset_estop(self, request, response):
-        response.success = self.safety.reset_estop()
-        response.message = "emergency stop released" if response.success else "no emergency stop was engaged"
-        self.get_logger().info(response.message)
-        return response
 
     def _on_goal(self, goal) -> GoalResponse:
         try:
