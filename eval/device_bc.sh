@@ -3,6 +3,7 @@
 #   bash eval/device_bc.sh setup   # install carried wheels, collect the datasets
 #   bash eval/device_bc.sh sweep   # a GPU-config run and CPU-config variants side by side
 #   NPROCS=1 bash eval/device_bc.sh ddp   # torchrun through NCCL (NPROCS="1 2" on a 2-GPU host)
+#   bash eval/device_bc.sh probe|aux|reach|dagger   # the session-3 experiments (docs/results.md)
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM).
 set -uo pipefail
 phase=$1
@@ -100,6 +101,16 @@ if [ "$phase" = reach ]; then  # longer reach runs: data scale, DART noise, wris
   wait
   for f in outputs/sweep/*/metrics.jsonl; do echo "$f $(tail -1 $f)"; done
   cat $out/probe_*.md
+fi
+
+if [ "$phase" = dagger ]; then  # BC then DAgger rounds on the task suite (policy-driven collection on 15 CPU workers)
+  tasks=${TASKS:-reach,push,lift,pick_place,stack}
+  python3 train/collect.py output=data/demos100 tasks=[$tasks] episodes_per_task=100 workers=15 video=false progress=false | tail -1
+  timeout ${LIMIT:-300} python3 train/dagger.py model=cpu trainer=cpu device=cuda trainer.amp=off data.path=data/demos100 data.tasks=[$tasks] \
+    data.collect_if_missing=false trainer.progress=false trainer.steps=${STEPS:-1500} dagger.rounds=${ROUNDS:-2} \
+    dagger.episodes_per_task=${EPISODES:-60} dagger.steps_per_round=${ROUND_STEPS:-500} dagger.workers=15 \
+    dagger.eval_episodes=${EVAL:-10} eval.num_envs=10 run_dir=outputs/sweep/dagger > outputs/sweep/dagger.log 2>&1
+  cp outputs/sweep/dagger/dagger.md outputs/sweep/dagger/dagger.json $out/ 2>/dev/null; cat outputs/sweep/dagger/dagger.md
 fi
 
 if [ "$phase" = ddp ]; then  # NCCL data parallel on a 2-GPU host: 1 vs 2 processes, same global batch
