@@ -75,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     runs = {}
     for item in args.runs:
-        label, sep, path = item.partition("=")
+        label, sep, path = item.rpartition("=")  # labels may hold "=", paths rarely do
         if not sep:
             raise SystemExit(f"error: expected LABEL=RUN_DIR, got {item!r}")
         try:
