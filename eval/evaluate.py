@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 from eval.cli import user_errors  # noqa: E402
 from eval.closed_loop import open_loop_accuracy, run_report, split_demos, task_ids  # noqa: E402
 from vla.checkpoint import build_policy, read_checkpoint  # noqa: E402
+from vla.training import resolve_device  # noqa: E402
 
 
 @hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
@@ -31,7 +32,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     task_ids(list(cfg.tasks))  # fail on an unknown task before any work
     payload = read_checkpoint(cfg.checkpoint)
     policy, tokenizer = build_policy(payload)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    device = resolve_device(cfg.device)
     policy.to(device)
     print(f"checkpoint {payload['path']} (step {payload.get('step')}, {policy.config.decoding} decoding)")
     open_loop = held_out_accuracy(cfg, payload, policy, tokenizer, device) if cfg.open_loop else None

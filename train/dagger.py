@@ -33,6 +33,7 @@ from train.bc import load_or_collect  # noqa: E402
 from train.bc import train as train_bc  # noqa: E402
 from vla.checkpoint import build_policy, read_checkpoint  # noqa: E402
 from vla.inference import policy_driver  # noqa: E402
+from vla.training import resolve_device  # noqa: E402
 
 DAGGER_SEED_BASE = 50_000_000  # on-policy episodes never reuse demo or evaluation seeds
 ROUND_SEED_STRIDE = 5_000_000  # > tasks x the collection's per-task stride
@@ -100,12 +101,8 @@ def run_dagger(cfg: DictConfig) -> list[dict]:
 
 def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path, out_dir: Path) -> dict:
     """The starting point's success, with the same evaluation as every round."""
-    import torch
-
     policy, tokenizer = build_policy(read_checkpoint(checkpoint))
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     policy.to(device)
     return run_report(
         policy,

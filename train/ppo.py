@@ -42,7 +42,7 @@ from vla.ppo import RegularisedPPO  # noqa: E402
 from vla.sb3_policy import VLAActorCriticPolicy  # noqa: E402
 from vla.token_env import ContinuousActionEnv, TokenActionEnv  # noqa: E402
 from vla.tokenizer import ActionTokenizer  # noqa: E402
-from vla.training import rng_state, seed_everything, set_rng_state  # noqa: E402
+from vla.training import resolve_device, rng_state, seed_everything, set_rng_state  # noqa: E402
 
 ENV_ACTION_DIM = 7  # the action contract: [dx, dy, dz, droll, dpitch, dyaw, gripper]
 
@@ -57,7 +57,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, and return the run's summary (throughput, last and best success)."""
     run_dir = Path(cfg.resume or cfg.run_dir)
     (task_id,) = task_ids([cfg.task])  # an unknown task fails before any work
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     p = cfg.ppo

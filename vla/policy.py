@@ -171,10 +171,11 @@ class VLAPolicy(nn.Module):
     # --- training ------------------------------------------------------------------------
     def action_logits(self, batch: dict[str, Any], augment: bool = False) -> torch.Tensor:
         """Teacher-forced logits (B, action_dim, bins) for ``batch["action_bins"]``."""
-        return self.head(self._action_states(batch, augment))
+        return self.head(self.action_states(batch, augment))
 
-    def _action_states(self, batch: dict[str, Any], augment: bool) -> torch.Tensor:
-        """Final normalised states at the action positions (B, action_dim, width)."""
+    def action_states(self, batch: dict[str, Any], augment: bool = False) -> torch.Tensor:
+        """Final normalised states at the action positions (B, action_dim, width), teacher-forced
+        on ``batch["action_bins"]``: the head turns them into logits, RL heads read them too."""
         prefix, key_valid = self.prefix(batch, augment)
         b, p, _ = prefix.shape
         d = self.config.action_dim
@@ -183,12 +184,22 @@ class VLAPolicy(nn.Module):
         out = self._run(torch.cat([prefix, actions], 1), self._mask(key_valid, p))
         return self.norm(out[:, p:])
 
+    def start_state(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Final normalised state at the first action position, from the prefix and the start
+        token only (B, width): equal to ``action_states(...)[:, 0]`` for any action bins, since
+        action positions are causal (a value head reads it without choosing actions)."""
+        prefix, key_valid = self.prefix(batch)
+        b, p, _ = prefix.shape
+        x = torch.cat([prefix, self._action_inputs(None, b, 1)], 1)
+        key_valid = torch.cat([key_valid, torch.ones(b, 1, dtype=torch.bool, device=prefix.device)], 1)
+        return self.norm(self._run(x, self._mask(key_valid, p))[:, p])
+
     def forward(self, batch: dict[str, Any], augment: bool = True) -> dict[str, torch.Tensor]:
         """The training loss (so DistributedDataParallel can wrap the policy)."""
         return self.loss(batch, augment)
 
     def loss(self, batch: dict[str, Any], augment: bool = True) -> dict[str, torch.Tensor]:
-        states = self._action_states(batch, augment)
+        states = self.action_states(batch, augment)
         logits = self.head(states)
         target = batch["action_bins"]
         action_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))

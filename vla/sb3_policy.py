@@ -4,7 +4,7 @@ Observations are the env's Dict with the instruction as character codes (vla/tok
 actions are the 7 action tokens, ``MultiDiscrete([bins] * 7)``. The policy samples them
 autoregressively, so the log-probability PPO needs is the *sum of the per-token conditional
 log-probs* along the sampled sequence, log p(a) = sum_i log p(a_i | obs, a_<i), read off one
-teacher-forced pass (``VLAPolicy.action_logits``' states). SB3's ``MultiCategoricalDistribution``
+teacher-forced pass (``VLAPolicy.action_states``). SB3's ``MultiCategoricalDistribution``
 treats the 7 tokens as independent, which is a different distribution, so ``forward`` and
 ``evaluate_actions`` are overridden and SB3's distribution object is never used.
 
@@ -46,16 +46,6 @@ class TokenEvaluation(NamedTuple):
     log_prob: torch.Tensor  # (B,) joint log-prob of the 7 tokens
     entropy: torch.Tensor  # (B,) sum of per-token conditional entropies
     logits: torch.Tensor  # (B, 7, bins), for the KL to the initial policy
-
-
-def start_state(model: VLAPolicy, batch: dict[str, Any]) -> torch.Tensor:
-    """The final state at the first action position (prefix + start token only): (B, width).
-    Equal to position 0 of the teacher-forced pass, since action positions are causal."""
-    prefix, key_valid = model.prefix(batch)
-    b, p, _ = prefix.shape
-    x = torch.cat([prefix, model._action_inputs(None, b, 1)], 1)
-    key_valid = torch.cat([key_valid, torch.ones(b, 1, dtype=torch.bool, device=prefix.device)], 1)
-    return model.norm(model._run(x, model._mask(key_valid, p))[:, p])
 
 
 class VLAActorCriticPolicy(ActorCriticPolicy):
@@ -125,19 +115,19 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
     def evaluate_tokens(self, batch: dict[str, Any], bins: torch.Tensor) -> TokenEvaluation:
         """Values, joint log-probs, entropies and logits of the token sequences ``bins``."""
         bins = bins.long()
-        states = self.vla._action_states({**batch, "action_bins": bins}, augment=False)
+        states = self.vla.action_states({**batch, "action_bins": bins}, augment=False)
         logits = self.vla.head(states).float()
         log_probs = logits.log_softmax(-1)
         log_prob = log_probs.gather(-1, bins.unsqueeze(-1)).squeeze(-1).sum(-1)
         entropy = -(log_probs.exp() * log_probs).sum(-1).sum(-1)
-        features = states[:, 0] if self.critic is None else start_state(self.critic, batch)
+        features = states[:, 0] if self.critic is None else self.critic.start_state(batch)
         return TokenEvaluation(self.value_head(features).float(), log_prob, entropy, logits)
 
     def value(self, batch: dict[str, Any], trunk_grad: bool = True) -> torch.Tensor:
         """(B, 1) values; ``trunk_grad=False`` trains only the head (critic warm-up on a shared trunk)."""
         model = self.vla if self.critic is None else self.critic
         with torch.set_grad_enabled(trunk_grad and torch.is_grad_enabled()):
-            features = start_state(model, batch)
+            features = model.start_state(batch)
         return self.value_head(features).float()
 
     def forward(self, obs: dict[str, torch.Tensor], deterministic: bool = False):
