@@ -56,6 +56,9 @@ class CollectConfig:
     cameras: tuple[str, ...] = ("scene",)
     instruction_split: str = "train"
     expert_noise: float = 0.1
+    # Half-width (rad) of the joint noise on the start pose (the env's default is 0.05): wider
+    # starts show the expert recovering from where a slightly-off policy ends up.
+    start_spread: float = 0.05
     max_attempts_factor: float = 3.0  # give up on a task after this many attempts per wanted episode
     # DAgger: ``driver()`` (picklable, called once per worker) returns ``act(obs) -> action``;
     # each step that callable drives, except with probability ``driver_beta`` the expert does.
@@ -72,6 +75,7 @@ class CollectConfig:
             "image_size": self.image_size,
             "cameras": list(self.cameras),
             "instruction_split": self.instruction_split,
+            "start_spread": self.start_spread,
         }
 
 

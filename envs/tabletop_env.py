@@ -57,6 +57,13 @@ IMAGE_SIZE_RANGE = (16, 512)
 HIDDEN_GROUP = 5
 # Home pose: arm leaning over the table, gripper pointing straight down.
 HOME_QPOS = np.array([0.0, 0.3, 0.3, 0.0, -0.6, 0.0])
+# Start poses: home plus uniform joint noise of this half-width (rad). Demonstrations may be
+# collected with a wider spread so they cover states a slightly-off policy reaches.
+DEFAULT_START_SPREAD = 0.05
+MAX_START_SPREAD = 1.0
+WRIST_YAW_SIGN = -1.0  # shoulder yaw turns the gripper; the wrist yaw turns it back
+START_HEIGHT = (0.08, 0.30)  # m: not among the objects, not up against the scene camera
+START_BOX_X, START_BOX_Y = (-0.20, 0.28), 0.28  # m: where a start may put the gripper
 
 
 class TabletopEnv(gym.Env):
@@ -76,6 +83,7 @@ class TabletopEnv(gym.Env):
         reward_type: str = "dense",
         success_bonus: float = 1.0,
         terminate_on_success: bool = True,
+        start_spread: float = DEFAULT_START_SPREAD,
     ):
         self.task = make_task(task)
         self.instruction_split = check_name("instruction split", instruction_split, INSTRUCTION_SPLITS)
@@ -88,6 +96,9 @@ class TabletopEnv(gym.Env):
         self.reward_type = check_name("reward type", reward_type, ["dense", "sparse"])
         self.success_bonus = float(success_bonus)
         self.terminate_on_success = terminate_on_success
+        if not 0.0 <= start_spread <= MAX_START_SPREAD:
+            raise ValueError(f"start_spread must be in [0, {MAX_START_SPREAD}] rad, got {start_spread}")
+        self.start_spread = float(start_spread)
         self.max_steps = int(max_steps or self.task.max_steps)
         if self.max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {max_steps}")
@@ -139,7 +150,7 @@ class TabletopEnv(gym.Env):
         self.scene_objects = sorted(layout.objects)
 
         mujoco.mj_resetData(self.model, self.data)
-        arm_start = HOME_QPOS + rng.uniform(-0.05, 0.05, size=HOME_QPOS.shape)
+        arm_start = self._sample_arm_start(rng)
         self.data.qpos[self._arm_qpos] = arm_start
         self.data.ctrl[self._arm_actuators] = arm_start
         self.data.qpos[self.world.finger_qpos] = FINGER_TRAVEL
@@ -183,6 +194,28 @@ class TabletopEnv(gym.Env):
         for target in start + _RAMP[:, None] * (goal - start):
             arm_ctrl[:] = target
             mujoco.mj_step(self.model, self.data)
+
+    def _sample_arm_start(self, rng: np.random.Generator) -> np.ndarray:
+        """Home pose plus uniform joint noise of half-width ``start_spread``, redrawn while the
+        gripper would start low over the table or outside the reachable box (at the default
+        spread the first draw always passes, so seeds give the same scenes as before)."""
+        for _ in range(100):
+            arm_start = HOME_QPOS + rng.uniform(-self.start_spread, self.start_spread, size=HOME_QPOS.shape)
+            if self.start_spread > DEFAULT_START_SPREAD:
+                # Spread the position (shoulder and elbow) but keep the gripper near vertical:
+                # the wrist takes back most of the pitch and yaw the larger moves add.
+                extra = arm_start - HOME_QPOS
+                wrist_noise = np.clip(extra[3:], -DEFAULT_START_SPREAD, DEFAULT_START_SPREAD)
+                arm_start[3] = HOME_QPOS[3] + wrist_noise[0]
+                arm_start[4] = HOME_QPOS[4] - extra[1] - extra[2] + wrist_noise[1]
+                arm_start[5] = HOME_QPOS[5] + WRIST_YAW_SIGN * extra[0] + wrist_noise[2]
+            self.data.qpos[self._arm_qpos] = arm_start
+            mujoco.mj_kinematics(self.model, self.data)
+            x, y, z = self.data.site_xpos[self.world.grip_site]
+            inside = START_BOX_X[0] <= x <= START_BOX_X[1] and abs(y) <= START_BOX_Y
+            if inside and START_HEIGHT[0] <= z <= START_HEIGHT[1]:
+                return arm_start
+        return HOME_QPOS.copy()
 
     # --- rendering -------------------------------------------------------------------------
     def render(self) -> np.ndarray | None:

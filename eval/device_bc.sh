@@ -103,6 +103,52 @@ if [ "$phase" = reach ]; then  # longer reach runs: data scale, DART noise, wris
   cat $out/probe_*.md
 fi
 
+if [ "$phase" = spread ]; then  # session 4: wider start poses + DART noise in the demos
+  c="workers=15 video=false progress=false"
+  python3 train/collect.py output=data/reach300 tasks=[reach] episodes_per_task=300 $c | tail -1
+  python3 train/collect.py output=data/reach300s tasks=[reach] episodes_per_task=300 start_spread=0.5 expert_noise=0.3 $c | tail -1
+  python3 train/collect.py output=data/reach300s1 tasks=[reach] episodes_per_task=300 start_spread=0.5 $c | tail -1
+  python3 train/collect.py output=data/all300s episodes_per_task=300 start_spread=0.5 expert_noise=0.3 $c | tail -1
+  python3 train/collect.py output=data/all1000s episodes_per_task=1000 start_spread=0.5 expert_noise=0.3 $c | tail -1
+  export OMP_NUM_THREADS=2
+  base="data.num_workers=1 eval.every_steps=0 eval.splits=[train] eval.video_episodes=0"
+  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off"
+  run() { name=$1; shift; timeout ${LIMIT:-450} python3 train/bc.py $base $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
+  r="data.tasks=[reach] eval.final_episodes=30"
+  run s1_reach300 $cpu $r data.path=data/reach300 trainer.steps=1500 &
+  run s2_reach300_spread_n3 $cpu $r data.path=data/reach300s trainer.steps=1500 &
+  run s3_reach300_spread $cpu $r data.path=data/reach300s1 trainer.steps=1500 &
+  run s4_reach300_spread_n3_3k $cpu $r data.path=data/reach300s trainer.steps=3000 &
+  run s5_all300_spread_n3 $cpu data.path=data/all300s trainer.steps=3000 eval.final_episodes=20 &
+  run s6_all1000_spread_n3 $cpu data.path=data/all1000s trainer.steps=3000 eval.final_episodes=20 &
+  run g1_all1000_spread_n3 model=gpu trainer=gpu data.path=data/all1000s data.num_workers=3 trainer.steps=${GPU_STEPS:-4000} trainer.checkpoint_every=1000 eval.final_episodes=20 &
+  wait
+  for f in outputs/sweep/*/metrics.jsonl; do echo "$f $(tail -1 $f)"; done
+fi
+
+if [ "$phase" = keypoints ]; then  # session 4: text-queried soft-argmax keypoints (model.keypoints)
+  c="workers=15 video=false progress=false"
+  python3 train/collect.py output=data/reach300 tasks=[reach] episodes_per_task=300 $c | tail -1
+  python3 train/collect.py output=data/reach300s1 tasks=[reach] episodes_per_task=300 start_spread=0.5 $c | tail -1
+  python3 train/collect.py output=data/all300 episodes_per_task=300 $c | tail -1
+  python3 train/collect.py output=data/all300s1 episodes_per_task=300 start_spread=0.5 $c | tail -1
+  python3 train/collect.py output=data/all1000 episodes_per_task=1000 $c | tail -1
+  export OMP_NUM_THREADS=2
+  base="data.num_workers=1 eval.every_steps=0 eval.splits=[train] eval.video_episodes=0 model.keypoints=4"
+  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off"
+  run() { name=$1; shift; timeout ${LIMIT:-450} python3 train/bc.py $base $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
+  r="data.tasks=[reach] eval.final_episodes=30"
+  run k1_reach300_noaug $cpu $r data.path=data/reach300 trainer.steps=1500 trainer.augment=false &
+  run k2_reach300_pad2 $cpu $r data.path=data/reach300 trainer.steps=1500 model.augment_pad=2 &
+  run k3_reach300_spread_noaug $cpu $r data.path=data/reach300s1 trainer.steps=1500 trainer.augment=false &
+  run k4_reach300_aux_noaug $cpu $r data.path=data/reach300 trainer.steps=1500 trainer.augment=false model.aux_weight=1 &
+  run k5_all300_noaug $cpu data.path=data/all300 trainer.steps=3000 trainer.augment=false eval.final_episodes=20 &
+  run k6_all300_spread_noaug $cpu data.path=data/all300s1 trainer.steps=3000 trainer.augment=false eval.final_episodes=20 &
+  run g2_all1000_noaug model=gpu trainer=gpu data.path=data/all1000 data.num_workers=3 trainer.steps=${GPU_STEPS:-4000} trainer.augment=false trainer.checkpoint_every=1000 eval.final_episodes=20 &
+  wait
+  for f in outputs/sweep/*/metrics.jsonl; do echo "$f $(tail -1 $f)"; done
+fi
+
 if [ "$phase" = dagger ]; then  # BC then DAgger rounds on the task suite (policy-driven collection on 15 CPU workers)
   tasks=${TASKS:-reach,push,lift,pick_place,stack}
   python3 train/collect.py output=data/demos100 tasks=[$tasks] episodes_per_task=100 workers=15 video=false progress=false | tail -1

@@ -183,6 +183,7 @@ def test_wrong_action_shape_is_rejected():
         ({"instruction_split": "test"}, "valid values are: train, heldout"),
         ({"cameras": ["scene", "ceiling"]}, "unknown camera 'ceiling'"),
         ({"render_mode": "human"}, "unknown render mode 'human'"),
+        ({"start_spread": 1.5}, r"start_spread must be in \[0, 1.0\] rad, got 1.5"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, message):
@@ -226,3 +227,37 @@ def test_render_gives_a_larger_frame_than_the_policy_camera():
 
 def test_action_names_document_the_contract():
     assert ACTION_NAMES == ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+
+
+def test_a_wider_start_spread_spreads_the_gripper_and_keeps_it_up_and_vertical():
+    def starts(spread: float) -> np.ndarray:
+        env = TabletopEnv(task="reach", start_spread=spread)
+        rows = []
+        for seed in range(40):
+            obs, _ = env.reset(seed=seed)
+            rows.append(obs["proprio"])
+        env.close()
+        return np.array(rows)
+
+    default, wide = starts(0.05), starts(0.5)
+    assert np.array_equal(default, starts(TabletopEnv().start_spread))  # the default is 0.05
+    assert wide[:, :2].std(0).min() > 3 * default[:, :2].std(0).max()  # x and y spread out
+    assert (wide[:, 2] >= 0.08).all() and (wide[:, 2] <= 0.30).all()  # above the objects, below the camera
+    # the home orientation (gripper pointing down) is the identity quaternion: the wrist takes
+    # back what the spread adds, so every start stays within 10 degrees of it
+    rotation = np.degrees(2 * np.arccos(np.clip(np.abs(wide[:, 3]), 0, 1)))
+    assert rotation.max() < 10
+
+
+def test_the_expert_succeeds_from_wide_starts():
+    from envs import make_expert
+
+    env = TabletopEnv(task="reach", start_spread=0.5)
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        expert = make_expert(env)
+        for _ in range(env.max_steps):
+            obs, _, terminated, truncated, info = env.step(expert(obs))
+            if terminated or truncated:
+                break
+        assert info["is_success"], seed

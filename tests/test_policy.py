@@ -172,3 +172,26 @@ def test_the_auxiliary_loss_regresses_where_the_instruction_points():
     with pytest.raises(ValueError, match="key_positions"):
         policy.loss(random_batch(8))
     assert make_policy().key_position_head is None  # off by default: no extra weights
+
+
+def test_keypoints_add_tokens_that_read_the_image_where_the_instruction_points():
+    policy = make_policy(keypoints=3)
+    batch = random_batch(4)
+    assert dict(policy.token_layout(batch))["vision"] == policy.vision.num_tokens + 3
+    assert torch.equal(policy.decode(batch, use_cache=True), policy.decode(batch, use_cache=False))
+    text = torch.randn(4, policy.config.width)
+    tokens, coords = policy.keypoint_reader(batch["image"], text)
+    assert tokens.shape == (4, 3, policy.config.width) and coords.shape == (4, 3, 2)
+    assert coords.abs().max() <= 1.0
+    # a different instruction asks a different question of the same image
+    _, other = policy.keypoint_reader(batch["image"], torch.randn(4, policy.config.width))
+    assert not torch.allclose(coords, other)
+
+
+def test_the_keypoint_auxiliary_loss_supervises_the_keypoints_themselves():
+    policy = make_policy(keypoints=2, aux_weight=1.0).train()
+    batch = {**random_batch(8), "key_positions": torch.rand(8, 6) * 0.4 - 0.2}
+    out = policy.loss(batch, augment=False)
+    out["aux_loss"].backward()  # the aux loss alone must reach the keypoint conv map
+    assert policy.keypoint_reader.features[0].weight.grad.abs().sum() > 0
+    assert policy.head.weight.grad is None  # and not the action head

@@ -38,13 +38,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_ppo(bins: int = 256, seed: int = 0, **kwargs) -> RegularisedPPO:
+def tiny_ppo(bins: int = 256, seed: int = 0, temperature: float = 1.0, **kwargs) -> RegularisedPPO:
     torch.manual_seed(seed)
     vla = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "bins": bins}))
     tokenizer = ActionTokenizer(bins)
     venv = DummyVecEnv([lambda: TokenActionEnv(gym.make(TASK, image_size=32), tokenizer)] * 2)
     return RegularisedPPO(
-        VLAActorCriticPolicy, venv, n_steps=8, batch_size=8, n_epochs=1, seed=seed, policy_kwargs={"vla": vla}, **kwargs
+        VLAActorCriticPolicy,
+        venv,
+        n_steps=8,
+        batch_size=8,
+        n_epochs=1,
+        seed=seed,
+        policy_kwargs={"vla": vla, "temperature": temperature},
+        **kwargs,
     )
 
 
@@ -72,13 +79,14 @@ def test_rollout_log_probs_equal_evaluate_actions_on_the_buffer(one_thread):
             assert (entropy > 0).all() and (entropy <= 7 * np.log(256) + 1e-3).all()
 
 
-def test_log_probs_are_those_of_the_autoregressive_sampler(one_thread):
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_log_probs_are_those_of_the_autoregressive_sampler(one_thread, temperature):
     """With 2 bins there are 2^7 = 128 token sequences: enumerate them, score each through
     evaluate_actions, and compare with the frequencies of 20,000 sequences the policy samples.
     The tiny policy is first taught "all 7 tokens equal, 0s or 1s" (each token copies the
     previous one), so the joint is far from the product of the per-token marginals that
     independent categoricals would score: this test would catch that mistake."""
-    model = tiny_ppo(bins=2, seed=1)
+    model = tiny_ppo(bins=2, seed=1, temperature=temperature)
     policy = model.policy
     obs = model.env.reset()
     one = {k: torch.as_tensor(v[:1]) for k, v in obs.items()}

@@ -30,6 +30,7 @@ def main(cfg: DictConfig) -> None:
         cameras=tuple(cfg.cameras),
         instruction_split=str(cfg.instruction_split),
         expert_noise=float(cfg.expert_noise),
+        start_spread=float(cfg.start_spread),
     )
     summary = collect(config, progress=bool(cfg.progress))
     summary_path = write_summary(config.output, config, summary)

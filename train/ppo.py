@@ -105,6 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 value_head=p.value_head,
                 freeze_vision=p.freeze_vision,
                 freeze_language=p.freeze_language,
+                temperature=p.temperature,
             ),
             reference=reference,
             kl_coef=p.kl_coef,

@@ -22,7 +22,7 @@ from torch import nn
 
 from vla.language import make_text_encoder
 from vla.transformer import Block, KVCache
-from vla.vision import ViT, random_shift
+from vla.vision import TextQueriedKeypoints, ViT, random_shift
 
 DECODINGS = ("autoregressive", "parallel")
 KEY_POSITION_SCALE = 0.1  # metres -> units of the auxiliary regression (the table spans ~+-0.2 m)
@@ -54,6 +54,11 @@ class PolicyConfig:
     # instruction points (target and destination centres, recorded by the demos). Teaches the
     # *where* of the instruction densely instead of through 2-bit "move left/right" labels.
     aux_weight: float = 0.0
+    # Text-queried soft-argmax keypoints per camera (0: off): the instruction asks a small
+    # full-resolution conv map where its object is; the expected (u, v) become extra tokens.
+    keypoints: int = 0
+    keypoint_channels: int = 32
+    augment_pad: int = 4  # random-shift augmentation: pixels of padding (the shift range is +-pad)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PolicyConfig:
@@ -81,6 +86,7 @@ class VLAPolicy(nn.Module):
         self.camera_embed = nn.Parameter(torch.randn(len(c.cameras), c.width) * 0.02)
         self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length)
         self.text_proj = nn.Linear(self.text.out_dim, c.width)
+        self.keypoint_reader = TextQueriedKeypoints(c.width, c.keypoints, c.keypoint_channels) if c.keypoints else None
         self.proprio_proj = nn.Sequential(nn.Linear(c.proprio_dim, c.width), nn.LayerNorm(c.width))
         # Proprio arrives in metres and quaternion units: positions vary by ~0.1 while the
         # quaternion's w sits at ~1, so unscaled the gripper position is a whisper in the token.
@@ -94,11 +100,23 @@ class VLAPolicy(nn.Module):
         self.blocks = nn.ModuleList(Block(c.width, c.heads, dropout=c.dropout) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.width)
         self.head = nn.Linear(c.width, c.bins)
-        self.key_position_head = nn.Linear(c.width, KEY_POSITION_DIM) if c.aux_weight > 0 else None
+        self.key_position_head = None
+        if c.aux_weight > 0 and c.keypoints:  # supervise the scene keypoints themselves: image (u, v) -> metres
+            self.key_position_head = nn.Sequential(
+                nn.Linear(2 * c.keypoints, c.width), nn.GELU(), nn.Linear(c.width, KEY_POSITION_DIM)
+            )
+        elif c.aux_weight > 0:
+            self.key_position_head = nn.Linear(c.width, KEY_POSITION_DIM)
+        self._scene_keypoints: torch.Tensor | None = None  # (B, K, 2) of the last prefix, for the aux loss
 
     # --- the prefix ----------------------------------------------------------------------
     def prefix(self, batch: dict[str, Any], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens and key mask of [vision | text | proprio]: (B, P, W), (B, P) bool."""
+        text_states, text_mask = self.text(batch["instruction"], batch["image"].device)
+        text = self.text_proj(text_states)
+        if self.keypoint_reader is not None:  # the instruction's mean token state asks the question
+            weights = text_mask.unsqueeze(-1).to(text.dtype)
+            text_summary = (text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         views = []
         for i, camera in enumerate(self.config.cameras):
             if CAMERA_KEYS[camera] not in batch:
@@ -107,13 +125,17 @@ class VLAPolicy(nn.Module):
                     f"{CAMERA_KEYS[camera]!r} (make the env with cameras={self.config.cameras})"
                 )
             images = batch[CAMERA_KEYS[camera]]
-            if augment:
-                images = random_shift(images)
+            if augment and self.config.augment_pad > 0:
+                images = random_shift(images, self.config.augment_pad)
             views.append(self.vision(images) + self.camera_embed[i])
+            if self.keypoint_reader is not None:
+                tokens, coords = self.keypoint_reader(images, text_summary)
+                views.append(tokens + self.camera_embed[i])
+                if camera == "scene":
+                    self._scene_keypoints = coords
         vision = torch.cat(views, 1) + self.type_embed[0]
         device = vision.device
-        text_states, text_mask = self.text(batch["instruction"], device)
-        text = self.text_proj(text_states) + self.type_embed[1]
+        text = text + self.type_embed[1]
         parts, masks = [vision, text], [torch.ones(vision.shape[:2], dtype=torch.bool, device=device), text_mask]
         if self.config.use_proprio:
             proprio = (batch["proprio"] - self.proprio_mean) / self.proprio_std
@@ -124,7 +146,7 @@ class VLAPolicy(nn.Module):
     def token_layout(self, batch: dict[str, Any]) -> list[tuple[str, int]]:
         """(segment name, number of tokens) of one forward pass, for printing (V1)."""
         _, mask = self.prefix(batch)
-        vision_tokens = self.vision.num_tokens * len(self.config.cameras)
+        vision_tokens = (self.vision.num_tokens + self.config.keypoints) * len(self.config.cameras)
         layout = [("vision", vision_tokens), ("text", mask.shape[1] - vision_tokens)]
         if self.config.use_proprio:
             layout[-1] = ("text", layout[-1][1] - 1)
@@ -208,7 +230,8 @@ class VLAPolicy(nn.Module):
         if self.key_position_head is not None:
             if "key_positions" not in batch:
                 raise ValueError("model.aux_weight > 0 needs demos that record key_positions (collect them anew)")
-            predicted = self.key_position_head(states[:, 0]).float()
+            features = states[:, 0] if self.config.keypoints == 0 else self._scene_keypoints.flatten(1)
+            predicted = self.key_position_head(features).float()
             aux = F.mse_loss(predicted, batch["key_positions"] / KEY_POSITION_SCALE)
             out["aux_loss"] = aux
             # the mean position error in centimetres is what a reader can judge

@@ -94,7 +94,8 @@ class RegularisedPPO(PPO):
                             reference_logits = self.reference.action_logits(
                                 {**batch, "action_bins": data.actions.long()}, augment=False
                             )
-                        kl_to_init = token_kl(out.logits, reference_logits).mean()
+                        # both at the rollout temperature: the KL between the two policies PPO acts with
+                        kl_to_init = token_kl(out.logits, reference_logits / self.policy.temperature).mean()
                         logs["kl_to_init"].append(kl_to_init.item())
                         if self.kl_coef > 0:
                             loss = loss + self.kl_coef * kl_to_init

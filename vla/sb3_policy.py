@@ -58,6 +58,7 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         value_head: str = "shared",
         freeze_vision: bool = False,
         freeze_language: bool = False,
+        temperature: float = 1.0,
         **kwargs: Any,
     ):
         if kwargs.pop("ortho_init", False) or kwargs.pop("normalize_images", False):
@@ -75,6 +76,12 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
             raise ValueError(f"the policy's action tokens are MultiDiscrete({expected}), the env offers {action_space}")
         if c.dropout != 0:
             raise ValueError("PPO needs dropout off: rollouts run in eval mode, updates in train mode")
+        if not temperature > 0:
+            raise ValueError(f"rollout temperature must be > 0, got {temperature}")
+        # PPO's policy is the VLA's token distribution at this temperature: rollouts sample
+        # from logits / T and evaluate_actions scores with the same logits / T, so the ratio
+        # stays exact. T < 1 acts closer to the greedy decoding the evaluation uses.
+        self.temperature = float(temperature)
         self.vla = vla
         self.channels_first = is_image_space_channels_first(observation_space["image"])
         self.critic: VLAPolicy | None = None
@@ -116,7 +123,7 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         """Values, joint log-probs, entropies and logits of the token sequences ``bins``."""
         bins = bins.long()
         states = self.vla.action_states({**batch, "action_bins": bins}, augment=False)
-        logits = self.vla.head(states).float()
+        logits = self.vla.head(states).float() / self.temperature
         log_probs = logits.log_softmax(-1)
         log_prob = log_probs.gather(-1, bins.unsqueeze(-1)).squeeze(-1).sum(-1)
         entropy = -(log_probs.exp() * log_probs).sum(-1).sum(-1)
@@ -132,7 +139,7 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
 
     def forward(self, obs: dict[str, torch.Tensor], deterministic: bool = False):
         batch = self.to_batch(obs)
-        bins = self.vla.decode(batch, temperature=0.0 if deterministic else 1.0)
+        bins = self.vla.decode(batch, temperature=0.0 if deterministic else self.temperature)
         out = self.evaluate_tokens(batch, bins)
         return bins, out.values, out.log_prob
 
@@ -144,7 +151,7 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         return self.value(self.to_batch(obs))
 
     def _predict(self, observation: dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
-        return self.vla.decode(self.to_batch(observation), temperature=0.0 if deterministic else 1.0)
+        return self.vla.decode(self.to_batch(observation), temperature=0.0 if deterministic else self.temperature)
 
     def get_distribution(self, obs):
         raise NotImplementedError(

@@ -115,3 +115,54 @@ def random_shift(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
     batch = torch.arange(b, device=images.device)[:, None, None].expand(b, h, w)
     out = padded.permute(0, 2, 3, 1)[batch, rows, cols]
     return out.round().to(torch.uint8)
+
+
+class TextQueriedKeypoints(nn.Module):
+    """Where in the image is what the instruction names? K soft-argmax keypoints per image.
+
+    A small conv net turns the image into a half-resolution feature map; K queries computed
+    from the instruction score every pixel; a softmax over pixels gives K attention maps whose
+    expected (u, v) coordinates become K extra tokens (Fourier features of u, v -> width).
+    This is the spatial-softmax readout of visuomotor policies (Levine et al. 2016), asked by
+    the instruction: the decoder receives the target's image coordinates as numbers instead of
+    having to decode sub-patch positions from patch contents, which a ViT trained from scratch
+    on a few thousand frames memorises rather than learns.
+    """
+
+    def __init__(self, width: int, keypoints: int, channels: int = 32, frequencies: int = 8):
+        super().__init__()
+        self.keypoints, self.channels = keypoints, channels
+        self.features = nn.Sequential(
+            nn.Conv2d(5, channels, 3, stride=2, padding=1),  # RGB + 2 coordinate channels (CoordConv)
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+        self.query = nn.Linear(width, keypoints * channels)
+        self.register_buffer("frequencies", torch.pi * 2.0 ** torch.arange(frequencies).float(), persistent=False)
+        self.embed = nn.Sequential(nn.Linear(2 + 4 * frequencies, width), nn.GELU(), nn.Linear(width, width))
+
+    def forward(self, images: torch.Tensor, text_summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (B, H, W, 3) images and (B, width) instruction summaries -> keypoint tokens
+        (B, K, width) and their coordinates (B, K, 2) in [-1, 1] (u right, v down)."""
+        b, h, w, _ = images.shape
+        x = (images.permute(0, 3, 1, 2).float() / 255.0 - _MEAN) / _STD
+        features = self.features(torch.cat([x, _pixel_grid(b, h, w, x.device)], 1))
+        grid = _pixel_grid(b, *features.shape[2:], x.device)
+        queries = self.query(text_summary).view(b, self.keypoints, self.channels)
+        attention = (queries @ features.flatten(2) / self.channels**0.5).softmax(-1)  # (B, K, cells)
+        coords = attention @ grid.flatten(2).transpose(1, 2)  # (B, K, 2)
+        angles = coords[..., None] * self.frequencies  # (B, K, 2, F)
+        code = torch.cat([coords, angles.sin().flatten(2), angles.cos().flatten(2)], -1)
+        return self.embed(code), coords
+
+
+def _pixel_grid(batch: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(B, 2, h, w) pixel-centre coordinates in [-1, 1]: u (right) then v (down)."""
+    v, u = torch.meshgrid(
+        (torch.arange(h, device=device) + 0.5) / h * 2 - 1,
+        (torch.arange(w, device=device) + 0.5) / w * 2 - 1,
+        indexing="ij",
+    )
+    return torch.stack([u, v]).expand(batch, 2, h, w)
