@@ -149,6 +149,21 @@ if [ "$phase" = keypoints ]; then  # session 4: text-queried soft-argmax keypoin
   for f in outputs/sweep/*/metrics.jsonl; do echo "$f $(tail -1 $f)"; done
 fi
 
+if [ "$phase" = resolution ]; then  # session 4: larger images, and no proprio (no copycat shortcut)
+  c="tasks=[reach] episodes_per_task=1000 workers=15 video=false progress=false"
+  python3 train/collect.py output=data/reach1000 $c | tail -1
+  python3 train/collect.py output=data/reach1000_128 image_size=128 $c | tail -1
+  export OMP_NUM_THREADS=3
+  base="data.num_workers=1 eval.every_steps=0 eval.splits=[train] eval.video_episodes=0 data.tasks=[reach] eval.final_episodes=20 trainer.augment=false"
+  run() { name=$1; shift; timeout ${LIMIT:-230} python3 train/bc.py $base $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
+  run r1_gpu_128 model=gpu trainer=gpu model.image_size=128 data.path=data/reach1000_128 trainer.steps=1500 trainer.warmup_steps=150 &
+  run r2_cpu_128 model=cpu trainer=cpu device=cuda trainer.amp=off model.image_size=128 data.path=data/reach1000_128 trainer.steps=2000 &
+  run r3_cpu_noproprio model=cpu trainer=cpu device=cuda trainer.amp=off model.use_proprio=false data.path=data/reach1000 trainer.steps=2500 &
+  run r4_gpu_noproprio model=gpu trainer=gpu model.use_proprio=false data.path=data/reach1000 trainer.steps=2000 trainer.warmup_steps=200 &
+  wait
+  for f in outputs/sweep/*/metrics.jsonl; do echo "$f $(tail -1 $f)"; done
+fi
+
 if [ "$phase" = dagger ]; then  # BC then DAgger rounds on the task suite (policy-driven collection on 15 CPU workers)
   tasks=${TASKS:-reach,push,lift,pick_place,stack}
   python3 train/collect.py output=data/demos100 tasks=[$tasks] episodes_per_task=100 workers=15 video=false progress=false | tail -1
