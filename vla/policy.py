@@ -55,7 +55,7 @@ class PolicyConfig:
     # *where* of the instruction densely instead of through 2-bit "move left/right" labels.
     aux_weight: float = 0.0
     # Text-queried soft-argmax keypoints per camera (0: off): the instruction asks a small
-    # full-resolution conv map where its object is; the expected (u, v) become extra tokens.
+    # half-resolution conv map where its object is; the expected (u, v) become extra tokens.
     keypoints: int = 0
     keypoint_channels: int = 32
     augment_pad: int = 4  # random-shift augmentation: pixels of padding (the shift range is +-pad)
@@ -107,12 +107,14 @@ class VLAPolicy(nn.Module):
             )
         elif c.aux_weight > 0:
             self.key_position_head = nn.Linear(c.width, KEY_POSITION_DIM)
-        self._scene_keypoints: torch.Tensor | None = None  # (B, K, 2) of the last prefix, for the aux loss
+        # The scene keypoints' (u, v) of the last prefix (B, K, 2): the keypoint aux loss reads
+        # them after the decoder has run, without threading them through every caller.
+        self._scene_keypoints: torch.Tensor | None = None
 
     # --- the prefix ----------------------------------------------------------------------
     def prefix(self, batch: dict[str, Any], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens and key mask of [vision | text | proprio]: (B, P, W), (B, P) bool."""
-        text_states, text_mask = self.text(batch["instruction"], batch["image"].device)
+        text_states, text_mask = self.text(batch["instruction"], batch["proprio"].device)
         text = self.text_proj(text_states)
         if self.keypoint_reader is not None:  # the instruction's mean token state asks the question
             weights = text_mask.unsqueeze(-1).to(text.dtype)
