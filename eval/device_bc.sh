@@ -4,6 +4,7 @@
 #   bash eval/device_bc.sh sweep   # a GPU-config run and CPU-config variants side by side
 #   NPROCS=1 bash eval/device_bc.sh ddp   # torchrun through NCCL (NPROCS="1 2" on a 2-GPU host)
 #   bash eval/device_bc.sh probe|aux|reach|dagger   # the session-3 experiments (docs/results.md)
+#   bash eval/device_bc.sh spread|keypoints|resolution   # the session-4 experiments (docs/results.md)
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM).
 set -uo pipefail
 phase=$1
