@@ -94,15 +94,21 @@ def train_policy(demos: DemoDataset, indices: np.ndarray, oracle: bool, steps: i
 
 
 @torch.no_grad()
-def closed_loop(policy: VLAPolicy, tokenizer: ActionTokenizer, task: str, episodes: int, oracle: bool) -> list[bool]:
+def closed_loop(
+    policy: VLAPolicy, tokenizer: ActionTokenizer, task: str, episodes: int, oracle: bool, noise_cm: float = 0.0
+) -> list[bool]:
+    """Outcomes on the evaluation seeds. ``noise_cm``: the oracle's positions carry a Gaussian
+    error of this std per coordinate, drawn once per episode (a detector's systematic miss)."""
     env_id = {name: env_id for env_id, name in TASK_NAMES.items()}[task]
     env = gym.make(env_id, image_size=policy.config.image_size)
     outcomes = []
     for i in tqdm(range(episodes), desc=f"closed loop ({'oracle' if oracle else 'camera'})"):
         obs, info = env.reset(seed=EVAL_SEED_BASE + i)
+        error = np.random.default_rng(i).normal(0.0, noise_cm / 100.0, KEY_POSITION_DIM)
         while True:
             batch = observations_to_batch([obs], torch.device("cpu"))
-            batch = with_oracle(batch, torch.as_tensor(info["key_positions"], dtype=torch.float32)[None], oracle)
+            positions = torch.as_tensor(info["key_positions"] + error, dtype=torch.float32)[None]
+            batch = with_oracle(batch, positions, oracle)
             action = tokenizer.decode(policy.decode(batch).numpy())[0]
             obs, _, terminated, truncated, info = env.step(action)
             if terminated or truncated:
@@ -120,6 +126,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--episodes", type=int, default=30, help="closed-loop episodes per policy")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument(
+        "--oracle-noise-cm",
+        nargs="+",
+        type=float,
+        default=[0.0],
+        help="also run the oracle policy with this much position error (std per coordinate, cm)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
@@ -140,17 +153,18 @@ def main() -> None:
         policy, tokenizer, accuracy = train_policy(
             demos, indices, mode == "oracle", args.steps, args.batch_size, args.seed
         )
-        outcomes = closed_loop(policy, tokenizer, task, args.episodes, mode == "oracle")
-        k, n = sum(outcomes), len(outcomes)
-        lo, hi = wilson_interval(k, n)
-        results[mode] = {
-            "successes": k,
-            "episodes": n,
-            "success_rate": k / n,
-            "ci95": [lo, hi],
-            "train_token_accuracy": accuracy,
-            "seconds": time.perf_counter() - start,
-        }
+        for noise in args.oracle_noise_cm if mode == "oracle" else [0.0]:
+            outcomes = closed_loop(policy, tokenizer, task, args.episodes, mode == "oracle", noise)
+            k, n = sum(outcomes), len(outcomes)
+            lo, hi = wilson_interval(k, n)
+            results[mode if noise == 0 else f"{mode}, {noise:g} cm error"] = {
+                "successes": k,
+                "episodes": n,
+                "success_rate": k / n,
+                "ci95": [lo, hi],
+                "train_token_accuracy": accuracy,
+                "seconds": time.perf_counter() - start,
+            }
     print("\n| input | success | 95% CI | episodes | train token acc |\n|---|---|---|---|---|")
     for mode, r in results.items():
         lo, hi = r["ci95"]

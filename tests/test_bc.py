@@ -167,10 +167,10 @@ def test_closed_loop_probe_compares_the_policy_with_the_expert_on_its_own_states
 def test_perception_oracle_trains_camera_and_privileged_policies_and_runs_them(tiny_demos, tmp_path):
     out = tmp_path / "oracle.json"
     args = ["--data", str(tiny_demos), "--task", "reach", "--steps", "2", "--batch-size", "4", "--episodes", "1"]
-    result = run("eval/perception_oracle.py", *args, "--threads", "1", "--out", str(out))
+    result = run("eval/perception_oracle.py", *args, "--threads", "1", "--oracle-noise-cm", "0", "3", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["camera"]["episodes"] == report["oracle"]["episodes"] == 1
+    assert report["camera"]["episodes"] == report["oracle"]["episodes"] == report["oracle, 3 cm error"]["episodes"] == 1
     assert "| oracle |" in result.stdout and "| camera |" in result.stdout
     missing = run("eval/perception_oracle.py", "--data", str(tmp_path / "nowhere"))
     assert missing.returncode != 0 and "no dataset at" in missing.stderr
