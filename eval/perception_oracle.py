@@ -26,10 +26,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from envs import TASK_NAMES  # noqa: E402
 from envs.collection import resolve_tasks  # noqa: E402
 from envs.dataset import DemoDataset  # noqa: E402
 from envs.evaluation import EVAL_SEED_BASE, wilson_interval  # noqa: E402
+from eval.closed_loop import split_demos, task_ids  # noqa: E402
 from vla.data import ActionTokenDataset, collate, observations_to_batch  # noqa: E402
 from vla.policy import KEY_POSITION_DIM, PolicyConfig, VLAPolicy  # noqa: E402
 from vla.tokenizer import ActionTokenizer  # noqa: E402
@@ -44,15 +44,6 @@ def with_oracle(batch: dict, key_positions: torch.Tensor, oracle: bool) -> dict:
     if oracle:
         batch["proprio"] = torch.cat([batch["proprio"], key_positions.to(batch["proprio"])], -1)
     return batch
-
-
-def task_samples(demos: DemoDataset, task: str) -> np.ndarray:
-    """Indices of the samples of ``task``'s episodes."""
-    starts = np.concatenate([[0], np.cumsum([e.num_samples for e in demos.episodes])])
-    chosen = [np.arange(starts[e], starts[e + 1]) for e, info in enumerate(demos.episodes) if info.task == task]
-    if not chosen:
-        raise SystemExit(f"error: the dataset holds no {task} episodes")
-    return np.concatenate(chosen)
 
 
 def train_policy(demos: DemoDataset, indices: np.ndarray, oracle: bool, steps: int, batch_size: int, seed: int):
@@ -99,8 +90,7 @@ def closed_loop(
 ) -> list[bool]:
     """Outcomes on the evaluation seeds. ``noise_cm``: the oracle's positions carry a Gaussian
     error of this std per coordinate, drawn once per episode (a detector's systematic miss)."""
-    env_id = {name: env_id for env_id, name in TASK_NAMES.items()}[task]
-    env = gym.make(env_id, image_size=policy.config.image_size)
+    env = gym.make(task_ids([task])[0], image_size=policy.config.image_size)
     outcomes = []
     for i in tqdm(range(episodes), desc=f"closed loop ({'oracle' if oracle else 'camera'})"):
         obs, info = env.reset(seed=EVAL_SEED_BASE + i)
@@ -144,7 +134,10 @@ def main() -> None:
     task = resolve_tasks([args.task])[0]
     torch.set_num_threads(args.threads)
     demos = DemoDataset(args.data).preload(progress=False)
-    indices = task_samples(demos, task)
+    try:  # every sample of the task's episodes (nothing held out: the test is closed loop)
+        indices, _ = split_demos(demos, [task], 0.0, args.seed)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     if "key_positions" not in demos.sample(int(indices[0])):
         raise SystemExit(f"error: {args.data} has no key_positions; collect it anew with train/collect.py")
     results = {}
