@@ -11,7 +11,8 @@ Layout of a dataset directory (see docs/data_format.md for the full description)
           /executed_actions   (T, 7) float32       what was sent to the env (label + noise)
           /rewards            (T,) float32         dense reward after action t
           /key_positions      (T, 6) float32       privileged: target and destination centres (m)
-                                                   at obs t (Task.key_positions; training aid only)
+                                                   at obs t (Task.key_positions; training aid only;
+                                                   ``sample`` adds their image coordinates, key_uv)
           /dones              (T,) bool            True on the last step
           attrs: task, env_id, instruction, split, task_spec (JSON), seed, success,
                  num_samples, expert_noise
@@ -282,6 +283,8 @@ class DemoDataset:
         if len(parts.get("key_positions", [])) != len(self.episodes):  # older files lack them
             parts.pop("key_positions", None)
         self._memory = {k: np.concatenate(v) for k, v in parts.items()}
+        if "key_positions" in self._memory:
+            self._memory["key_uv"] = _key_uv(self._memory["key_positions"])
         return self
 
     def __len__(self) -> int:
@@ -310,6 +313,7 @@ class DemoDataset:
             item["action"] = f["actions"][t]
             if "key_positions" in f:
                 item["key_positions"] = f["key_positions"][t]
+                item["key_uv"] = _key_uv(item["key_positions"])
         item.update(
             instruction=self.episodes[episode].instruction,
             task=self.episodes[episode].task,
@@ -357,6 +361,13 @@ class DemoDataset:
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
+
+
+def _key_uv(key_positions: np.ndarray) -> np.ndarray:
+    """(..., 6) target and destination centres -> (..., 2, 2) their scene-image coordinates."""
+    from envs.camera import scene_image_coordinates
+
+    return scene_image_coordinates(key_positions.reshape(*key_positions.shape[:-1], 2, 3))
 
 
 def _str(value: Any) -> str:

@@ -1,0 +1,100 @@
+"""Grounding scenes: many rendered layouts labelled with where the instruction points.
+
+RT-2 gets its sense of *which object is which, and where* from web-scale vision-language
+pretraining before it ever sees a robot action. Our toy has no web data, but the simulator
+can render as many labelled layouts as we like: each scene is a fresh episode start (random
+task, objects, zones, and a widely spread arm pose that sometimes occludes them) with its
+instruction and the image coordinates of the named target and of its destination. A few
+hundred demos show only a few hundred layouts, far too few to learn to find "the blue
+cylinder" on a new table (docs/results.md); ten thousand of these cost a minute to render.
+
+Only ``train``-split instructions are used, so held-out paraphrases stay unseen, and the
+seeds (``GROUNDING_SEED_BASE`` +) are disjoint from collection and evaluation seeds.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GROUNDING_SEED_BASE = 50_000_000  # collection uses 0+, evaluation 20,000,000+ and 30,000,000+
+GROUNDING_SEED_STRIDE = 1_000_000  # scene sets with different seeds never share a layout
+GROUNDING_START_SPREAD = 0.5  # rad: arm starts spread over the workspace (occlusion, variety)
+_CHUNK = 500  # scenes per worker task
+
+
+def render_scenes(
+    count: int, seed: int = 0, image_size: int = 64, workers: int = 2, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """``count`` scenes, cycling through the five tasks: ``images`` (N, H, W, 3) uint8,
+    ``instructions`` (N,) str, ``key_positions`` (N, 6) metres, ``key_uv`` (N, 2, 2) image
+    coordinates of the target and destination (``envs.camera``)."""
+    if count <= 0:
+        raise ValueError(f"grounding scene count must be positive, got {count}")
+    if workers <= 0:
+        raise ValueError(f"workers must be positive, got {workers}")
+    if count > GROUNDING_SEED_STRIDE:
+        raise ValueError(f"at most {GROUNDING_SEED_STRIDE} grounding scenes per seed, got {count}")
+    from tqdm import tqdm
+
+    starts = list(range(0, count, _CHUNK))
+    first_seed = GROUNDING_SEED_BASE + seed * GROUNDING_SEED_STRIDE
+    seeds = [first_seed + s for s in starts]
+    sizes = [min(_CHUNK, count - s) for s in starts]
+    with ProcessPoolExecutor(min(workers, len(starts)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        chunks = pool.map(_render_chunk, seeds, sizes, [image_size] * len(starts))
+        bar = tqdm(chunks, total=len(starts), desc="grounding scenes", unit="chunk", disable=not progress, leave=False)
+        parts = list(bar)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def load_or_render_scenes(
+    path: str | Path, count: int, seed: int = 0, image_size: int = 64, workers: int = 2, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """The scenes cached at ``path`` (an .npz), rendered and saved there first if missing
+    or made with other settings. Written to a temporary file and renamed: a crash never
+    leaves half a cache behind."""
+    path = Path(path)
+    wanted = {"count": count, "seed": seed, "image_size": image_size}
+    if path.exists():
+        with np.load(path) as cached:
+            if {k: int(cached[k]) for k in wanted} == wanted:
+                return {k: cached[k] for k in ("images", "instructions", "key_positions", "key_uv")}
+    scenes = render_scenes(count, seed, image_size, workers, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
+    os.close(fd)
+    np.savez(tmp, **scenes, **{k: np.int64(v) for k, v in wanted.items()})
+    os.replace(tmp, path)
+    return scenes
+
+
+def _render_chunk(first_seed: int, count: int, image_size: int) -> dict[str, Any]:
+    import gymnasium as gym
+
+    from envs import TASKS
+    from envs.camera import scene_image_coordinates
+
+    task_envs = [gym.make(t, image_size=image_size, start_spread=GROUNDING_START_SPREAD).unwrapped for t in TASKS]
+    images, instructions, key_positions = [], [], []
+    for i in range(count):
+        seed = first_seed + i
+        obs, info = task_envs[seed % len(task_envs)].reset(seed=seed)
+        images.append(obs["image"])
+        instructions.append(obs["instruction"])
+        key_positions.append(info["key_positions"])
+    for env in task_envs:
+        env.close()
+    key_positions = np.stack(key_positions).astype(np.float32)
+    return {
+        "images": np.stack(images),
+        "instructions": np.array(instructions),
+        "key_positions": key_positions,
+        "key_uv": scene_image_coordinates(key_positions.reshape(-1, 2, 3)),
+    }
