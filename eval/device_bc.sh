@@ -5,6 +5,8 @@
 #   NPROCS=1 bash eval/device_bc.sh ddp   # torchrun through NCCL (NPROCS="1 2" on a 2-GPU host)
 #   bash eval/device_bc.sh probe|aux|reach|dagger   # the session-3 experiments (docs/results.md)
 #   bash eval/device_bc.sh spread|keypoints|resolution   # the session-4 experiments (docs/results.md)
+#   bash eval/device_bc.sh grounding   # session 5: grounding pretraining + keypoints, CPU and GPU configs
+#   bash eval/device_bc.sh scale; bash eval/device_bc.sh report   # session 6: detached runs, then their results
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM).
 set -uo pipefail
 phase=$1
@@ -173,6 +175,58 @@ if [ "$phase" = dagger ]; then  # BC then DAgger rounds on the task suite (polic
     dagger.episodes_per_task=${EPISODES:-60} dagger.steps_per_round=${ROUND_STEPS:-500} dagger.workers=15 \
     dagger.eval_episodes=${EVAL:-10} eval.num_envs=10 run_dir=outputs/sweep/dagger > outputs/sweep/dagger.log 2>&1
   cp outputs/sweep/dagger/dagger.md outputs/sweep/dagger/dagger.json $out/ 2>/dev/null; cat outputs/sweep/dagger/dagger.md
+fi
+
+if [ "$phase" = grounding ]; then  # session 5: grounding pretraining of the keypoint reader, then BC
+  python3 train/collect.py output=data/all300 episodes_per_task=300 workers=15 video=false progress=false | tail -1
+  for n in 10000 30000; do  # render the grounding scenes once; the runs below read the cache
+    python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_${n}_seed0_64px.npz', $n, workers=15, progress=False)"
+  done
+  export OMP_NUM_THREADS=3
+  base="data.path=data/all300 data.num_workers=1 eval.every_steps=0 eval.video_episodes=0 model.keypoints=2 model.aux_weight=1"
+  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off"
+  run() { name=$1; shift; timeout ${LIMIT:-540} python3 train/bc.py $base $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
+  run c1_reach $cpu data.tasks=[reach] trainer.steps=1000 eval.final_episodes=30 eval.splits=[train] &
+  run c2_all $cpu trainer.steps=1000 eval.final_episodes=30 eval.splits=[train] &
+  run c3_all_long $cpu trainer.steps=3000 grounding.scenes=30000 grounding.steps=2000 eval.final_episodes=30 eval.splits=[train] &
+  run g1_all model=gpu trainer=gpu data.num_workers=3 trainer.steps=${GPU_STEPS:-3000} trainer.warmup_steps=300 \
+    trainer.checkpoint_every=1000 grounding.scenes=30000 grounding.steps=3000 eval.final_episodes=${GPU_EVAL:-100} &
+  wait
+  cat outputs/sweep/*/grounding.json
+fi
+
+if [ "$phase" = scale ]; then  # session 6, detached (setsid: outlives this call; `report` collects)
+  # g2: the GPU config on 1,000 demos per task for longer; r1: the grounded reach policy, then
+  # PPO from it (issue 4); o_*: the privileged-position oracle per task (perception or control?)
+  python3 train/collect.py output=data/all300 episodes_per_task=300 workers=15 video=false progress=false | tail -1
+  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_10000_seed0_64px.npz', 10000, workers=15, progress=False)"
+  base="data.num_workers=1 eval.every_steps=0 eval.video_episodes=0 model.keypoints=2 model.aux_weight=1 $common"
+  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off"
+  e="tasks=[reach] splits=[train] episodes=200 open_loop=false language_swap=false video_episodes=0 progress=false num_envs=10 device=cuda"
+  ppo="task=reach env.num_envs=5 ppo.total_timesteps=${BUDGET:-40000} ppo.n_steps=256 ppo.batch_size=256 eval.every_steps=10000 eval.episodes=50 checkpoint_every=10000 device=cuda ppo.lr=3e-5 ppo.critic_warmup_steps=2560"
+  mkdir -p outputs/ppo
+  setsid bash -c "OMP_NUM_THREADS=3 python3 train/bc.py $base $cpu data.path=data/all300 data.tasks=[reach] trainer.steps=1000 eval.final_episodes=30 eval.splits=[train] run_dir=outputs/sweep/r1_reach > outputs/sweep/r1_reach.log 2>&1
+    python3 eval/evaluate.py $e checkpoint=outputs/sweep/r1_reach/checkpoints/best.pt out_dir=outputs/ppo/eval200_bc > outputs/ppo/eval200_bc.log 2>&1 &
+    OMP_NUM_THREADS=1 timeout ${PPO_LIMIT:-480} python3 train/ppo.py $ppo ppo.temperature=0.5 init=outputs/sweep/r1_reach/checkpoints/best.pt run_dir=outputs/ppo/r1_ppo > outputs/ppo/r1_ppo.log 2>&1
+    python3 eval/evaluate.py $e checkpoint=outputs/ppo/r1_ppo/checkpoints/best.pt out_dir=outputs/ppo/eval200_ppo_best > outputs/ppo/eval200_ppo_best.log 2>&1
+    python3 eval/evaluate.py $e checkpoint=outputs/ppo/r1_ppo/checkpoints/latest.pt out_dir=outputs/ppo/eval200_ppo_latest > outputs/ppo/eval200_ppo_latest.log 2>&1
+    wait" < /dev/null > /dev/null 2>&1 &
+  for t in push lift pick_place stack; do
+    setsid python3 eval/perception_oracle.py --data data/all300 --task $t --modes oracle --steps 800 --episodes 30 --threads 2 \
+      --out outputs/sweep/oracle_$t.json < /dev/null > outputs/sweep/oracle_$t.log 2>&1 &
+  done
+  python3 train/collect.py output=data/all1000 episodes_per_task=1000 workers=8 video=false progress=false | tail -1
+  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_30000_seed0_64px.npz', 30000, workers=8, progress=False)"
+  setsid bash -c "OMP_NUM_THREADS=3 timeout ${LIMIT:-1200} python3 train/bc.py $base model=gpu trainer=gpu data.path=data/all1000 data.num_workers=3 trainer.steps=${GPU_STEPS:-8000} trainer.warmup_steps=500 trainer.checkpoint_every=2000 grounding.scenes=30000 grounding.steps=3000 eval.final_episodes=100 run_dir=outputs/sweep/g2_all1000 > outputs/sweep/g2_all1000.log 2>&1" < /dev/null > /dev/null 2>&1 &
+  sleep ${WAIT:-360}; phase=report
+fi
+
+if [ "$phase" = report ]; then  # progress and results of the detached runs
+  for f in outputs/sweep/*.log outputs/ppo/*.log; do echo "== $f"; grep -v "Loading weights" "$f" | tail -4; done
+  for f in outputs/sweep/*/metrics.jsonl; do echo "== $f"; tail -1 "$f"; done
+  cat outputs/sweep/oracle_*.json outputs/sweep/*/grounding.json outputs/ppo/*/evals.jsonl outputs/ppo/*/summary.json 2>/dev/null
+  for d in outputs/ppo/eval200_*; do echo "== $d"; head -4 $d/evaluation.md 2>/dev/null; done
+  tar czf "$out/ppo_runs.tgz" --exclude='*.pt' --exclude='*.zip' outputs/ppo 2>/dev/null
 fi
 
 if [ "$phase" = ddp ]; then  # NCCL data parallel on a 2-GPU host: 1 vs 2 processes, same global batch

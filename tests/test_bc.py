@@ -153,6 +153,19 @@ def test_auxiliary_key_position_loss_trains_from_the_recorded_demos(tiny_demos, 
     assert all(r["aux_error_cm"] > 0 for r in rows if "loss" in r)
 
 
+def test_keypoints_are_grounded_on_rendered_scenes_before_behaviour_cloning(tiny_demos, tmp_path):
+    scenes = tmp_path / "scenes.npz"
+    grounding = ["grounding.scenes=200", "grounding.steps=5", "grounding.batch_size=16", f"grounding.path={scenes}"]
+    args = ["trainer.steps=3", "model.keypoints=2", "model.aux_weight=1.0", *grounding]
+    result = train(tiny_demos, tmp_path / "kp", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "grounding: keypoints" in result.stdout and scenes.exists()
+    report = json.loads((tmp_path / "kp" / "grounding.json").read_text())
+    assert report["steps"] == 5 and report["heldout_error_px"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "kp" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["keypoint_error_px"] > 0 for r in rows if "loss" in r)
+
+
 def test_closed_loop_probe_compares_the_policy_with_the_expert_on_its_own_states(trained_run, tmp_path):
     out = tmp_path / "probe.json"
     args = ["--checkpoint", str(trained_run), "--tasks", "reach", "--episodes", "1", "--out", str(out)]

@@ -175,23 +175,51 @@ def test_the_auxiliary_loss_regresses_where_the_instruction_points():
 
 
 def test_keypoints_add_tokens_that_read_the_image_where_the_instruction_points():
-    policy = make_policy(keypoints=3)
+    policy = make_policy(keypoints=2)
     batch = random_batch(4)
-    assert dict(policy.token_layout(batch))["vision"] == policy.vision.num_tokens + 3
+    assert dict(policy.token_layout(batch))["vision"] == policy.vision.num_tokens + 2
     assert torch.equal(policy.decode(batch, use_cache=True), policy.decode(batch, use_cache=False))
-    text = torch.randn(4, policy.config.width)
-    tokens, coords = policy.keypoint_reader(batch["image"], text)
-    assert tokens.shape == (4, 3, policy.config.width) and coords.shape == (4, 3, 2)
-    assert coords.abs().max() <= 1.0
-    # a different instruction asks a different question of the same image
-    _, other = policy.keypoint_reader(batch["image"], torch.randn(4, policy.config.width))
+    text_states, text_mask = policy.text(batch["instruction"], torch.device("cpu"))
+    tokens, coords, logits = policy.keypoint_reader(batch["image"], text_states, text_mask)
+    assert tokens.shape == (4, 2, policy.config.width) and coords.shape == (4, 2, 2)
+    assert logits.shape == (4, 2, (32 // 2) ** 2) and coords.abs().max() <= 1.0
+    # another instruction asks another question of the same images
+    other_states, other_mask = policy.text(batch["instruction"][1:] + batch["instruction"][:1], torch.device("cpu"))
+    _, other, _ = policy.keypoint_reader(batch["image"], other_states, other_mask)
     assert not torch.allclose(coords, other)
 
 
-def test_the_keypoint_auxiliary_loss_supervises_the_keypoints_themselves():
+def test_keypoints_must_be_off_or_two():
+    with pytest.raises(ValueError, match="keypoints must be 0 .* got 3"):
+        make_policy(keypoints=3)
+
+
+def test_the_keypoint_heatmap_loss_trains_the_reader_and_not_the_decoder():
     policy = make_policy(keypoints=2, aux_weight=1.0).train()
-    batch = {**random_batch(8), "key_positions": torch.rand(8, 6) * 0.4 - 0.2}
+    batch = {**random_batch(8), "key_uv": torch.rand(8, 2, 2) * 2 - 1}
     out = policy.loss(batch, augment=False)
-    out["aux_loss"].backward()  # the aux loss alone must reach the keypoint conv map
+    assert torch.isclose(out["loss"], out["action_loss"] + out["aux_loss"]) and out["keypoint_error_px"] > 0
+    out["aux_loss"].backward()  # the heatmap loss alone must reach the keypoint conv map
     assert policy.keypoint_reader.features[0].weight.grad.abs().sum() > 0
     assert policy.head.weight.grad is None  # and not the action head
+    policy.zero_grad(set_to_none=True)
+    policy.loss(batch, augment=False)["action_loss"].backward()  # the decoder reads detached coordinates
+    assert policy.keypoint_reader.features[0].weight.grad is None
+    with pytest.raises(ValueError, match="key_positions"):
+        policy.loss(random_batch(8))
+
+
+def test_heatmap_loss_is_lowest_on_the_true_point():
+    policy = make_policy(keypoints=2)
+    side = 16
+    target = torch.tensor([[[0.3, -0.5], [-0.7, 0.1]]])
+    cells = torch.stack(
+        torch.meshgrid(
+            (torch.arange(side) + 0.5) / side * 2 - 1, (torch.arange(side) + 0.5) / side * 2 - 1, indexing="xy"
+        ),
+        -1,
+    ).reshape(-1, 2)
+    sharp = -((cells[None, None] - target[:, :, None]) ** 2).sum(-1) * 200
+    loss_true, error_true = policy.keypoint_reader.heatmap_loss(sharp, target)
+    loss_off, error_off = policy.keypoint_reader.heatmap_loss(sharp, -target)
+    assert loss_true < loss_off and error_true < 0.5 < error_off

@@ -230,3 +230,19 @@ def test_from_scratch_and_cnn_baseline_run(tmp_path):
     assert cnn.returncode == 0, cnn.stderr[-3000:]
     assert (tmp_path / "cnn" / "checkpoints" / "latest.zip").exists()
     assert len((tmp_path / "cnn" / "evals.jsonl").read_text().splitlines()) == 2
+
+
+def test_ppo_fine_tunes_a_policy_with_grounded_keypoints(tmp_path):
+    from vla import load_policy
+
+    torch.manual_seed(0)
+    policy = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "keypoints": 2, "aux_weight": 1.0}))
+    save_checkpoint(tmp_path / "kp.pt", policy, ActionTokenizer(256), step=0)
+    result = run(f"init={tmp_path / 'kp.pt'}", f"run_dir={tmp_path / 'run'}", "ppo.total_timesteps=32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runner = load_policy(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert runner.policy.keypoint_reader is not None
+    env = gym.make(TASK, image_size=32)
+    obs, _ = env.reset(seed=0)
+    assert runner.act(obs).shape == (7,)
+    env.close()

@@ -28,6 +28,7 @@ from eval.cli import user_errors  # noqa: E402
 from eval.closed_loop import final_evaluation, split_demos, success_rate  # noqa: E402
 from vla.checkpoint import CheckpointError, check_config, load_weights, read_checkpoint, save_checkpoint  # noqa: E402
 from vla.data import ActionTokenDataset, collate  # noqa: E402
+from vla.grounding import pretrain_keypoints  # noqa: E402
 from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
 from vla.tokenizer import ActionTokenizer  # noqa: E402
 from vla.training import StepSampler, init_distributed, rng_state, seed_everything, set_rng_state, warmup_cosine  # noqa: E402
@@ -72,6 +73,9 @@ def train(cfg: DictConfig) -> dict | None:
         payload = load_resume_state(run_dir, policy_config, policy, optimizer, schedule)
         start_step, best_success = payload["step"], payload["best_success"]
         tokenizer = ActionTokenizer.from_state_dict(payload["tokenizer"])
+    if policy.keypoint_reader is not None and cfg.grounding.steps > 0 and not cfg.resume and not cfg.get("init"):
+        if rank == 0:  # DistributedDataParallel hands rank 0's weights to the others
+            ground(cfg, policy, run_dir, progress=t.progress)
     model = policy
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -137,7 +141,7 @@ def train(cfg: DictConfig) -> dict | None:
                 "step": step + 1,
                 "loss": out["loss"].item(),
                 "token_accuracy": out["token_accuracy"].item(),
-                **{k: out[k].item() for k in ("aux_loss", "aux_error_cm") if k in out},
+                **{k: out[k].item() for k in ("aux_loss", "aux_error_cm", "keypoint_error_px") if k in out},
                 "grad_norm": grad_norm.item(),
                 "lr": schedule.get_last_lr()[0],
                 "samples_per_s": samples / (now - last_time),
@@ -209,6 +213,22 @@ def check_dataset_matches(demos: DemoDataset, config: PolicyConfig) -> None:
             f"error: model.cameras={config.cameras} but the dataset at {demos.root} recorded only {recorded}; "
             f"collect one with `python train/collect.py output=<dir> cameras=[{','.join(config.cameras)}]`"
         )
+
+
+def ground(cfg: DictConfig, policy: VLAPolicy, run_dir: Path, progress: bool) -> None:
+    """Grounding pretraining of the keypoint reader on rendered scenes (vla/grounding.py);
+    its held-out error goes to <run dir>/grounding.json."""
+    from envs.grounding import load_or_render_scenes
+
+    g = cfg.grounding
+    scenes = load_or_render_scenes(g.path, g.scenes, cfg.seed, cfg.model.image_size, g.workers, progress)
+    result = pretrain_keypoints(policy, scenes, g.steps, g.batch_size, g.lr, seed=cfg.seed, progress=progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "grounding.json").write_text(json.dumps({"scenes": g.scenes, "steps": g.steps, **result}, indent=2))
+    print(
+        f"grounding: keypoints {result['heldout_error_px']:.2f} px mean / {result['heldout_median_px']:.2f} px "
+        f"median from the truth on held-out scenes ({100 * result['heldout_over_2px']:.0f}% beyond 2 px)"
+    )
 
 
 def fit_tokenizer(cfg: DictConfig, demos: DemoDataset) -> ActionTokenizer:

@@ -35,13 +35,14 @@ class ActionTokenDataset(torch.utils.data.Dataset):
         }
         if "wrist_image" in s:
             item["wrist_image"] = torch.from_numpy(np.ascontiguousarray(s["wrist_image"]))
-        if "key_positions" in s:  # privileged, for the auxiliary loss only
-            item["key_positions"] = torch.from_numpy(np.asarray(s["key_positions"], dtype=np.float32))
+        for key in ("key_positions", "key_uv"):  # privileged, for the auxiliary loss only
+            if key in s:
+                item[key] = torch.from_numpy(np.asarray(s[key], dtype=np.float32))
         return item
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = [k for k in ("image", "wrist_image", "proprio", "action_bins", "key_positions") if k in samples[0]]
+    keys = [k for k in ("image", "wrist_image", "proprio", "action_bins", "key_positions", "key_uv") if k in samples[0]]
     batch: dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in keys}
     batch["instruction"] = [s["instruction"] for s in samples]
     return batch

@@ -27,6 +27,7 @@ from vla.vision import TextQueriedKeypoints, ViT, random_shift
 DECODINGS = ("autoregressive", "parallel")
 KEY_POSITION_SCALE = 0.1  # metres -> units of the auxiliary regression (the table spans ~+-0.2 m)
 KEY_POSITION_DIM = 6
+KEYPOINT_COUNTS = (0, 2)  # off, or one per key position: the target and its destination
 # Camera name -> the observation key holding its image (the env's contract).
 CAMERA_KEYS = {"scene": "image", "wrist": "wrist_image"}
 
@@ -54,8 +55,10 @@ class PolicyConfig:
     # instruction points (target and destination centres, recorded by the demos). Teaches the
     # *where* of the instruction densely instead of through 2-bit "move left/right" labels.
     aux_weight: float = 0.0
-    # Text-queried soft-argmax keypoints per camera (0: off): the instruction asks a small
-    # half-resolution conv map where its object is; the expected (u, v) become extra tokens.
+    # Text-queried soft-argmax keypoints on the scene camera (0: off, 2: the target and its
+    # destination): the instruction asks a small conv map where its objects are; the expected
+    # (u, v) become extra tokens. Trained by the grounding loss only (grounding pretraining on
+    # rendered scenes, and aux_weight on the demos), never by the action loss.
     keypoints: int = 0
     keypoint_channels: int = 32
     augment_pad: int = 4  # random-shift augmentation: pixels of padding (the shift range is +-pad)
@@ -71,6 +74,8 @@ class PolicyConfig:
         unknown_cameras = [c for c in config.cameras if c not in CAMERA_KEYS]
         if unknown_cameras or not config.cameras or config.cameras[0] != "scene":
             raise ValueError(f"cameras must start with 'scene' and hold only {list(CAMERA_KEYS)}, got {config.cameras}")
+        if config.keypoints not in KEYPOINT_COUNTS:
+            raise ValueError(f"keypoints must be 0 (off) or 2 (target and destination), got {config.keypoints}")
         if config.decoding not in DECODINGS:
             raise ValueError(f"unknown decoding {config.decoding!r}; valid values are: {', '.join(DECODINGS)}")
         return config
@@ -86,7 +91,9 @@ class VLAPolicy(nn.Module):
         self.camera_embed = nn.Parameter(torch.randn(len(c.cameras), c.width) * 0.02)
         self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length)
         self.text_proj = nn.Linear(self.text.out_dim, c.width)
-        self.keypoint_reader = TextQueriedKeypoints(c.width, c.keypoints, c.keypoint_channels) if c.keypoints else None
+        self.keypoint_reader = None
+        if c.keypoints:
+            self.keypoint_reader = TextQueriedKeypoints(c.width, self.text.out_dim, c.keypoints, c.keypoint_channels)
         self.proprio_proj = nn.Sequential(nn.Linear(c.proprio_dim, c.width), nn.LayerNorm(c.width))
         # Proprio arrives in metres and quaternion units: positions vary by ~0.1 while the
         # quaternion's w sits at ~1, so unscaled the gripper position is a whisper in the token.
@@ -101,24 +108,17 @@ class VLAPolicy(nn.Module):
         self.norm = nn.LayerNorm(c.width)
         self.head = nn.Linear(c.width, c.bins)
         self.key_position_head = None
-        if c.aux_weight > 0 and c.keypoints:  # supervise the scene keypoints themselves: image (u, v) -> metres
-            self.key_position_head = nn.Sequential(
-                nn.Linear(2 * c.keypoints, c.width), nn.GELU(), nn.Linear(c.width, KEY_POSITION_DIM)
-            )
-        elif c.aux_weight > 0:
+        if c.aux_weight > 0 and not c.keypoints:  # with keypoints the aux loss supervises their heatmaps
             self.key_position_head = nn.Linear(c.width, KEY_POSITION_DIM)
-        # The scene keypoints' (u, v) of the last prefix (B, K, 2): the keypoint aux loss reads
-        # them after the decoder has run, without threading them through every caller.
-        self._scene_keypoints: torch.Tensor | None = None
+        # The keypoint heatmap logits of the last prefix (B, K, cells): the loss reads them
+        # after the decoder has run, without threading them through every caller.
+        self._keypoint_logits: torch.Tensor | None = None
 
     # --- the prefix ----------------------------------------------------------------------
     def prefix(self, batch: dict[str, Any], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens and key mask of [vision | text | proprio]: (B, P, W), (B, P) bool."""
         text_states, text_mask = self.text(batch["instruction"], batch["proprio"].device)
         text = self.text_proj(text_states)
-        if self.keypoint_reader is not None:  # the instruction's mean token state asks the question
-            weights = text_mask.unsqueeze(-1).to(text.dtype)
-            text_summary = (text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         views = []
         for i, camera in enumerate(self.config.cameras):
             if CAMERA_KEYS[camera] not in batch:
@@ -130,11 +130,10 @@ class VLAPolicy(nn.Module):
             if augment and self.config.augment_pad > 0:
                 images = random_shift(images, self.config.augment_pad)
             views.append(self.vision(images) + self.camera_embed[i])
-            if self.keypoint_reader is not None:
-                tokens, coords = self.keypoint_reader(images, text_summary)
+            if self.keypoint_reader is not None and camera == "scene":
+                # un-augmented: the keypoints' labels are the true image coordinates
+                tokens, _, self._keypoint_logits = self.keypoint_reader(batch["image"], text_states.detach(), text_mask)
                 views.append(tokens + self.camera_embed[i])
-                if camera == "scene":
-                    self._scene_keypoints = coords
         vision = torch.cat(views, 1) + self.type_embed[0]
         device = vision.device
         text = text + self.type_embed[1]
@@ -148,7 +147,7 @@ class VLAPolicy(nn.Module):
     def token_layout(self, batch: dict[str, Any]) -> list[tuple[str, int]]:
         """(segment name, number of tokens) of one forward pass, for printing (V1)."""
         _, mask = self.prefix(batch)
-        vision_tokens = (self.vision.num_tokens + self.config.keypoints) * len(self.config.cameras)
+        vision_tokens = self.vision.num_tokens * len(self.config.cameras) + self.config.keypoints
         layout = [("vision", vision_tokens), ("text", mask.shape[1] - vision_tokens)]
         if self.config.use_proprio:
             layout[-1] = ("text", layout[-1][1] - 1)
@@ -229,11 +228,16 @@ class VLAPolicy(nn.Module):
         action_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
         out = {"loss": action_loss, "action_loss": action_loss}
         out["token_accuracy"] = (logits.argmax(-1) == target).float().mean()
+        if self.keypoint_reader is not None and self.config.aux_weight > 0:
+            if "key_uv" not in batch:
+                raise ValueError("model.aux_weight > 0 needs demos that record key_positions (collect them anew)")
+            aux, error_px = self.keypoint_reader.heatmap_loss(self._keypoint_logits, batch["key_uv"])
+            out.update(aux_loss=aux, keypoint_error_px=error_px.detach())
+            out["loss"] = action_loss + self.config.aux_weight * aux
         if self.key_position_head is not None:
             if "key_positions" not in batch:
                 raise ValueError("model.aux_weight > 0 needs demos that record key_positions (collect them anew)")
-            features = states[:, 0] if self.config.keypoints == 0 else self._scene_keypoints.flatten(1)
-            predicted = self.key_position_head(features).float()
+            predicted = self.key_position_head(states[:, 0]).float()
             aux = F.mse_loss(predicted, batch["key_positions"] / KEY_POSITION_SCALE)
             out["aux_loss"] = aux
             # the mean position error in centimetres is what a reader can judge

@@ -118,44 +118,83 @@ def random_shift(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
 
 
 class TextQueriedKeypoints(nn.Module):
-    """Where in the image is what the instruction names? K soft-argmax keypoints per image.
+    """Where in the image is what the instruction names? K soft-argmax keypoints.
 
-    A small conv net turns the image into a half-resolution feature map; K queries computed
-    from the instruction score every pixel; a softmax over pixels gives K attention maps whose
-    expected (u, v) coordinates become K extra tokens (Fourier features of u, v -> width).
-    This is the spatial-softmax readout of visuomotor policies (Levine et al. 2016), asked by
-    the instruction: the decoder receives the target's image coordinates as numbers instead of
-    having to decode sub-patch positions from patch contents, which a ViT trained from scratch
-    on a few thousand frames memorises rather than learns.
+    A small conv net (with two coordinate channels, CoordConv) turns the image into a
+    half-resolution feature map; K learned queries attend over the instruction's token
+    states, so each keypoint asks its own question of the sentence (keypoint 0: the object
+    to act on, keypoint 1: where it must go); each scores every cell of the map, a softmax
+    over cells gives K heatmaps, and their expected (u, v) coordinates become K extra tokens
+    (Fourier features of u, v -> width). This is the spatial-softmax readout of visuomotor
+    policies (Levine et al. 2016), asked by the instruction.
+
+    ``heatmap_loss`` supervises the heatmaps with the true image coordinates (grounding
+    pretraining on rendered scenes, then the demos). The policy feeds the coordinates to its
+    decoder detached, so the action loss never pulls the detector away from the objects.
     """
 
-    def __init__(self, width: int, keypoints: int, channels: int = 32, frequencies: int = 8):
+    def __init__(self, width: int, text_dim: int, keypoints: int, channels: int = 32, frequencies: int = 6):
         super().__init__()
         self.keypoints, self.channels = keypoints, channels
         self.features = nn.Sequential(
-            nn.Conv2d(5, channels, 3, stride=2, padding=1),  # RGB + 2 coordinate channels (CoordConv)
+            nn.Conv2d(5, channels, 3, stride=2, padding=1),  # RGB + 2 coordinate channels
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
             nn.GELU(),
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.GELU(),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
-        self.query = nn.Linear(width, keypoints * channels)
+        self.text_proj = nn.Linear(text_dim, width)
+        self.questions = nn.Parameter(torch.randn(keypoints, width) * 0.02)
+        self.read_text = nn.MultiheadAttention(width, 4, batch_first=True)
+        self.query = nn.Linear(width, channels)
         self.register_buffer("frequencies", torch.pi * 2.0 ** torch.arange(frequencies).float(), persistent=False)
         self.embed = nn.Sequential(nn.Linear(2 + 4 * frequencies, width), nn.GELU(), nn.Linear(width, width))
 
-    def forward(self, images: torch.Tensor, text_summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (B, H, W, 3) images and (B, width) instruction summaries -> keypoint tokens
-        (B, K, width) and their coordinates (B, K, 2) in [-1, 1] (u right, v down)."""
+    def heatmaps(
+        self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heatmap logits (B, K, cells) over the half-resolution map and each cell's centre
+        (cells, 2) in image coordinates [-1, 1] (u right, v down)."""
         b, h, w, _ = images.shape
         x = (images.permute(0, 3, 1, 2).float() / 255.0 - _MEAN) / _STD
         features = self.features(torch.cat([x, _pixel_grid(b, h, w, x.device)], 1))
-        grid = _pixel_grid(b, *features.shape[2:], x.device)
-        queries = self.query(text_summary).view(b, self.keypoints, self.channels)
-        attention = (queries @ features.flatten(2) / self.channels**0.5).softmax(-1)  # (B, K, cells)
-        coords = attention @ grid.flatten(2).transpose(1, 2)  # (B, K, 2)
-        angles = coords[..., None] * self.frequencies  # (B, K, 2, F)
-        code = torch.cat([coords, angles.sin().flatten(2), angles.cos().flatten(2)], -1)
-        return self.embed(code), coords
+        text = self.text_proj(text_states.float())
+        questions, _ = self.read_text(
+            self.questions.expand(b, -1, -1), text, text, key_padding_mask=~text_mask, need_weights=False
+        )
+        logits = self.query(questions) @ features.flatten(2) / self.channels**0.5
+        cells = _pixel_grid(1, *features.shape[2:], x.device)[0].flatten(1).T
+        return logits, cells
+
+    def forward(
+        self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keypoint tokens (B, K, width) read from detached coordinates, the coordinates
+        (B, K, 2), and the heatmap logits (B, K, cells) for ``heatmap_loss``."""
+        logits, cells = self.heatmaps(images, text_states, text_mask)
+        coords = logits.float().softmax(-1) @ cells
+        code = coords.detach()
+        angles = code[..., None] * self.frequencies  # (B, K, 2, F)
+        code = torch.cat([code, angles.sin().flatten(2), angles.cos().flatten(2)], -1)
+        return self.embed(code), coords, logits
+
+    def heatmap_loss(self, logits: torch.Tensor, target_uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of the heatmaps against a Gaussian around each true point (std one
+        cell), and the mean distance of the soft-argmax from it in pixels at full resolution.
+        A heatmap target gives every cell a gradient; regressing the soft-argmax alone gives
+        a weak one and learned here 10x slower (docs/results.md)."""
+        side = int(round(logits.shape[-1] ** 0.5))
+        cells = _pixel_grid(1, side, side, logits.device)[0].flatten(1).T
+        sigma = 2.0 / side
+        distance2 = ((cells[None, None] - target_uv[:, :, None].float()) ** 2).sum(-1)  # (B, K, cells)
+        target = (-distance2 / (2 * sigma**2)).softmax(-1)
+        log_p = logits.float().log_softmax(-1)
+        loss = -(target * log_p).sum(-1).mean()
+        coords = log_p.exp() @ cells
+        error_px = (coords - target_uv).norm(dim=-1).mean() * side  # [-1, 1] spans 2 x side pixels
+        return loss, error_px
 
 
 def _pixel_grid(batch: int, h: int, w: int, device: torch.device) -> torch.Tensor:

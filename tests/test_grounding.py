@@ -1,0 +1,76 @@
+"""Grounding: the scene camera projection, the rendered scene sets and their cache, and the
+keypoint reader's pretraining on them."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import envs  # noqa: F401  (registers the tasks)
+from envs.camera import scene_image_coordinates
+from envs.grounding import load_or_render_scenes, render_scenes
+from envs.vocabulary import OBJECT_COLOURS
+from tests.conftest import TINY_MODEL
+from vla.grounding import heldout_error, pretrain_keypoints
+from vla.policy import PolicyConfig, VLAPolicy
+
+
+def nearest_object_colour(pixel: np.ndarray) -> str:
+    """The object colour whose direction in RGB is closest to the pixel's (shading scales
+    brightness, not hue)."""
+    rgb = pixel.astype(np.float64) / max(np.linalg.norm(pixel), 1e-6)
+    return max(OBJECT_COLOURS, key=lambda c: rgb @ (np.array(OBJECT_COLOURS[c]) / np.linalg.norm(OBJECT_COLOURS[c])))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_projected_target_centre_lands_on_the_target_in_the_image(seed):
+    env = gym.make("VLASandbox/Reach-v0", image_size=128)
+    obs, info = env.reset(seed=seed)
+    env.close()
+    u, v = scene_image_coordinates(info["key_positions"][:3])
+    size = obs["image"].shape[0]
+    column, row = int((u + 1) / 2 * size), int((v + 1) / 2 * size)
+    assert nearest_object_colour(obs["image"][row, column]) == info["task_spec"]["target_colour"]
+
+
+def test_projection_rejects_points_without_three_coordinates():
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 3\)"):
+        scene_image_coordinates(np.zeros((4, 2)))
+
+
+def test_scene_sets_are_labelled_cached_and_checked(tmp_path):
+    path = tmp_path / "scenes.npz"
+    scenes = load_or_render_scenes(path, count=12, seed=0, image_size=32, workers=1, progress=False)
+    assert scenes["images"].shape == (12, 32, 32, 3) and scenes["images"].dtype == np.uint8
+    assert scenes["key_uv"].shape == (12, 2, 2) and np.abs(scenes["key_uv"]).max() <= 1.0
+    assert len(set(scenes["instructions"].tolist())) > 5  # five tasks, many objects
+    np.testing.assert_allclose(scenes["key_uv"], scene_image_coordinates(scenes["key_positions"].reshape(12, 2, 3)))
+    stamp = path.stat().st_mtime_ns
+    again = load_or_render_scenes(path, count=12, seed=0, image_size=32, workers=1, progress=False)
+    assert path.stat().st_mtime_ns == stamp  # read back, not rendered anew
+    np.testing.assert_array_equal(again["images"], scenes["images"])
+    other = load_or_render_scenes(path, count=12, seed=1, image_size=32, workers=1, progress=False)
+    assert not np.array_equal(other["key_positions"], scenes["key_positions"])  # another seed: rendered anew
+    with pytest.raises(ValueError, match="count must be positive, got 0"):
+        render_scenes(0)
+
+
+def keypoint_policy() -> VLAPolicy:
+    torch.manual_seed(0)
+    return VLAPolicy(
+        PolicyConfig.from_dict({**TINY_MODEL, "keypoints": 2, "keypoint_channels": 16, "text_encoder": "minilm"})
+    )
+
+
+def test_grounding_pretraining_moves_the_keypoints_towards_the_truth(tmp_path):
+    scenes = load_or_render_scenes(tmp_path / "s.npz", count=300, seed=0, image_size=32, workers=2, progress=False)
+    policy = keypoint_policy()
+    before = heldout_error(policy, scenes, range(270, 300))
+    decoder_before = policy.head.weight.clone()
+    result = pretrain_keypoints(policy, scenes, steps=400, batch_size=64, lr=3e-3, heldout=30, progress=False)
+    assert result["heldout_error_px"] < 0.7 * before["heldout_error_px"], (before, result)
+    assert torch.equal(policy.head.weight, decoder_before)  # only the keypoint reader learns
+    with pytest.raises(ValueError, match="keypoints"):
+        pretrain_keypoints(VLAPolicy(PolicyConfig.from_dict(TINY_MODEL)), scenes, steps=1)
