@@ -7,6 +7,8 @@
 #   bash eval/device_bc.sh spread|keypoints|resolution   # the session-4 experiments (docs/results.md)
 #   bash eval/device_bc.sh grounding   # session 5: grounding pretraining + keypoints, CPU and GPU configs
 #   bash eval/device_bc.sh scale; bash eval/device_bc.sh report   # session 6: detached runs, then their results
+#   bash eval/device_bc.sh ppo_kl   # session 6: PPO from scale's r1_reach with a KL to the BC policy
+#   bash eval/device_bc.sh final; bash eval/device_bc.sh report   # session 6: separate-critic PPO, both splits
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM).
 set -uo pipefail
 phase=$1
@@ -218,6 +220,36 @@ if [ "$phase" = scale ]; then  # session 6, detached (setsid: outlives this call
   python3 train/collect.py output=data/all1000 episodes_per_task=1000 workers=8 video=false progress=false | tail -1
   python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_30000_seed0_64px.npz', 30000, workers=8, progress=False)"
   setsid bash -c "OMP_NUM_THREADS=3 timeout ${LIMIT:-1200} python3 train/bc.py $base model=gpu trainer=gpu data.path=data/all1000 data.num_workers=3 trainer.steps=${GPU_STEPS:-8000} trainer.warmup_steps=500 trainer.checkpoint_every=2000 grounding.scenes=30000 grounding.steps=3000 eval.final_episodes=100 run_dir=outputs/sweep/g2_all1000 > outputs/sweep/g2_all1000.log 2>&1" < /dev/null > /dev/null 2>&1 &
+  sleep ${WAIT:-360}; phase=report
+fi
+
+if [ "$phase" = ppo_kl ]; then  # session 6: PPO from r1 held near the BC policy (KL to init, small steps)
+  e="tasks=[reach] splits=[train] episodes=200 open_loop=false language_swap=false video_episodes=0 progress=false num_envs=10 device=cuda"
+  ppo="task=reach env.num_envs=6 ppo.total_timesteps=${BUDGET:-40000} ppo.n_steps=256 ppo.batch_size=256 eval.every_steps=10000 eval.episodes=50 checkpoint_every=10000 device=cuda ppo.critic_warmup_steps=3072 init=outputs/sweep/r1_reach/checkpoints/best.pt"
+  export OMP_NUM_THREADS=1
+  timeout ${PPO_LIMIT:-400} python3 train/ppo.py $ppo ppo.lr=1e-5 ppo.kl_coef=0.5 ppo.clip_range=0.1 ppo.temperature=0.5 run_dir=outputs/ppo/r1_ppo_kl_t05 > outputs/ppo/r1_ppo_kl_t05.log 2>&1 &
+  timeout ${PPO_LIMIT:-400} python3 train/ppo.py $ppo ppo.lr=1e-5 ppo.kl_coef=0.5 ppo.clip_range=0.1 run_dir=outputs/ppo/r1_ppo_kl_t1 > outputs/ppo/r1_ppo_kl_t1.log 2>&1 &
+  wait
+  for r in r1_ppo_kl_t05 r1_ppo_kl_t1; do
+    python3 eval/evaluate.py $e checkpoint=outputs/ppo/$r/checkpoints/latest.pt out_dir=outputs/ppo/eval200_${r}_latest > /dev/null 2>&1 &
+  done
+  wait; phase=report
+fi
+
+if [ "$phase" = final ]; then  # session 6, detached: PPO with a separate critic; GPU config on both splits
+  python3 train/collect.py output=data/all300 episodes_per_task=300 workers=15 video=false progress=false | tail -1
+  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_10000_seed0_64px.npz', 10000, workers=15, progress=False)"
+  base="data.num_workers=1 eval.every_steps=0 eval.video_episodes=0 model.keypoints=2 model.aux_weight=1 $common"
+  e="tasks=[reach] splits=[train] episodes=200 open_loop=false language_swap=false video_episodes=0 progress=false num_envs=10 device=cuda"
+  ppo="task=reach env.num_envs=6 ppo.total_timesteps=${BUDGET:-30000} ppo.n_steps=256 ppo.batch_size=256 eval.every_steps=10000 eval.episodes=50 checkpoint_every=10000 device=cuda ppo.lr=3e-5 ppo.critic_warmup_steps=3072 ppo.value_head=separate ppo.kl_coef=0.1 init=outputs/sweep/r1_reach/checkpoints/best.pt"
+  mkdir -p outputs/ppo
+  setsid bash -c "OMP_NUM_THREADS=3 python3 train/bc.py $base model=cpu trainer=cpu device=cuda trainer.amp=off data.path=data/all300 data.tasks=[reach] trainer.steps=1000 eval.final_episodes=30 eval.splits=[train] run_dir=outputs/sweep/r1_reach > outputs/sweep/r1_reach.log 2>&1
+    python3 eval/evaluate.py $e checkpoint=outputs/sweep/r1_reach/checkpoints/best.pt out_dir=outputs/ppo/eval200_bc > outputs/ppo/eval200_bc.log 2>&1 &
+    for t in 0.5 1.0; do OMP_NUM_THREADS=1 timeout ${PPO_LIMIT:-330} python3 train/ppo.py $ppo ppo.temperature=\$t run_dir=outputs/ppo/sep_t\$t > outputs/ppo/sep_t\$t.log 2>&1 & done; wait
+    for t in 0.5 1.0; do python3 eval/evaluate.py $e checkpoint=outputs/ppo/sep_t\$t/checkpoints/latest.pt out_dir=outputs/ppo/eval200_sep_t\${t}_latest > /dev/null 2>&1 & done; wait" < /dev/null > /dev/null 2>&1 &
+  python3 train/collect.py output=data/all1000 episodes_per_task=1000 workers=8 video=false progress=false | tail -1
+  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_30000_seed0_64px.npz', 30000, workers=8, progress=False)"
+  setsid bash -c "OMP_NUM_THREADS=3 timeout ${LIMIT:-1200} python3 train/bc.py $base model=gpu trainer=gpu data.path=data/all1000 data.num_workers=3 trainer.steps=${GPU_STEPS:-5000} trainer.warmup_steps=500 trainer.checkpoint_every=2500 grounding.scenes=30000 grounding.steps=3000 eval.final_episodes=100 eval.splits=[train,heldout] eval.language_swap=true run_dir=outputs/sweep/g3_all1000 > outputs/sweep/g3_all1000.log 2>&1" < /dev/null > /dev/null 2>&1 &
   sleep ${WAIT:-360}; phase=report
 fi
 
