@@ -38,7 +38,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_ppo(bins: int = 256, seed: int = 0, temperature: float = 1.0, **kwargs) -> RegularisedPPO:
+def tiny_ppo(
+    bins: int = 256, seed: int = 0, temperature: float = 1.0, value_scale: float = 1.0, **kwargs
+) -> RegularisedPPO:
     torch.manual_seed(seed)
     vla = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "bins": bins}))
     tokenizer = ActionTokenizer(bins)
@@ -50,7 +52,7 @@ def tiny_ppo(bins: int = 256, seed: int = 0, temperature: float = 1.0, **kwargs)
         batch_size=8,
         n_epochs=1,
         seed=seed,
-        policy_kwargs={"vla": vla, "temperature": temperature},
+        policy_kwargs={"vla": vla, "temperature": temperature, "value_scale": value_scale},
         **kwargs,
     )
 
@@ -120,6 +122,27 @@ def test_log_probs_are_those_of_the_autoregressive_sampler(one_thread, temperatu
 
 def expand(obs: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
     return {k: v.expand(n, *v.shape[1:]) for k, v in obs.items()}
+
+
+def test_value_scale_multiplies_the_value_heads_output(one_thread):
+    """Same weights, value_scale 10: every value (rollout, scoring, bootstrap) is 10x larger."""
+    plain, scaled = tiny_ppo(), tiny_ppo(value_scale=10.0)
+    scaled.policy.load_state_dict(plain.policy.state_dict())
+    with torch.no_grad():
+        plain.policy.value_head.bias.fill_(0.3)
+        scaled.policy.value_head.bias.fill_(0.3)
+    obs = plain.env.reset()
+    obs_tensor, _ = plain.policy.obs_to_tensor(obs)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            scaled.policy.predict_values(obs_tensor), 10 * plain.policy.predict_values(obs_tensor)
+        )
+        bins = plain.policy._predict(obs_tensor, deterministic=True)
+        plain_values, _, _ = plain.policy.evaluate_actions(obs_tensor, bins)
+        scaled_values, _, _ = scaled.policy.evaluate_actions(obs_tensor, bins)
+    torch.testing.assert_close(scaled_values, 10 * plain_values)
+    with pytest.raises(ValueError, match="value_scale must be > 0, got 0"):
+        tiny_ppo(value_scale=0.0)
 
 
 def test_kl_to_init_is_zero_at_init_and_positive_after_a_change():

@@ -106,6 +106,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 freeze_vision=p.freeze_vision,
                 freeze_language=p.freeze_language,
                 temperature=p.temperature,
+                value_scale=p.value_scale,
             ),
             reference=reference,
             kl_coef=p.kl_coef,

@@ -59,6 +59,7 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         freeze_vision: bool = False,
         freeze_language: bool = False,
         temperature: float = 1.0,
+        value_scale: float = 1.0,
         **kwargs: Any,
     ):
         if kwargs.pop("ortho_init", False) or kwargs.pop("normalize_images", False):
@@ -82,6 +83,12 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         # from logits / T and evaluate_actions scores with the same logits / T, so the ratio
         # stays exact. T < 1 acts closer to the greedy decoding the evaluation uses.
         self.temperature = float(temperature)
+        if not value_scale > 0:
+            raise ValueError(f"value_scale must be > 0, got {value_scale}")
+        # The head predicts returns in units of value_scale: returns here reach tens (dense
+        # reward + a bonus per solved step), and a zero-initialised head under a fine-tune's
+        # small learning rate would need thousands of updates to grow to that size.
+        self.value_scale = float(value_scale)
         self.vla = vla
         self.channels_first = is_image_space_channels_first(observation_space["image"])
         self.critic: VLAPolicy | None = None
@@ -128,14 +135,14 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         log_prob = log_probs.gather(-1, bins.unsqueeze(-1)).squeeze(-1).sum(-1)
         entropy = -(log_probs.exp() * log_probs).sum(-1).sum(-1)
         features = states[:, 0] if self.critic is None else self.critic.start_state(batch)
-        return TokenEvaluation(self.value_head(features).float(), log_prob, entropy, logits)
+        return TokenEvaluation(self.value_head(features).float() * self.value_scale, log_prob, entropy, logits)
 
     def value(self, batch: dict[str, Any], trunk_grad: bool = True) -> torch.Tensor:
         """(B, 1) values; ``trunk_grad=False`` trains only the head (critic warm-up on a shared trunk)."""
         model = self.vla if self.critic is None else self.critic
         with torch.set_grad_enabled(trunk_grad and torch.is_grad_enabled()):
             features = model.start_state(batch)
-        return self.value_head(features).float()
+        return self.value_head(features).float() * self.value_scale
 
     def forward(self, obs: dict[str, torch.Tensor], deterministic: bool = False):
         batch = self.to_batch(obs)
