@@ -184,7 +184,7 @@ class TextQueriedKeypoints(nn.Module):
         """Cross-entropy of the heatmaps against a Gaussian around each true point (std one
         cell), and the mean distance of the soft-argmax from it in pixels at full resolution.
         A heatmap target gives every cell a gradient; regressing the soft-argmax alone gives
-        a weak one and learned here 10x slower (docs/results.md)."""
+        a weak one and learned far slower in one-off trials (session 5)."""
         side = int(round(logits.shape[-1] ** 0.5))
         cells = _pixel_grid(1, side, side, logits.device)[0].flatten(1).T
         sigma = 2.0 / side
