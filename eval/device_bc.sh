@@ -275,4 +275,4 @@ fi
 for f in outputs/sweep/*/evaluation.md; do echo "== $f"; cat "$f"; done > "$out/summary_$phase.md" 2>/dev/null
 for f in outputs/sweep/*.log; do echo "== $f"; grep -v "Loading weights" "$f" | tail -25; done > "$out/logs_$phase.txt"
 tar czf "$out/runs_$phase.tgz" outputs/sweep/*/metrics.jsonl outputs/sweep/*/evaluation.* outputs/sweep/*/config.yaml outputs/sweep/*/rollouts.mp4 2>/dev/null
-cat "$out/summary_$phase.md"; tail -3 outputs/sweep/*.log
+cat "$out/summary_$phase.md"; tail -n 3 outputs/sweep/*.log
