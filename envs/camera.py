@@ -44,3 +44,10 @@ def scene_image_coordinates(points: np.ndarray) -> np.ndarray:
         raise ValueError("a point lies behind the scene camera")
     focal = 1.0 / np.tan(fovy / 2)  # in units of half the image
     return np.stack([focal * local[..., 0] / depth, -focal * local[..., 1] / depth], -1).astype(np.float32)
+
+
+def key_image_coordinates(key_positions: np.ndarray) -> np.ndarray:
+    """Key positions (..., 6), the target's and the destination's centres
+    (``Task.key_positions``) -> their image coordinates (..., 2, 2)."""
+    key_positions = np.asarray(key_positions)
+    return scene_image_coordinates(key_positions.reshape(*key_positions.shape[:-1], 2, 3))

@@ -41,6 +41,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from envs.camera import key_image_coordinates
+
 INDEX_FILE = "index.h5"
 EPISODES_DIR = "episodes"
 ATTEMPTS_FILE = "attempts.jsonl"
@@ -284,7 +286,7 @@ class DemoDataset:
             parts.pop("key_positions", None)
         self._memory = {k: np.concatenate(v) for k, v in parts.items()}
         if "key_positions" in self._memory:
-            self._memory["key_uv"] = _key_uv(self._memory["key_positions"])
+            self._memory["key_uv"] = key_image_coordinates(self._memory["key_positions"])
         return self
 
     def __len__(self) -> int:
@@ -313,7 +315,7 @@ class DemoDataset:
             item["action"] = f["actions"][t]
             if "key_positions" in f:
                 item["key_positions"] = f["key_positions"][t]
-                item["key_uv"] = _key_uv(item["key_positions"])
+                item["key_uv"] = key_image_coordinates(item["key_positions"])
         item.update(
             instruction=self.episodes[episode].instruction,
             task=self.episodes[episode].task,
@@ -361,13 +363,6 @@ class DemoDataset:
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
-
-
-def _key_uv(key_positions: np.ndarray) -> np.ndarray:
-    """(..., 6) target and destination centres -> (..., 2, 2) their scene-image coordinates."""
-    from envs.camera import scene_image_coordinates
-
-    return scene_image_coordinates(key_positions.reshape(*key_positions.shape[:-1], 2, 3))
 
 
 def _str(value: Any) -> str:

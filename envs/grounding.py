@@ -79,7 +79,7 @@ def _render_chunk(first_seed: int, count: int, image_size: int) -> dict[str, Any
     import gymnasium as gym
 
     from envs import TASKS
-    from envs.camera import scene_image_coordinates
+    from envs.camera import key_image_coordinates
 
     task_envs = [gym.make(t, image_size=image_size, start_spread=GROUNDING_START_SPREAD).unwrapped for t in TASKS]
     images, instructions, key_positions = [], [], []
@@ -96,5 +96,5 @@ def _render_chunk(first_seed: int, count: int, image_size: int) -> dict[str, Any
         "images": np.stack(images),
         "instructions": np.array(instructions),
         "key_positions": key_positions,
-        "key_uv": scene_image_coordinates(key_positions.reshape(-1, 2, 3)),
+        "key_uv": key_image_coordinates(key_positions),
     }
