@@ -49,6 +49,9 @@ CONTROL_SUBSTEPS = int(round(0.05 / PHYSICS_TIMESTEP))
 CONTROL_DT = PHYSICS_TIMESTEP * CONTROL_SUBSTEPS
 _RAMP = np.arange(1, CONTROL_SUBSTEPS + 1) / CONTROL_SUBSTEPS
 CAMERAS = ("scene", "wrist")
+# dense: shaped closeness in [0, 1] + bonus per solved step | sparse: 1 per solved step |
+# progress: the per-step change of that closeness + bonus per solved step
+REWARD_TYPES = ("dense", "sparse", "progress")
 ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 PROPRIO_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz", "gripper_opening")
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.:;'-!?"
@@ -93,7 +96,7 @@ class TabletopEnv(gym.Env):
         if "scene" not in self.cameras:
             raise ValueError(f"cameras must include 'scene' (the policy camera); got {list(cameras)}")
         self.render_mode = check_name("render mode", render_mode, [None, *self.metadata["render_modes"]])
-        self.reward_type = check_name("reward type", reward_type, ["dense", "sparse"])
+        self.reward_type = check_name("reward type", reward_type, REWARD_TYPES)
         self.success_bonus = float(success_bonus)
         self.terminate_on_success = terminate_on_success
         if not 0.0 <= start_spread <= MAX_START_SPREAD:
@@ -135,6 +138,7 @@ class TabletopEnv(gym.Env):
         self.scene_objects: list[str] = []
         self.instruction = ""
         self._steps = 0
+        self._potential = 0.0  # the last step's shaped closeness (reward_type="progress")
 
     # --- episode ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -167,6 +171,7 @@ class TabletopEnv(gym.Env):
         )
         self._check_instruction(self.instruction)
         self._steps = 0
+        self._potential = self.task.dense_reward(self.world, self.task_spec)
         return self._observation(), self._info(self.task.success(self.world, self.task_spec))
 
     def step(self, action):
@@ -177,7 +182,13 @@ class TabletopEnv(gym.Env):
         if self.reward_type == "sparse":
             reward = float(success)
         else:
-            reward = self.task.dense_reward(self.world, self.task_spec) + self.success_bonus * success
+            shaping = self.task.dense_reward(self.world, self.task_spec)
+            if self.reward_type == "progress":
+                # Potential-based shaping (Ng et al., 1999): pay the change in closeness, so
+                # an episode's return is (final - initial closeness) + the bonus. Hovering
+                # earns nothing; only getting closer and solving the task do.
+                shaping, self._potential = shaping - self._potential, shaping
+            reward = shaping + self.success_bonus * success
         terminated = bool(success and self.terminate_on_success)
         truncated = self._steps >= self.max_steps
         return self._observation(), reward, terminated, truncated, self._info(success)

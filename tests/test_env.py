@@ -174,6 +174,29 @@ def test_wrong_action_shape_is_rejected():
         env.step(np.zeros(6))
 
 
+def test_progress_reward_pays_the_change_in_closeness_plus_the_bonus():
+    """Potential-based shaping: the return telescopes to final - initial closeness (+ bonus),
+    so standing still earns nothing and the scripted expert earns the bonus."""
+    env = gym.make("VLASandbox/Reach-v0", reward_type="progress", success_bonus=2.0)
+    task, world = env.unwrapped.task, env.unwrapped.world
+    for policy in ("still", "expert"):
+        obs, _ = env.reset(seed=3)
+        expert = envs.make_expert(env, seed=3)
+        start = task.dense_reward(world, env.unwrapped.task_spec)
+        total, done, info = 0.0, False, {}
+        while not done:
+            action = np.zeros(7, np.float32) if policy == "still" else expert(obs)
+            obs, reward, terminated, truncated, info = env.step(action)
+            total += reward
+            done = terminated or truncated
+        end = task.dense_reward(world, env.unwrapped.task_spec)
+        assert total == pytest.approx(end - start + 2.0 * info["is_success"], abs=1e-6)
+        if policy == "still":
+            assert not info["is_success"] and abs(total) < 0.05
+        else:
+            assert info["is_success"] and terminated and total > 2.0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -184,6 +207,7 @@ def test_wrong_action_shape_is_rejected():
         ({"cameras": ["scene", "ceiling"]}, "unknown camera 'ceiling'"),
         ({"render_mode": "human"}, "unknown render mode 'human'"),
         ({"start_spread": 1.5}, r"start_spread must be in \[0, 1.0\] rad, got 1.5"),
+        ({"reward_type": "shaped"}, "unknown reward type 'shaped'; valid values are: dense, sparse, progress"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, message):

@@ -261,7 +261,9 @@ def test_ppo_fine_tunes_a_policy_with_grounded_keypoints(tmp_path):
     torch.manual_seed(0)
     policy = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "keypoints": 2, "aux_weight": 1.0}))
     save_checkpoint(tmp_path / "kp.pt", policy, ActionTokenizer(256), step=0)
-    result = run(f"init={tmp_path / 'kp.pt'}", f"run_dir={tmp_path / 'run'}", "ppo.total_timesteps=32")
+    # ... on the progress reward, whose episodes end at success (the evaluation's count)
+    progress = ("env.reward_type=progress", "env.terminate_on_success=true")
+    result = run(f"init={tmp_path / 'kp.pt'}", f"run_dir={tmp_path / 'run'}", "ppo.total_timesteps=32", *progress)
     assert result.returncode == 0, result.stderr[-3000:]
     runner = load_policy(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert runner.policy.keypoint_reader is not None
