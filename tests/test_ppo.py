@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs  # noqa: F401  (registers the tasks)
@@ -227,6 +228,20 @@ def test_resume_continues_from_the_interrupted_step(bc_checkpoint, tmp_path):
     assert any(not torch.equal(saved["model"][k], final["model"][k]) for k in saved["model"])
     steps = [json.loads(line)["step"] for line in (run_dir / "evals.jsonl").read_text().splitlines()]
     assert steps == [0, 16, 32, 48]
+
+
+def test_resume_keeps_the_runs_own_ppo_settings(bc_checkpoint, tmp_path):
+    """Resuming without repeating the overrides must not fall back to the config's defaults
+    (a separate critic's optimiser state only fits a separate critic)."""
+    run_dir = tmp_path / "separate"
+    own = ("ppo.value_head=separate", "ppo.temperature=0.5", "ppo.lr=1e-4")
+    first = run(f"init={bc_checkpoint}", f"run_dir={run_dir}", "ppo.total_timesteps=32", "stop_at_step=16", *own)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run(f"resume={run_dir}", "ppo.total_timesteps=32")
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = OmegaConf.load(run_dir / "config.yaml").ppo
+    assert (resumed.value_head, resumed.temperature, resumed.lr) == ("separate", 0.5, 1e-4)
+    assert read_checkpoint(run_dir / "checkpoints" / "latest.pt")["ppo"]["critic"]
 
 
 def test_missing_init_is_one_clear_error(tmp_path):

@@ -60,12 +60,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    p = cfg.ppo
 
     # --- the starting point: a resumed run, a BC checkpoint, or from scratch --------------------
     resume = read_resume(run_dir) if cfg.resume else None
     if resume is not None:
         cfg = merge_resumed_config(cfg, resume)
+    p = cfg.ppo  # after the merge: a resumed run keeps its own PPO settings
     seed_everything(cfg.seed)
     vla = tokenizer = reference = None
     if cfg.algo == "vla":
