@@ -9,7 +9,7 @@
 #   bash eval/device_bc.sh scale; bash eval/device_bc.sh report   # session 6: detached runs, then their results
 #   bash eval/device_bc.sh ppo_kl   # session 6: PPO from scale's r1_reach with a KL to the BC policy
 #   bash eval/device_bc.sh final; bash eval/device_bc.sh report   # session 6: separate-critic PPO, both splits
-#   bash eval/device_bc.sh progress; bash eval/device_bc.sh report   # session 7: PPO on the progress reward
+#   bash eval/device_bc.sh progress|replicate; bash eval/device_bc.sh report   # session 7: PPO on the progress reward
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM).
 set -uo pipefail
 phase=$1
@@ -254,30 +254,42 @@ if [ "$phase" = final ]; then  # session 6, detached: PPO with a separate critic
   sleep ${WAIT:-360}; phase=report
 fi
 
-if [ "$phase" = progress ]; then  # session 7, detached: PPO on the progress reward, its control and baselines
+if [ "$phase" = progress ] || [ "$phase" = replicate ]; then  # session 7, detached: PPO on the progress reward
   # BC start: the CPU reach recipe (100 demos, grounding), ~50% like its CPU twin, room to climb.
-  # p_*: reward_type=progress (potential-based shaping + bonus, episodes end at success, as the
-  # evaluation counts); d_vs10: session 6's dense reward with value_scale=10 (control);
-  # scratch / cnn: the baselines at the same budget and reward. Then 200 episodes of each.
+  # progress: p_* on reward_type=progress (potential-based shaping + bonus, episodes end at
+  # success, as the evaluation counts); d_vs10: session 6's dense reward with value_scale=10
+  # (control); scratch / cnn: the baselines at the same budget and reward.
+  # replicate: the best recipe again from a new BC start, two other PPO seeds, a fixed budget.
+  # Then 200 episodes of the start and of each fine-tuned latest.pt.
   python3 train/collect.py output=data/reach100 tasks=[reach] episodes_per_task=100 workers=15 video=false progress=false | tail -1
   python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_10000_seed0_64px.npz', 10000, workers=15, progress=False)"
   base="data.num_workers=2 eval.video_episodes=0 model.keypoints=2 model.aux_weight=1 $common"
-  e="tasks=[reach] splits=[train] episodes=200 open_loop=false language_swap=false video_episodes=0 progress=false num_envs=10 device=cuda"
+  e="tasks=[reach] splits=[train] episodes=200 open_loop=false language_swap=false video_episodes=0 progress=false num_envs=20 device=cuda"
   ppo="task=reach env.num_envs=${ENVS:-3} ppo.total_timesteps=${BUDGET:-60000} ppo.n_steps=256 ppo.batch_size=256 eval.every_steps=10000 eval.episodes=50 checkpoint_every=10000 device=cuda ppo.critic_warmup_steps=2048 ppo.value_head=separate"
   prog="env.reward_type=progress env.terminate_on_success=true"
-  start=outputs/sweep/r7_reach/checkpoints/best.pt
+  bc=r7_reach; [ "$phase" = replicate ] && bc=r8_reach
+  start=outputs/sweep/$bc/checkpoints/best.pt
+  best="$prog init=$start ppo.lr=1e-4 ppo.kl_coef=0.1 ppo.temperature=0.5"
+  if [ "$phase" = progress ]; then
+    runs="p_lr3e-5 $prog init=$start ppo.lr=3e-5 ppo.kl_coef=0.1 ppo.temperature=0.5
+p_lr1e-4 $best
+d_vs10 init=$start ppo.value_scale=10 ppo.lr=3e-5 ppo.kl_coef=0.1 ppo.temperature=0.5
+scratch $prog model.keypoints=2 ppo.lr=1e-4
+cnn $prog algo=cnn ppo.lr=3e-4 ppo.critic_warmup_steps=0 ppo.target_kl=null"
+    finals="p_lr3e-5 p_lr1e-4 d_vs10"
+  else
+    runs="rep_seed1 $best seed=1
+rep_seed2 $best seed=2"
+    finals="rep_seed1 rep_seed2"
+  fi
   mkdir -p outputs/ppo outputs/sweep
-  setsid bash -c "OMP_NUM_THREADS=4 python3 train/bc.py $base model=cpu trainer=cpu device=cuda trainer.amp=off data.path=data/reach100 data.tasks=[reach] eval.final_episodes=30 eval.splits=[train] run_dir=outputs/sweep/r7_reach > outputs/sweep/r7_reach.log 2>&1
+  echo "$runs" > outputs/ppo/runs.txt
+  setsid bash -c "OMP_NUM_THREADS=4 python3 train/bc.py $base model=cpu trainer=cpu device=cuda trainer.amp=off data.path=data/reach100 data.tasks=[reach] eval.final_episodes=30 eval.splits=[train] run_dir=outputs/sweep/$bc > outputs/sweep/$bc.log 2>&1
     export OMP_NUM_THREADS=1
-    python3 eval/evaluate.py $e checkpoint=$start out_dir=outputs/ppo/eval200_r7_start > outputs/ppo/eval200_r7_start.log 2>&1 &
-    p() { name=\$1; shift; timeout ${PPO_LIMIT:-540} python3 train/ppo.py $ppo run_dir=outputs/ppo/\$name \"\$@\" > outputs/ppo/\$name.log 2>&1; }
-    p p_lr3e-5 $prog init=$start ppo.lr=3e-5 ppo.kl_coef=0.1 ppo.temperature=0.5 &
-    p p_lr1e-4 $prog init=$start ppo.lr=1e-4 ppo.kl_coef=0.1 ppo.temperature=0.5 &
-    p d_vs10 init=$start ppo.value_scale=10 ppo.lr=3e-5 ppo.kl_coef=0.1 ppo.temperature=0.5 &
-    p scratch $prog model.keypoints=2 ppo.lr=1e-4 &
-    p cnn $prog algo=cnn ppo.lr=3e-4 ppo.critic_warmup_steps=0 ppo.target_kl=null &
+    python3 eval/evaluate.py $e checkpoint=$start out_dir=outputs/ppo/eval200_${bc}_start > outputs/ppo/eval200_${bc}_start.log 2>&1 &
+    while read name args; do timeout ${PPO_LIMIT:-540} python3 train/ppo.py $ppo run_dir=outputs/ppo/\$name \$args < /dev/null > outputs/ppo/\$name.log 2>&1 & done < outputs/ppo/runs.txt
     wait
-    for r in p_lr3e-5 p_lr1e-4 d_vs10; do python3 eval/evaluate.py $e checkpoint=outputs/ppo/\$r/checkpoints/latest.pt out_dir=outputs/ppo/eval200_\${r}_latest > /dev/null 2>&1 & done
+    for r in $finals; do python3 eval/evaluate.py $e checkpoint=outputs/ppo/\$r/checkpoints/latest.pt out_dir=outputs/ppo/eval200_\${r}_latest > /dev/null 2>&1 & done
     wait; touch outputs/ppo/DONE" < /dev/null > /dev/null 2>&1 &
   sleep ${WAIT:-300}; phase=report
 fi
