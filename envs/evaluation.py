@@ -21,6 +21,9 @@ from envs.video import annotate, side_by_side
 from envs.vocabulary import object_name
 
 EVAL_SEED_BASE = 30_000_000  # disjoint from collection (0+) and expert-evaluation seeds
+# Periodic evaluations during training pick best.pt on these seeds, never on the test
+# episodes above: picking the best of several checkpoints on the test seeds inflates it.
+VALIDATION_SEED_BASE = 40_000_000
 
 
 class BatchPolicy(Protocol):

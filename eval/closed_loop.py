@@ -12,7 +12,7 @@ import torch
 
 from envs import TASK_NAMES
 from envs.collection import resolve_tasks
-from envs.evaluation import TaskResult, evaluate, markdown_table, swap_target_instruction
+from envs.evaluation import VALIDATION_SEED_BASE, TaskResult, evaluate, markdown_table, swap_target_instruction
 from envs.video import save_video
 from vla.data import ActionTokenDataset, collate, split_episodes
 from vla.inference import PolicyRunner
@@ -44,7 +44,8 @@ def policy_env_kwargs(policy: VLAPolicy) -> dict[str, Any]:
 
 
 def success_rate(policy: VLAPolicy, tokenizer: ActionTokenizer, cfg: Any, device: torch.device) -> float:
-    """Mean closed-loop success over the configured tasks (train instructions)."""
+    """Mean closed-loop success over the configured tasks (train instructions), on the
+    validation seeds (it picks best.pt; the final evaluation uses the test seeds)."""
     runner = PolicyRunner(policy, tokenizer, device)
     results, _ = evaluate(
         runner,
@@ -52,6 +53,7 @@ def success_rate(policy: VLAPolicy, tokenizer: ActionTokenizer, cfg: Any, device
         cfg.eval.episodes,
         "train",
         num_envs=cfg.eval.num_envs,
+        seed=VALIDATION_SEED_BASE,
         env_kwargs=policy_env_kwargs(policy),
     )
     return float(np.mean([s for r in results for s in r.successes]))

@@ -187,3 +187,31 @@ def test_perception_oracle_trains_camera_and_privileged_policies_and_runs_them(t
     assert "| oracle |" in result.stdout and "| camera |" in result.stdout
     missing = run("eval/perception_oracle.py", "--data", str(tmp_path / "nowhere"))
     assert missing.returncode != 0 and "no dataset at" in missing.stderr
+
+
+def test_periodic_evaluation_picks_best_on_validation_seeds_not_the_test_seeds(monkeypatch):
+    """best.pt is chosen by the periodic score: it must not see eval/evaluate.py's episodes."""
+    import torch
+    from omegaconf import OmegaConf
+
+    import eval.closed_loop as closed_loop
+    from envs.evaluation import EVAL_SEED_BASE, VALIDATION_SEED_BASE
+    from tests.conftest import TINY_MODEL
+    from vla.policy import PolicyConfig, VLAPolicy
+    from vla.tokenizer import ActionTokenizer
+
+    seen: list[list[int]] = []
+    real_evaluate = closed_loop.evaluate
+
+    def recording_evaluate(*args, **kwargs):
+        results, frames = real_evaluate(*args, **kwargs)
+        seen.append([s for r in results for s in r.seeds])
+        return results, frames
+
+    monkeypatch.setattr(closed_loop, "evaluate", recording_evaluate)
+    cfg = OmegaConf.create({"data": {"tasks": ["reach"]}, "eval": {"episodes": 2, "num_envs": 2}})
+    policy = VLAPolicy(PolicyConfig.from_dict(TINY_MODEL)).eval()
+    rate = closed_loop.success_rate(policy, ActionTokenizer(256), cfg, torch.device("cpu"))
+    assert 0.0 <= rate <= 1.0
+    assert seen == [[VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + 1]]
+    assert VALIDATION_SEED_BASE >= EVAL_SEED_BASE + 1_000_000  # far past any test episode

@@ -31,7 +31,7 @@ from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.logger import configure  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv  # noqa: E402
 
-from envs.evaluation import evaluate  # noqa: E402
+from envs.evaluation import VALIDATION_SEED_BASE, evaluate  # noqa: E402
 from envs.stats import wilson_interval  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
 from eval.closed_loop import policy_env_kwargs, task_ids  # noqa: E402
@@ -308,7 +308,8 @@ class PeriodicTasks(BaseCallback):
         self.logger.dump(self.num_timesteps)  # the last update's statistics
 
     def evaluate(self) -> None:
-        """Greedy closed-loop success on eval/evaluate.py's fixed seeds (the same every time)."""
+        """Greedy closed-loop success on the fixed validation seeds (the same every time;
+        disjoint from eval/evaluate.py's test seeds, since this picks best.pt)."""
         start = time.perf_counter()
         if self.vla is not None:
             runner = PolicyRunner(self.vla, self.tokenizer, self.model.device)
@@ -317,7 +318,8 @@ class PeriodicTasks(BaseCallback):
             length = self.model.observation_space["instruction"].shape[0]
             runner, kwargs = CnnRunner(self.model, length), {"image_size": self.cfg.env.image_size}
         e = self.cfg.eval
-        results, _ = evaluate(runner, [self.task_id], e.episodes, "train", num_envs=e.num_envs, env_kwargs=kwargs)
+        seed = VALIDATION_SEED_BASE
+        results, _ = evaluate(runner, [self.task_id], e.episodes, "train", e.num_envs, seed, env_kwargs=kwargs)
         successes = results[0].successes
         k, n = int(sum(successes)), len(successes)
         lo, hi = wilson_interval(k, n)
