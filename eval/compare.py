@@ -1,0 +1,81 @@
+"""Paired comparison of two evaluations on the same seeds (e.g. BC vs BC+PPO):
+
+    python eval/compare.py outputs/eval_bc/evaluation.json outputs/eval_ppo/evaluation.json
+
+Both files are eval/evaluate.py outputs. Episodes are matched by (task, split, seed); per
+task and split it prints both success rates, how many episodes B solved that A did not
+(gained) and the reverse (lost), and the exact McNemar p-value of that split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from envs.stats import format_rate, mcnemar_exact_p  # noqa: E402
+
+Outcomes = dict[tuple[str, str], dict[int, bool]]
+
+
+def read_outcomes(path: Path) -> Outcomes:
+    """(task, split) -> {seed: success} from an evaluation.json."""
+    try:
+        rows = json.loads(path.read_text())["per_episode"]
+        return {(r["task"], r["split"]): dict(zip(r["seeds"], r["successes"], strict=True)) for r in rows}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise SystemExit(f"error: {path} is not an eval/evaluate.py evaluation.json ({error!r})") from None
+
+
+def compare(a: Outcomes, b: Outcomes) -> list[dict]:
+    """One row per (task, split) present in both, on the seeds they share (all of them)."""
+    common = [key for key in a if key in b]
+    if not common:
+        raise SystemExit(f"error: no task and split in common: {sorted(a)} vs {sorted(b)}")
+    rows = []
+    for task, split in common:
+        before, after = a[(task, split)], b[(task, split)]
+        if set(before) != set(after):
+            raise SystemExit(
+                f"error: {task} {split}: the evaluations ran different seeds "
+                f"({len(before)} vs {len(after)} episodes); rerun with the same episodes and seeds"
+            )
+        seeds = sorted(before)
+        gained = sum(after[s] and not before[s] for s in seeds)
+        lost = sum(before[s] and not after[s] for s in seeds)
+        rows.append(
+            {
+                "task": task,
+                "split": split,
+                "episodes": len(seeds),
+                "a": sum(before.values()),
+                "b": sum(after.values()),
+                "gained": gained,
+                "lost": lost,
+                "p_value": mcnemar_exact_p(gained, lost),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("a", type=Path, help="evaluation.json of policy A (e.g. the BC start)")
+    parser.add_argument("b", type=Path, help="evaluation.json of policy B, same seeds")
+    args = parser.parse_args()
+    rows = compare(read_outcomes(args.a), read_outcomes(args.b))
+    print("| task | split | A | B | B gained | B lost | McNemar exact p |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        n = r["episodes"]
+        print(
+            f"| {r['task']} | {r['split']} | {format_rate(r['a'], n)} | {format_rate(r['b'], n)} "
+            f"| {r['gained']} | {r['lost']} | {r['p_value']:.3g} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
