@@ -31,7 +31,7 @@ def read_outcomes(path: Path) -> Outcomes:
 
 
 def compare(a: Outcomes, b: Outcomes) -> list[dict]:
-    """One row per (task, split) present in both, on the seeds they share (all of them)."""
+    """One row per (task, split) present in both; each must have run the same seeds."""
     common = [key for key in a if key in b]
     if not common:
         raise SystemExit(f"error: no task and split in common: {sorted(a)} vs {sorted(b)}")

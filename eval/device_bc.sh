@@ -269,11 +269,12 @@ if [ "$phase" = progress ] || [ "$phase" = replicate ]; then  # session 7, detac
   prog="env.reward_type=progress env.terminate_on_success=true"
   bc=r7_reach; [ "$phase" = replicate ] && bc=r8_reach
   start=outputs/sweep/$bc/checkpoints/best.pt
-  best="$prog init=$start ppo.lr=1e-4 ppo.kl_coef=0.1 ppo.temperature=0.5"
+  fine="init=$start ppo.kl_coef=0.1 ppo.temperature=0.5"  # every fine-tune from the BC start
+  best="$prog $fine ppo.lr=1e-4"
   if [ "$phase" = progress ]; then
-    runs="p_lr3e-5 $prog init=$start ppo.lr=3e-5 ppo.kl_coef=0.1 ppo.temperature=0.5
+    runs="p_lr3e-5 $prog $fine ppo.lr=3e-5
 p_lr1e-4 $best
-d_vs10 init=$start ppo.value_scale=10 ppo.lr=3e-5 ppo.kl_coef=0.1 ppo.temperature=0.5
+d_vs10 $fine ppo.value_scale=10 ppo.lr=3e-5
 scratch $prog model.keypoints=2 ppo.lr=1e-4
 cnn $prog algo=cnn ppo.lr=3e-4 ppo.critic_warmup_steps=0 ppo.target_kl=null"
     finals="p_lr3e-5 p_lr1e-4 d_vs10"

@@ -318,8 +318,9 @@ class PeriodicTasks(BaseCallback):
             length = self.model.observation_space["instruction"].shape[0]
             runner, kwargs = CnnRunner(self.model, length), {"image_size": self.cfg.env.image_size}
         e = self.cfg.eval
-        seed = VALIDATION_SEED_BASE
-        results, _ = evaluate(runner, [self.task_id], e.episodes, "train", e.num_envs, seed, env_kwargs=kwargs)
+        results, _ = evaluate(
+            runner, [self.task_id], e.episodes, num_envs=e.num_envs, seed=VALIDATION_SEED_BASE, env_kwargs=kwargs
+        )
         successes = results[0].successes
         k, n = int(sum(successes)), len(successes)
         lo, hi = wilson_interval(k, n)
