@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import envs  # noqa: F401  (registers the tasks)
@@ -40,7 +41,12 @@ def one_thread():
 
 
 def tiny_ppo(
-    bins: int = 256, seed: int = 0, temperature: float = 1.0, value_scale: float = 1.0, **kwargs
+    bins: int = 256,
+    seed: int = 0,
+    temperature: float = 1.0,
+    value_scale: float = 1.0,
+    policy_options: dict | None = None,
+    **kwargs,
 ) -> RegularisedPPO:
     torch.manual_seed(seed)
     vla = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "bins": bins}))
@@ -53,7 +59,7 @@ def tiny_ppo(
         batch_size=8,
         n_epochs=1,
         seed=seed,
-        policy_kwargs={"vla": vla, "temperature": temperature, "value_scale": value_scale},
+        policy_kwargs={"vla": vla, "temperature": temperature, "value_scale": value_scale, **(policy_options or {})},
         **kwargs,
     )
 
@@ -146,6 +152,30 @@ def test_value_scale_multiplies_the_value_heads_output(one_thread):
         tiny_ppo(value_scale=0.0)
 
 
+@pytest.mark.parametrize("value_head", ["shared", "separate"])
+def test_critic_lr_gives_the_value_function_its_own_rate(one_thread, value_head):
+    """Value head (and a separate critic's trunk, not the text encoder it shares) in their own
+    Adam group at critic_lr_scale x the policy's rate, kept under SB3's per-update rate reset."""
+    model = tiny_ppo(learning_rate=1e-5, policy_options={"value_head": value_head, "critic_lr_scale": 100.0})
+    policy = model.policy
+    actor_group, critic_group = policy.optimizer.param_groups
+    critic_ids = {id(p) for p in critic_group["params"]}
+    assert {id(p) for p in policy.value_head.parameters()} <= critic_ids
+    assert not critic_ids & {id(p) for p in policy.vla.parameters()}
+    if value_head == "separate":
+        shared_text = {id(p) for p in policy.vla.text.parameters()}
+        trunk = {id(p) for p in policy.critic.parameters() if p.requires_grad and id(p) not in shared_text}
+        assert trunk and trunk <= critic_ids
+    trainable = {id(p) for p in policy.parameters() if p.requires_grad}
+    assert critic_ids | {id(p) for p in actor_group["params"]} == trainable
+    model.set_logger(Logger(None, []))
+    model._update_learning_rate(policy.optimizer)
+    assert actor_group["lr"] == pytest.approx(1e-5) and critic_group["lr"] == pytest.approx(1e-3)
+    assert len(tiny_ppo().policy.optimizer.param_groups) == 1  # the default: one rate for all
+    with pytest.raises(ValueError, match="critic_lr_scale must be > 0, got 0"):
+        tiny_ppo(policy_options={"critic_lr_scale": 0.0})
+
+
 def test_kl_to_init_is_zero_at_init_and_positive_after_a_change():
     logits = torch.randn(3, 7, 11)
     assert token_kl(logits, logits).abs().max() < 1e-6
@@ -234,14 +264,16 @@ def test_resume_keeps_the_runs_own_ppo_settings(bc_checkpoint, tmp_path):
     """Resuming without repeating the overrides must not fall back to the config's defaults
     (a separate critic's optimiser state only fits a separate critic)."""
     run_dir = tmp_path / "separate"
-    own = ("ppo.value_head=separate", "ppo.temperature=0.5", "ppo.lr=1e-4")
+    own = ("ppo.value_head=separate", "ppo.temperature=0.5", "ppo.lr=1e-4", "ppo.critic_lr=1e-3")
     first = run(f"init={bc_checkpoint}", f"run_dir={run_dir}", "ppo.total_timesteps=32", "stop_at_step=16", *own)
     assert first.returncode == 0, first.stderr[-3000:]
     second = run(f"resume={run_dir}", "ppo.total_timesteps=32")
     assert second.returncode == 0, second.stderr[-3000:]
     resumed = OmegaConf.load(run_dir / "config.yaml").ppo
-    assert (resumed.value_head, resumed.temperature, resumed.lr) == ("separate", 0.5, 1e-4)
-    assert read_checkpoint(run_dir / "checkpoints" / "latest.pt")["ppo"]["critic"]
+    assert (resumed.value_head, resumed.temperature, resumed.lr, resumed.critic_lr) == ("separate", 0.5, 1e-4, 1e-3)
+    state = read_checkpoint(run_dir / "checkpoints" / "latest.pt")["ppo"]
+    assert state["critic"]
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == pytest.approx([1e-4, 1e-3])
 
 
 def test_missing_init_is_one_clear_error(tmp_path):

@@ -107,6 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 freeze_language=p.freeze_language,
                 temperature=p.temperature,
                 value_scale=p.value_scale,
+                critic_lr_scale=critic_lr_scale(p),
             ),
             reference=reference,
             kl_coef=p.kl_coef,
@@ -138,6 +139,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))
     return summary
+
+
+def critic_lr_scale(p: DictConfig) -> float:
+    """ppo.critic_lr as a multiple of ppo.lr (null: the same rate)."""
+    if p.critic_lr is None:
+        return 1.0
+    if not float(p.critic_lr) > 0:
+        raise ValueError(f"ppo.critic_lr must be > 0 or null, got {p.critic_lr}")
+    return float(p.critic_lr) / float(p.lr)
 
 
 # --- starting points -------------------------------------------------------------------------------

@@ -53,6 +53,13 @@ class RegularisedPPO(PPO):
         self.kl_coef = kl_coef
         self.critic_warmup_steps = critic_warmup_steps
 
+    def _update_learning_rate(self, optimizers) -> None:
+        """SB3 sets one rate for every group; the critic's group keeps its multiple of it."""
+        lr = self.lr_schedule(self._current_progress_remaining)
+        self.logger.record("train/learning_rate", lr)
+        for group in self.policy.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+
     def train(self) -> None:
         policy = self.policy
         policy.set_training_mode(True)

@@ -60,6 +60,7 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         freeze_language: bool = False,
         temperature: float = 1.0,
         value_scale: float = 1.0,
+        critic_lr_scale: float = 1.0,
         **kwargs: Any,
     ):
         if kwargs.pop("ortho_init", False) or kwargs.pop("normalize_images", False):
@@ -105,11 +106,33 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
             if freeze_language:
                 model.text.requires_grad_(False)
                 model.text_proj.requires_grad_(False)
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        self.optimizer = self.optimizer_class(trainable, lr=lr_schedule(1), **self.optimizer_kwargs)
+        if not critic_lr_scale > 0:
+            raise ValueError(f"critic_lr_scale must be > 0, got {critic_lr_scale}")
+        self.optimizer = self.optimizer_class(
+            self._param_groups(critic_lr_scale, lr_schedule(1)), lr=lr_schedule(1), **self.optimizer_kwargs
+        )
 
     def _build(self, lr_schedule) -> None:
         self.lr_schedule = lr_schedule
+
+    def _param_groups(self, critic_lr_scale: float, lr: float) -> list[dict[str, Any]]:
+        """One optimiser group, or two when the value function gets its own learning rate:
+        the value head (and a separate critic's trunk) at ``critic_lr_scale`` x the policy's.
+        A fine-tune's small policy step leaves a fresh critic barely moving, and advantages
+        from a critic that explains nothing are noise. ``lr_scale`` rides in the group so
+        ``RegularisedPPO._update_learning_rate`` keeps the ratio under any schedule."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if critic_lr_scale == 1.0:
+            return [{"params": trainable, "lr_scale": 1.0}]
+        critic_modules = [self.value_head] if self.critic is None else [self.value_head, self.critic]
+        actor_ids = {id(p) for p in self.vla.parameters()}  # a separate critic shares the text encoder
+        critic_ids = {id(p) for m in critic_modules for p in m.parameters() if id(p) not in actor_ids}
+        actor = [p for p in trainable if id(p) not in critic_ids]
+        critic = [p for p in trainable if id(p) in critic_ids]
+        return [
+            {"params": actor, "lr_scale": 1.0},
+            {"params": critic, "lr": lr * critic_lr_scale, "lr_scale": critic_lr_scale},
+        ]
 
     # --- observations -> the VLA's batch -------------------------------------------------------
     def to_batch(self, obs: dict[str, torch.Tensor]) -> dict[str, Any]:
