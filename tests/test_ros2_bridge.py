@@ -38,6 +38,7 @@ from ros2_bridge import ros  # noqa: E402
 from ros2_bridge.client import InstructionClient  # noqa: E402
 from ros2_bridge.interfaces import load_action  # noqa: E402
 from ros2_bridge.processes import REPO_ROOT, NodeProcesses, ros_env, start_bridge  # noqa: E402
+from ros2_bridge.safety import CONTROL_DT  # noqa: E402
 from tests.test_bc import train  # noqa: E402
 
 # Three private domains per test run (lock-step bridge, real-time bridge, evaluation command).
@@ -290,13 +291,20 @@ def test_watchdog_stops_the_robot_when_the_policy_node_dies(realtime):
 
     os.killpg(nodes.processes["policy"].pid, signal.SIGKILL)  # dies mid-episode, no goodbye
     killed = time.monotonic()
-    peer.spin_for(1.0)
-    after = [(t - killed, f) for t, f in feedback if t > killed]
-    first_stop = next(t for t, f in after if not np.any(f.last_action[:6]))
-    # The last command arrived before the kill, so the stop comes within the timeout plus one
-    # control period of feedback delivery (and scheduling slack on a loaded CI machine).
-    assert first_stop <= WATCHDOG_TIMEOUT + 0.05 + 0.15, after[:5]
-    assert all(not np.any(f.last_action[:6]) for t, f in after if t > first_stop)
+
+    def stopped() -> bool:
+        return any(t > killed and not np.any(f.last_action[:6]) for t, f in feedback)
+
+    assert peer.spin_until(stopped, 10.0), "the robot kept moving (or stopped reporting) after the policy died"
+    peer.spin_for(0.5)
+    after = [f for t, f in feedback if t > killed]
+    first_stop = next(i for i, f in enumerate(after) if not np.any(f.last_action[:6]))
+    # Counted in control steps, not seconds (a wall-clock bound flaked on the loaded 2-core CI
+    # machine): after the kill the robot may still execute the steps already in flight and
+    # those within the watchdog timeout, then it stops and stays stopped.
+    in_flight = 3
+    assert first_stop <= round(WATCHDOG_TIMEOUT / CONTROL_DT) + in_flight, [list(f.last_action) for f in after[:6]]
+    assert all(not np.any(f.last_action[:6]) for f in after[first_stop:])
     assert "watchdog" in nodes.log("sim")
     goal.result().cancel_goal_async()
     result = goal.result().get_result_async()
