@@ -255,7 +255,7 @@ if [ "$phase" = final ]; then  # session 6, detached: PPO with a separate critic
   sleep ${WAIT:-360}; phase=report
 fi
 
-if [ "$phase" = progress ] || [ "$phase" = replicate ] || [ "$phase" = seeds ] || [ "$phase" = smallstep ]; then  # session 7, detached: PPO on the progress reward
+if [ "$phase" = progress ] || [ "$phase" = replicate ] || [ "$phase" = seeds ] || [ "$phase" = smallstep ]; then  # sessions 7-8, detached: PPO on the progress reward
   # BC start: the CPU reach recipe (100 demos, grounding), ~50% like its CPU twin, room to climb.
   # progress: p_* on reward_type=progress (potential-based shaping + bonus, episodes end at
   # success, as the evaluation counts); d_vs10: session 6's dense reward with value_scale=10

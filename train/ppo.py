@@ -66,6 +66,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resume is not None:
         cfg = merge_resumed_config(cfg, resume)
     p = cfg.ppo  # after the merge: a resumed run keeps its own PPO settings
+    critic_scale = critic_lr_scale(p)  # a bad value fails before any env starts
     seed_everything(cfg.seed)
     vla = tokenizer = reference = None
     if cfg.algo == "vla":
@@ -107,7 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 freeze_language=p.freeze_language,
                 temperature=p.temperature,
                 value_scale=p.value_scale,
-                critic_lr_scale=critic_lr_scale(p),
+                critic_lr_scale=critic_scale,
             ),
             reference=reference,
             kl_coef=p.kl_coef,

@@ -124,11 +124,11 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         trainable = [p for p in self.parameters() if p.requires_grad]
         if critic_lr_scale == 1.0:
             return [{"params": trainable, "lr_scale": 1.0}]
-        critic_modules = [self.value_head] if self.critic is None else [self.value_head, self.critic]
-        actor_ids = {id(p) for p in self.vla.parameters()}  # a separate critic shares the text encoder
-        critic_ids = {id(p) for m in critic_modules for p in m.parameters() if id(p) not in actor_ids}
-        actor = [p for p in trainable if id(p) not in critic_ids]
-        critic = [p for p in trainable if id(p) in critic_ids]
+        # The critic is everything that is not the actor (the VLA): the value head and a separate
+        # critic's trunk, less the text encoder that trunk shares with the actor.
+        actor_ids = {id(p) for p in self.vla.parameters()}
+        actor = [p for p in trainable if id(p) in actor_ids]
+        critic = [p for p in trainable if id(p) not in actor_ids]
         return [
             {"params": actor, "lr_scale": 1.0},
             {"params": critic, "lr": lr * critic_lr_scale, "lr_scale": critic_lr_scale},
