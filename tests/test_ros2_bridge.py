@@ -243,26 +243,38 @@ def test_command_flood_at_1khz_is_survived_and_logged_once(realtime):
     assert peer.spin_until(lambda: twist_pub.get_subscription_count() > 0, 10.0)
     feedback = []
     goal = peer.client.client.send_goal_async(
-        load_action().Goal(task="reach", seed=EVAL_SEED_BASE, max_steps=400), feedback_callback=feedback.append
+        load_action().Goal(task="reach", seed=EVAL_SEED_BASE, max_steps=0), feedback_callback=feedback.append
     )
     assert peer.spin_until(goal.done, 10.0) and goal.result().accepted
     start = time.monotonic()
     for i in range(1000):  # one second at 1 kHz, some of it garbage
-        action = np.full(7, np.nan) if i % 10 == 0 else np.zeros(7)
+        # The sim samples the latest pair at 20 Hz, so a lone bad message may never be seen: each
+        # kind of garbage also comes as a 200-ms burst (4 control steps), between sporadic ones.
+        # Timed by the clock, not the count, so both land inside the episode on a slow machine.
+        elapsed = time.monotonic() - start
+        burst = "non_finite" if 0.2 <= elapsed < 0.4 else "malformed" if 0.6 <= elapsed < 0.8 else None
+        sporadic = burst is None
+        non_finite = burst == "non_finite" or (sporadic and i % 10 == 0)
+        malformed = burst == "malformed" or (sporadic and i % 7 == 0)
+        action = np.full(7, np.nan) if non_finite else np.zeros(7)
         twist, gripper = m.command_msgs(action, peer.node.get_clock().now().to_msg())
-        if i % 7 == 0:
+        if malformed:
             gripper.name = ["not_a_gripper", "x"]
         gripper_pub.publish(gripper)
         twist_pub.publish(twist)
         peer.executor.spin_once(timeout_sec=0)
         time.sleep(max(0.0, start + (i + 1) / 1000 - time.monotonic()))
     during = len(feedback)
-    peer.spin_for(0.5)
-    assert len(feedback) > during  # still stepping after the flood
-    cancel = goal.result().cancel_goal_async()
-    assert peer.spin_until(cancel.done, 10.0)
     result = goal.result().get_result_async()
-    assert peer.spin_until(result.done, 10.0) and result.result().status == GoalStatus.STATUS_CANCELED
+    # Survived: it keeps stepping; on a loaded machine the flood can outlast the reach task's
+    # 3-s time limit, and then the episode must have ended on that limit, not on an error.
+    assert peer.spin_until(lambda: len(feedback) > during or result.done(), 10.0)
+    if result.done():
+        assert result.result().result.message == "time limit", result.result().result
+    else:
+        cancel = goal.result().cancel_goal_async()
+        assert peer.spin_until(cancel.done, 10.0)
+        assert peer.spin_until(result.done, 10.0) and result.result().status == GoalStatus.STATUS_CANCELED
     assert all(p.poll() is None for p in nodes.processes.values())
     wanted = ("non-finite command", "malformed command replaced by a stop")
     deadline = time.monotonic() + 5.0  # the node's log reaches its file a little later than the goal ends
@@ -286,8 +298,9 @@ def test_watchdog_stops_the_robot_when_the_policy_node_dies(realtime):
         feedback_callback=lambda msg: feedback.append((time.monotonic(), msg.feedback)),
     )
     assert peer.spin_until(goal.done, 10.0) and goal.result().accepted
-    assert peer.spin_until(lambda: len(feedback) >= 10, 10.0)
-    assert any(np.any(f.last_action[:6]) for _, f in feedback), "the policy should be moving the robot"
+    # The sim holds still until the policy's first command arrives (slow on a loaded machine).
+    moving = peer.spin_until(lambda: any(np.any(f.last_action[:6]) for _, f in feedback), 20.0)
+    assert moving, "the policy should be moving the robot"
 
     os.killpg(nodes.processes["policy"].pid, signal.SIGKILL)  # dies mid-episode, no goodbye
     killed = time.monotonic()
