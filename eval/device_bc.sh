@@ -18,7 +18,11 @@ for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 [ -d /tmp/site/mujoco ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl VLA_MINILM_PATH=$PWD/.minilm16 PYTHONUNBUFFERED=1
 out=${OUT:-outputs/device}; mkdir -p "$out" outputs/sweep
-common="trainer.progress=false eval.num_envs=10 data.collect_if_missing=false"
+# Since session 9 the defaults are the reach suite and the grounded keypoint reader. The
+# phases keep what they ran: every phase names the five-task suite, and those of sessions
+# 2-4, written when the plain ViT was the default, start from $legacy.
+legacy="model.keypoints=0 model.aux_weight=0"
+common="data=five eval.language_swap=false trainer.progress=false eval.num_envs=10 data.collect_if_missing=false"
 
 if [ "$phase" = setup ]; then  # demos with both cameras: scene-only models read the same files
   nvidia-smi -L; nproc
@@ -29,7 +33,7 @@ fi
 if [ "$phase" = sweep ]; then
   export OMP_NUM_THREADS=2  # several runs share 16 cores: no oversubscription
   limit=${LIMIT:-480}
-  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 eval.every_steps=750 eval.episodes=10 eval.final_episodes=30 eval.splits=[train] eval.video_episodes=0"
+  cpu="$legacy model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 eval.every_steps=750 eval.episodes=10 eval.final_episodes=30 eval.splits=[train] eval.video_episodes=0"
   run() { name=$1; shift; timeout $limit python3 train/bc.py $cpu $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
   wrist="model.cameras=[scene,wrist]"
   run p1_d100 data.path=data/demos100w trainer.steps=1500 &
@@ -38,7 +42,7 @@ if [ "$phase" = sweep ]; then
   run p4_d300_wrist data.path=data/demos300w trainer.steps=3000 $wrist &
   run p5_reach data.path=data/demos100w trainer.steps=1500 data.tasks=[reach] &
   run p6_reach_wrist data.path=data/demos100w trainer.steps=1500 data.tasks=[reach] $wrist &
-  gpu="model=gpu trainer=gpu data.path=data/demos300w data.num_workers=3 trainer.steps=${GPU_STEPS:-5000} trainer.checkpoint_every=1000 eval.every_steps=2500 eval.episodes=10 eval.final_episodes=30 eval.splits=[train] eval.video_episodes=0"
+  gpu="$legacy model=gpu trainer=gpu data.path=data/demos300w data.num_workers=3 trainer.steps=${GPU_STEPS:-5000} trainer.checkpoint_every=1000 eval.every_steps=2500 eval.episodes=10 eval.final_episodes=30 eval.splits=[train] eval.video_episodes=0"
   timeout $limit python3 train/bc.py $gpu $common $wrist run_dir=outputs/sweep/g1_wrist > outputs/sweep/g1_wrist.log 2>&1 &
   wait
 fi
@@ -46,7 +50,7 @@ fi
 if [ "$phase" = probe ]; then  # train briefly, then ask the expert about the policy's own states
   python3 train/collect.py output=data/demos100w episodes_per_task=100 cameras=[scene,wrist] workers=15 video=false progress=false | tail -1
   export OMP_NUM_THREADS=2
-  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 data.path=data/demos100w eval.every_steps=0 eval.final_episodes=10 eval.splits=[train] eval.video_episodes=0"
+  cpu="$legacy model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 data.path=data/demos100w eval.every_steps=0 eval.final_episodes=10 eval.splits=[train] eval.video_episodes=0"
   train_probe() {
     name=$1; tasks=$2; eps=$3; shift 3
     timeout ${LIMIT:-330} python3 train/bc.py $cpu $common run_dir=outputs/sweep/$name data.tasks=[$tasks] "$@" > outputs/sweep/$name.log 2>&1
@@ -66,7 +70,7 @@ if [ "$phase" = aux ]; then  # the auxiliary key-position loss, and 10x more rea
   python3 train/collect.py output=data/demos100w episodes_per_task=100 cameras=[scene,wrist] workers=15 video=false progress=false | tail -1
   python3 train/collect.py output=data/reach1000 tasks=[reach] episodes_per_task=1000 workers=15 video=false progress=false | tail -1
   export OMP_NUM_THREADS=2
-  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 eval.every_steps=0 eval.final_episodes=10 eval.splits=[train] eval.video_episodes=0"
+  cpu="$legacy model=cpu trainer=cpu device=cuda trainer.amp=off data.num_workers=1 eval.every_steps=0 eval.final_episodes=10 eval.splits=[train] eval.video_episodes=0"
   train_probe() {
     name=$1; tasks=$2; eps=$3; shift 3
     timeout ${LIMIT:-360} python3 train/bc.py $cpu $common run_dir=outputs/sweep/$name data.tasks=[$tasks] "$@" > outputs/sweep/$name.log 2>&1
@@ -91,7 +95,7 @@ if [ "$phase" = reach ]; then  # longer reach runs: data scale, DART noise, wris
   python3 train/collect.py output=data/reach1000n3 episodes_per_task=1000 expert_noise=0.3 $c | tail -1
   python3 train/collect.py output=data/reach3000 episodes_per_task=3000 $c | tail -1
   export OMP_NUM_THREADS=2
-  base="data.num_workers=1 eval.every_steps=0 eval.final_episodes=20 eval.splits=[train] eval.video_episodes=0 data.tasks=[reach] model.aux_weight=1"
+  base="$legacy data.num_workers=1 eval.every_steps=0 eval.final_episodes=20 eval.splits=[train] eval.video_episodes=0 data.tasks=[reach] model.aux_weight=1"
   cpu="model=cpu trainer=cpu device=cuda trainer.amp=off trainer.steps=4000"
   train_probe() {  # name, then all overrides
     name=$1; shift
@@ -118,7 +122,7 @@ if [ "$phase" = spread ]; then  # session 4: wider start poses + DART noise in t
   python3 train/collect.py output=data/all300s episodes_per_task=300 start_spread=0.5 expert_noise=0.3 $c | tail -1
   python3 train/collect.py output=data/all1000s episodes_per_task=1000 start_spread=0.5 expert_noise=0.3 $c | tail -1
   export OMP_NUM_THREADS=2
-  base="data.num_workers=1 eval.every_steps=0 eval.splits=[train] eval.video_episodes=0"
+  base="$legacy data.num_workers=1 eval.every_steps=0 eval.splits=[train] eval.video_episodes=0"
   cpu="model=cpu trainer=cpu device=cuda trainer.amp=off"
   run() { name=$1; shift; timeout ${LIMIT:-450} python3 train/bc.py $base $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
   r="data.tasks=[reach] eval.final_episodes=30"
@@ -141,7 +145,7 @@ if [ "$phase" = keypoints ]; then  # session 4: text-queried soft-argmax keypoin
   python3 train/collect.py output=data/all300s1 episodes_per_task=300 start_spread=0.5 $c | tail -1
   python3 train/collect.py output=data/all1000 episodes_per_task=1000 $c | tail -1
   export OMP_NUM_THREADS=2
-  base="data.num_workers=1 eval.every_steps=0 eval.splits=[train] eval.video_episodes=0 model.keypoints=4"
+  base="$legacy data.num_workers=1 eval.every_steps=0 eval.splits=[train] eval.video_episodes=0 model.keypoints=4"
   cpu="model=cpu trainer=cpu device=cuda trainer.amp=off"
   run() { name=$1; shift; timeout ${LIMIT:-450} python3 train/bc.py $base $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
   r="data.tasks=[reach] eval.final_episodes=30"
@@ -161,7 +165,7 @@ if [ "$phase" = resolution ]; then  # session 4: larger images, and no proprio (
   python3 train/collect.py output=data/reach1000 $c | tail -1
   python3 train/collect.py output=data/reach1000_128 image_size=128 $c | tail -1
   export OMP_NUM_THREADS=3
-  base="data.num_workers=1 eval.every_steps=0 eval.splits=[train] eval.video_episodes=0 data.tasks=[reach] eval.final_episodes=20 trainer.augment=false"
+  base="$legacy data.num_workers=1 eval.every_steps=0 eval.splits=[train] eval.video_episodes=0 data.tasks=[reach] eval.final_episodes=20 trainer.augment=false"
   run() { name=$1; shift; timeout ${LIMIT:-230} python3 train/bc.py $base $common run_dir=outputs/sweep/$name "$@" > outputs/sweep/$name.log 2>&1; }
   run r1_gpu_128 model=gpu trainer=gpu model.image_size=128 data.path=data/reach1000_128 trainer.steps=1500 trainer.warmup_steps=150 &
   run r2_cpu_128 model=cpu trainer=cpu device=cuda trainer.amp=off model.image_size=128 data.path=data/reach1000_128 trainer.steps=2000 &
@@ -300,7 +304,7 @@ lr1e-5_s1 $v ppo.lr=1e-5 seed=1"
   fi
   mkdir -p outputs/ppo outputs/sweep
   echo "$runs" > outputs/ppo/runs.txt
-  setsid bash -c "OMP_NUM_THREADS=4 python3 train/bc.py $base model=cpu trainer=cpu device=cuda trainer.amp=off data.path=data/reach100 data.tasks=[reach] eval.final_episodes=30 eval.splits=[train] run_dir=outputs/sweep/$bc > outputs/sweep/$bc.log 2>&1
+  setsid bash -c "OMP_NUM_THREADS=4 python3 train/bc.py $base model=cpu trainer=cpu device=cuda trainer.amp=off data.path=data/reach100 data.tasks=[reach] trainer.steps=1000 eval.final_episodes=30 eval.splits=[train] run_dir=outputs/sweep/$bc > outputs/sweep/$bc.log 2>&1
     export OMP_NUM_THREADS=1
     python3 eval/evaluate.py $e checkpoint=$start out_dir=outputs/ppo/eval200_${bc}_start > outputs/ppo/eval200_${bc}_start.log 2>&1 &
     while read name args; do timeout ${PPO_LIMIT:-540} python3 train/ppo.py $ppo run_dir=outputs/ppo/\$name \$args < /dev/null > outputs/ppo/\$name.log 2>&1 & done < outputs/ppo/runs.txt

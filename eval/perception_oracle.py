@@ -51,6 +51,8 @@ def train_policy(demos: DemoDataset, indices: np.ndarray, oracle: bool, steps: i
     values = OmegaConf.to_container(OmegaConf.load(MODEL_CONFIG))
     proprio_dim = values["proprio_dim"] if "proprio_dim" in values else PolicyConfig.proprio_dim
     values["image_size"] = demos.env_config.get("image_size", values["image_size"])  # the demos' frames
+    # The question is the plain camera path versus given positions: no keypoint reader.
+    values.update(keypoints=0, aux_weight=0.0)
     values["proprio_dim"] = proprio_dim + (KEY_POSITION_DIM if oracle else 0)
     policy = VLAPolicy(PolicyConfig.from_dict(values))
     tokenizer = ActionTokenizer(policy.config.bins)

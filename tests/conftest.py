@@ -22,6 +22,8 @@ TINY_MODEL = {
     "layers": 1,
     "heads": 2,
     "text_encoder": "scratch",
+    "keypoints": 0,
+    "aux_weight": 0.0,
 }
 
 

@@ -21,6 +21,7 @@ FAST = [
     "eval.every_steps=0",
     "eval.final_episodes=1",
     "eval.splits=[train]",
+    "eval.language_swap=false",
     "eval.num_envs=1",
     "eval.video_episodes=0",
     "data.tasks=[reach,lift]",
