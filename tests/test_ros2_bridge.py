@@ -248,14 +248,13 @@ def test_command_flood_at_1khz_is_survived_and_logged_once(realtime):
     assert peer.spin_until(goal.done, 10.0) and goal.result().accepted
     start = time.monotonic()
     for i in range(1000):  # one second at 1 kHz, some of it garbage
-        # The sim samples the latest pair at 20 Hz, so a lone bad message may never be seen: each
-        # kind of garbage also comes as a 200-ms burst (4 control steps), between sporadic ones.
-        # Timed by the clock, not the count, so both land inside the episode on a slow machine.
-        elapsed = time.monotonic() - start
-        burst = "non_finite" if 0.2 <= elapsed < 0.4 else "malformed" if 0.6 <= elapsed < 0.8 else None
-        sporadic = burst is None
-        non_finite = burst == "non_finite" or (sporadic and i % 10 == 0)
-        malformed = burst == "malformed" or (sporadic and i % 7 == 0)
+        # The sim samples the latest pair once per control step, so a lone bad message may never
+        # be seen: each kind of garbage also comes as a 4-control-step burst, between sporadic
+        # ones. Timed by the clock, not the count, so both land inside the episode on a slow machine.
+        step = int((time.monotonic() - start) / CONTROL_DT)
+        burst = "non_finite" if 4 <= step < 8 else "malformed" if 12 <= step < 16 else None
+        non_finite = burst == "non_finite" or (burst is None and i % 10 == 0)
+        malformed = burst == "malformed" or (burst is None and i % 7 == 0)
         action = np.full(7, np.nan) if non_finite else np.zeros(7)
         twist, gripper = m.command_msgs(action, peer.node.get_clock().now().to_msg())
         if malformed:
