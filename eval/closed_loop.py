@@ -27,15 +27,25 @@ def task_ids(tasks: list[str]) -> list[str]:
 
 
 def split_demos(demos: Any, tasks: list[str], val_fraction: float, seed: int):
-    """Training and held-out sample indices, restricted to the episodes of ``tasks``."""
-    wanted = set(resolve_tasks(tasks))
+    """Training and held-out sample indices, restricted to the episodes of ``tasks``.
+
+    Every task asked for must have episodes: a dataset directory collected for other tasks
+    (e.g. reach only, at the five-task suite's path) would otherwise train a "multi-task"
+    policy on one task without a word, and its zero success on the rest would look like
+    a learning failure."""
+    wanted = resolve_tasks(tasks)
+    held = sorted({e.task for e in demos.episodes})
+    missing = [t for t in wanted if t not in held]
+    if missing:
+        raise ValueError(
+            f"the dataset at {demos.root} holds no episodes of {missing} (it holds {held}); collect them "
+            f"with `python train/collect.py output=<new dir> tasks=[{','.join(wanted)}]` and point data.path "
+            "there, or drop them from data.tasks"
+        )
     episode_of_sample = np.repeat(np.arange(demos.num_episodes), [e.num_samples for e in demos.episodes])
     train_idx, val_idx = split_episodes(episode_of_sample, demos.num_episodes, val_fraction, seed)
-    in_tasks = np.array([demos.episodes[e].task in wanted for e in episode_of_sample])
-    train_idx, val_idx = train_idx[in_tasks[train_idx]], val_idx[in_tasks[val_idx]]
-    if len(train_idx) == 0:
-        raise ValueError(f"the dataset at {demos.root} holds no episodes of tasks {sorted(wanted)}")
-    return train_idx, val_idx
+    in_tasks = np.array([demos.episodes[e].task in set(wanted) for e in episode_of_sample])
+    return train_idx[in_tasks[train_idx]], val_idx[in_tasks[val_idx]]
 
 
 def policy_env_kwargs(policy: VLAPolicy) -> dict[str, Any]:

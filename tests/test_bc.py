@@ -142,6 +142,13 @@ def test_unknown_task_is_one_clear_error(trained_run):
     assert_one_clear_error(result, "unknown task 'fly'", "reach")
 
 
+def test_a_task_the_demos_lack_is_one_clear_error(tiny_demos, tmp_path):
+    # tiny_demos holds reach and lift: asking for push as well must not train on the two alone
+    result = train(tiny_demos, tmp_path / "r", "trainer.steps=2", "data.tasks=[reach,push,lift]")
+    assert_one_clear_error(result, "holds no episodes of ['push']", "it holds ['lift', 'reach']", "train/collect.py")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_a_model_camera_the_demos_lack_is_one_clear_error(tiny_demos, tmp_path):
     result = train(tiny_demos, tmp_path / "r", "trainer.steps=2", "model.cameras=[scene,wrist]")
     assert_one_clear_error(result, "recorded only ['scene']", "cameras=[scene,wrist]")
