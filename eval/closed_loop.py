@@ -44,7 +44,8 @@ def split_demos(demos: Any, tasks: list[str], val_fraction: float, seed: int):
         )
     episode_of_sample = np.repeat(np.arange(demos.num_episodes), [e.num_samples for e in demos.episodes])
     train_idx, val_idx = split_episodes(episode_of_sample, demos.num_episodes, val_fraction, seed)
-    in_tasks = np.array([demos.episodes[e].task in set(wanted) for e in episode_of_sample])
+    episode_in_tasks = np.array([e.task in wanted for e in demos.episodes])  # per episode, not per sample
+    in_tasks = episode_in_tasks[episode_of_sample]
     return train_idx[in_tasks[train_idx]], val_idx[in_tasks[val_idx]]
 
 

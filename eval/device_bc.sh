@@ -321,8 +321,9 @@ lr1e-5_s1 $v ppo.lr=1e-5 seed=1"
   sleep ${WAIT:-300}; phase=report
 fi
 if [ "$phase" = bigbatch ]; then  # session 10, detached: larger rollouts, a fast critic, two policy step sizes
-  # Start: the quick-start reach policy (300 demos, grounded, best.pt at step 500; 61.0% [51.2,
-  # 70.0] on 100 test episodes on the CPU), carried as fp16 weights. Session 8 found explained
+  # Start: session 9's reach run that chose the quick start's 500 steps (300 demos, grounded,
+  # 32 keypoint channels, best.pt at step 500; 61.0% [51.2, 70.0] on 100 test episodes on the
+  # CPU), carried as fp16 weights (eval/device_carry.sh). Session 8 found explained
   # variance ~0 with 768 steps per update and KL to BC ~2 nats at lr 1e-4: here 4 envs x 512 =
   # 2,048 steps per update, critic lr 1e-3 (explained variance 0.44 on the CPU), policy lr 1e-5
   # and 3e-5, two PPO seeds each, a budget fixed in advance; best.pt on 100 validation episodes.
