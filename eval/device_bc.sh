@@ -12,6 +12,7 @@
 #   bash eval/device_bc.sh progress|replicate; bash eval/device_bc.sh report   # session 7: PPO on the progress reward
 #   BUDGET=21504 bash eval/device_bc.sh seeds|smallstep; bash eval/device_bc.sh report   # session 8: 5 PPO seeds; smaller steps
 #   bash eval/device_bc.sh bigbatch; bash eval/device_bc.sh poll   # session 10: larger rollouts from the carried quick-start policy
+#   bash eval/device_bc.sh ppo_speed; BUDGET=... ENVS=... bash eval/device_bc.sh long; bash eval/device_bc.sh poll   # session 11
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM), or
 # .carry (session 10, eval/device_carry.sh: .minilm16 as an xz tarball, so a checkpoint fits in 64 MiB).
 set -uo pipefail
@@ -320,27 +321,56 @@ lr1e-5_s1 $v ppo.lr=1e-5 seed=1"
     wait; touch outputs/ppo/DONE" < /dev/null > /dev/null 2>&1 &
   sleep ${WAIT:-300}; phase=report
 fi
-if [ "$phase" = bigbatch ]; then  # session 10, detached: larger rollouts, a fast critic, two policy step sizes
+if [ "$phase" = bigbatch ] || [ "$phase" = long ] || [ "$phase" = ppo_speed ]; then  # sessions 10-11: larger rollouts, a fast critic
   # Start: session 9's reach run that chose the quick start's 500 steps (300 demos, grounded,
   # 32 keypoint channels, best.pt at step 500; 61.0% [51.2, 70.0] on 100 test episodes on the
   # CPU), carried as fp16 weights (eval/device_carry.sh). Session 8 found explained
-  # variance ~0 with 768 steps per update and KL to BC ~2 nats at lr 1e-4: here 4 envs x 512 =
-  # 2,048 steps per update, critic lr 1e-3 (explained variance 0.44 on the CPU), policy lr 1e-5
-  # and 3e-5, two PPO seeds each, a budget fixed in advance; best.pt on 100 validation episodes.
+  # variance ~0 with 768 steps per update and KL to BC ~2 nats at lr 1e-4: here ENVS x
+  # 2048/ENVS = 2,048 steps per update, critic lr 1e-3 (explained variance 0.44 on the CPU),
+  # a budget fixed in advance; best.pt on 100 validation episodes.
+  # bigbatch (session 10, detached): 4 envs per run, policy lr 1e-5 and 3e-5, two seeds each.
+  # ppo_speed (session 11): env steps/s of four such runs side by side, 8 and then 16 envs per
+  #   run (the policy decodes all envs of a run in one batch, so more envs, fewer launches).
+  # long (session 11, detached): ENVS per run, BUDGET fixed from ppo_speed, lr 1e-5 seeds 0-2,
+  #   PPO from scratch with the same VLA and the CNN baseline at the same budget.
   export OMP_NUM_THREADS=1
   start=.carry/reach300_g_best_fp16.pt
   e="tasks=[reach] splits=[train] episodes=200 open_loop=false language_swap=false video_episodes=0 progress=false num_envs=20 device=cuda"
-  ppo="task=reach env.num_envs=4 ppo.total_timesteps=${BUDGET:-81920} ppo.n_steps=512 ppo.batch_size=512 eval.every_steps=20480 eval.episodes=100 checkpoint_every=10240 device=cuda"
-  ppo="$ppo init=$start env.reward_type=progress env.terminate_on_success=true ppo.critic_warmup_steps=4096 ppo.value_head=separate ppo.critic_lr=1e-3 ppo.kl_coef=0.1 ppo.temperature=0.5"
-  runs="big_lr1e-5_s0 ppo.lr=1e-5 seed=0
-big_lr1e-5_s1 ppo.lr=1e-5 seed=1
-big_lr3e-5_s0 ppo.lr=3e-5 seed=0
-big_lr3e-5_s1 ppo.lr=3e-5 seed=1"
-  mkdir -p outputs/ppo; echo "$runs" > outputs/ppo/runs.txt; nvidia-smi -L; nproc
+  recipe() {  # $1 envs per run: the session-10 recipe with 2,048 env steps per update
+    echo "task=reach env.num_envs=$1 ppo.n_steps=$((2048 / $1)) ppo.batch_size=512 checkpoint_every=10240 device=cuda env.reward_type=progress env.terminate_on_success=true ppo.critic_warmup_steps=4096 ppo.value_head=separate ppo.critic_lr=1e-3"
+  }
+  fine="init=$start ppo.kl_coef=0.1 ppo.temperature=0.5"
+  mkdir -p outputs/ppo; nvidia-smi -L; nproc
+  if [ "$phase" = ppo_speed ]; then
+    for envs in 8 16; do
+      for s in 0 1 2 3; do
+        python3 train/ppo.py $(recipe $envs) $fine ppo.lr=1e-5 seed=$s ppo.total_timesteps=6144 ppo.critic_warmup_steps=2048 \
+          eval.every_steps=0 run_dir=outputs/ppo/speed_e${envs}_s$s > outputs/ppo/speed_e${envs}_s$s.log 2>&1 &
+      done; wait
+      echo "envs per run $envs:"; tail -qn1 outputs/ppo/speed_e${envs}_s*.log
+    done
+    exit 0
+  fi
+  ppo="$(recipe ${ENVS:-4}) ppo.total_timesteps=${BUDGET:-81920} eval.every_steps=20480 eval.episodes=100"
+  if [ "$phase" = bigbatch ]; then
+    runs="big_lr1e-5_s0 $fine ppo.lr=1e-5 seed=0
+big_lr1e-5_s1 $fine ppo.lr=1e-5 seed=1
+big_lr3e-5_s0 $fine ppo.lr=3e-5 seed=0
+big_lr3e-5_s1 $fine ppo.lr=3e-5 seed=1"
+    finals="big_lr1e-5_s0 big_lr1e-5_s1 big_lr3e-5_s0 big_lr3e-5_s1"
+  else
+    runs="long_s0 $fine ppo.lr=1e-5 seed=0
+long_s1 $fine ppo.lr=1e-5 seed=1
+long_s2 $fine ppo.lr=1e-5 seed=2
+long_scratch model.keypoints=2 model.keypoint_channels=32 ppo.lr=1e-4
+long_cnn algo=cnn ppo.lr=3e-4 ppo.critic_warmup_steps=0 ppo.target_kl=null"
+    finals="long_s0 long_s1 long_s2 long_scratch"
+  fi
+  echo "$runs" > outputs/ppo/runs.txt
   setsid bash -c "python3 eval/evaluate.py $e checkpoint=$start out_dir=outputs/ppo/eval200_start > outputs/ppo/eval200_start.log 2>&1 &
     while read name args; do timeout ${PPO_LIMIT:-1300} python3 train/ppo.py $ppo run_dir=outputs/ppo/\$name \$args < /dev/null > outputs/ppo/\$name.log 2>&1 & done < outputs/ppo/runs.txt
     wait
-    for r in \$(cut -d' ' -f1 outputs/ppo/runs.txt); do for c in latest best; do
+    for r in $finals; do for c in latest best; do
       python3 eval/evaluate.py $e checkpoint=outputs/ppo/\$r/checkpoints/\$c.pt out_dir=outputs/ppo/eval200_\${r}_\$c > /dev/null 2>&1 &
     done; done
     wait; touch outputs/ppo/DONE" < /dev/null > /dev/null 2>&1 &
