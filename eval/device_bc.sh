@@ -340,7 +340,7 @@ if [ "$phase" = bigbatch ] || [ "$phase" = long ] || [ "$phase" = ppo_speed ]; t
     echo "task=reach env.num_envs=$1 ppo.n_steps=$((2048 / $1)) ppo.batch_size=512 checkpoint_every=10240 device=cuda env.reward_type=progress env.terminate_on_success=true ppo.critic_warmup_steps=4096 ppo.value_head=separate ppo.critic_lr=1e-3"
   }
   fine="init=$start ppo.kl_coef=0.1 ppo.temperature=0.5"
-  mkdir -p outputs/ppo; nvidia-smi -L; nproc
+  mkdir -p outputs/ppo; nvidia-smi -L; nproc --all  # (plain nproc obeys OMP_NUM_THREADS)
   if [ "$phase" = ppo_speed ]; then
     for envs in 8 16; do
       for s in 0 1 2 3; do
