@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from itertools import pairwise
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -49,7 +50,8 @@ def plot(runs: dict[str, list[dict]], out: Path, title: str) -> Path:
     draw.text((10, top - 25), "success (95% Wilson CI)", fill="black")
     draw.text((left + 150, 10), title, fill="black")
 
-    for k, (label, rows) in enumerate(runs.items()):
+    drawn: list[tuple[float, float]] = []
+    for k, rows in enumerate(runs.values()):
         colour = COLOURS[k % len(COLOURS)]
         rows = sorted(rows, key=lambda r: r["step"])
         points = [xy(r["step"], r["success_rate"]) for r in rows]
@@ -59,12 +61,43 @@ def plot(runs: dict[str, list[dict]], out: Path, title: str) -> Path:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)
-        draw.line([left + 15, top + 15 + 18 * k, left + 40, top + 15 + 18 * k], fill=colour, width=3)
-        episodes = rows[-1]["episodes"]
-        draw.text((left + 45, top + 9 + 18 * k), f"{label} ({episodes} episodes per point)", fill="black")
+        for (xa, ya), (xb, yb) in list(pairwise(points)) or [(points[0], points[0])]:  # the lines, sampled
+            drawn.extend((xa + (xb - xa) * t / 20, ya + (yb - ya) * t / 20) for t in range(21))
+    draw_legend(draw, runs, drawn, (left, top, left + width, top + height))
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)
     return out
+
+
+def legend_place(
+    points: list[tuple[float, float]], box: tuple[float, float], frame: tuple[float, float, float, float]
+) -> tuple[float, float]:
+    """Top-left corner for a legend box of size ``box`` inside ``frame`` (x0, y0, x1, y1) that
+    covers the fewest ``points``: 3 columns x 5 rows of places, top left first on ties."""
+    box_w, box_h = box
+    x0, y0, x1, y1 = frame
+    xs = [x0 + 8, (x0 + x1 - box_w) / 2, x1 - 8 - box_w]
+    ys = [y0 + 8 + (y1 - y0 - 16 - box_h) * i / 4 for i in range(5)]
+
+    def hidden(place: tuple[float, float]) -> int:
+        cx, cy = place
+        return sum(cx <= x <= cx + box_w and cy <= y <= cy + box_h for x, y in points)
+
+    return min(((x, y) for y in ys for x in xs), key=hidden)
+
+
+def draw_legend(
+    draw: ImageDraw.ImageDraw, runs: dict[str, list[dict]], points: list[tuple[float, float]], frame: tuple
+) -> None:
+    """The legend on a white box, where it hides the fewest points of the curves."""
+    labels = [f"{label} ({rows[-1]['episodes']} episodes per point)" for label, rows in runs.items()]
+    box_w, box_h = 50 + 6 * max(len(text) for text in labels), 10 + 18 * len(labels)
+    cx, cy = legend_place(points, (box_w, box_h), frame)
+    draw.rectangle([cx, cy, cx + box_w, cy + box_h], fill="white", outline="grey")
+    for k, text in enumerate(labels):
+        y = cy + 14 + 18 * k
+        draw.line([cx + 7, y, cx + 32, y], fill=COLOURS[k % len(COLOURS)], width=3)
+        draw.text((cx + 37, y - 6), text, fill="black")
 
 
 def main() -> None:
