@@ -61,8 +61,9 @@ def plot(runs: dict[str, list[dict]], out: Path, title: str) -> Path:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)
-        for (xa, ya), (xb, yb) in list(pairwise(points)) or [(points[0], points[0])]:  # the lines, sampled
-            drawn.extend((xa + (xb - xa) * t / 20, ya + (yb - ya) * t / 20) for t in range(21))
+        drawn.extend(points)
+        for (xa, ya), (xb, yb) in pairwise(points):  # the lines between them, sampled
+            drawn.extend((xa + (xb - xa) * t / 20, ya + (yb - ya) * t / 20) for t in range(1, 20))
     draw_legend(draw, runs, drawn, (left, top, left + width, top + height))
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)
@@ -87,7 +88,10 @@ def legend_place(
 
 
 def draw_legend(
-    draw: ImageDraw.ImageDraw, runs: dict[str, list[dict]], points: list[tuple[float, float]], frame: tuple
+    draw: ImageDraw.ImageDraw,
+    runs: dict[str, list[dict]],
+    points: list[tuple[float, float]],
+    frame: tuple[float, float, float, float],
 ) -> None:
     """The legend on a white box, where it hides the fewest points of the curves."""
     labels = [f"{label} ({rows[-1]['episodes']} episodes per point)" for label, rows in runs.items()]
