@@ -324,6 +324,19 @@ class DemoDataset:
         )
         return item
 
+    def actions_from(self, index: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The action labels of ``count`` steps from sample ``index`` on, within its episode:
+        (count, 7) actions and a (count,) bool mask, False past the episode's last step (the
+        rows there repeat the last action as filler; the mask keeps them out of the loss)."""
+        episode, t = self.locate(index)
+        available = min(count, self.episodes[episode].num_samples - t)
+        if self._memory is not None:
+            actions = self._memory["action"][index : index + available]
+        else:
+            actions = self._file(episode)["actions"][t : t + available]
+        padded = np.concatenate([actions, np.repeat(actions[-1:], count - available, axis=0)])
+        return padded, np.arange(count) < available
+
     def proprio_statistics(self, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per-element mean and std of proprio over ``indices`` (all samples by default)."""
         if self._memory is not None:

@@ -161,6 +161,14 @@ def test_auxiliary_key_position_loss_trains_from_the_recorded_demos(tiny_demos, 
     assert all(r["aux_error_cm"] > 0 for r in rows if "loss" in r)
 
 
+def test_a_chunked_policy_trains_on_future_actions_and_evaluates_closed_loop(tiny_demos, tmp_path):
+    result = train(tiny_demos, tmp_path / "chunk", "trainer.steps=3", "model.chunk=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "action 28]" in result.stdout  # the token layout: 4 actions of 7 tokens
+    report = json.loads((tmp_path / "chunk" / "evaluation.json").read_text())
+    assert report["tasks"] and 0 <= report["open_loop"]["token_accuracy"] <= 1
+
+
 def test_keypoints_are_grounded_on_rendered_scenes_before_behaviour_cloning(tiny_demos, tmp_path):
     scenes = tmp_path / "scenes.npz"
     grounding = ["grounding.scenes=200", "grounding.steps=5", "grounding.batch_size=16", f"grounding.path={scenes}"]

@@ -63,6 +63,24 @@ def test_write_read_round_trip(tmp_path):
         ds.sample(len(ds))
 
 
+@pytest.mark.parametrize("preloaded", [False, True])
+def test_action_chunks_stay_within_their_episode(tmp_path, preloaded):
+    records = [make_record(seed=s, steps=3 + s) for s in range(2)]  # 3 and 4 steps
+    for r in records:
+        write_episode(tmp_path, r)
+    build_index(tmp_path)
+    ds = DemoDataset(tmp_path)
+    if preloaded:
+        ds.preload(progress=False)
+    actions, valid = ds.actions_from(1, 4)  # episode 0, step 1: two steps left
+    np.testing.assert_array_equal(actions[:2], records[0].actions[1:3])
+    np.testing.assert_array_equal(actions[2:], records[0].actions[[2, 2]])  # filler, masked
+    assert valid.tolist() == [True, True, False, False]
+    actions, valid = ds.actions_from(3, 4)  # episode 1, step 0: a whole chunk
+    np.testing.assert_array_equal(actions, records[1].actions)
+    assert valid.all()
+
+
 def test_index_is_a_robomimic_style_view(tmp_path):
     write_episode(tmp_path, make_record(seed=1))
     index = build_index(tmp_path)

@@ -223,3 +223,53 @@ def test_heatmap_loss_is_lowest_on_the_true_point():
     loss_true, error_true = policy.keypoint_reader.heatmap_loss(sharp, target)
     loss_off, error_off = policy.keypoint_reader.heatmap_loss(sharp, -target)
     assert loss_true < loss_off and error_true < 0.5 < error_off
+
+
+def test_a_chunked_policy_executes_the_first_action_of_its_chunk():
+    """Action chunking: trained on 3 actions (21 tokens); the executed action's logits do not
+    depend on the later actions (causal), so decoding stops after 7 tokens."""
+    policy, batch = make_policy(chunk=3), random_batch(4)
+    chunk_bins = torch.randint(0, 256, (4, 21), generator=torch.Generator().manual_seed(5))
+    other_future = chunk_bins.clone()
+    other_future[:, 7:] = 255 - other_future[:, 7:]
+    first = policy.action_logits({**batch, "action_bins": chunk_bins})[:, :7]
+    assert torch.allclose(first, policy.action_logits({**batch, "action_bins": other_future})[:, :7], atol=1e-5)
+    assert torch.allclose(first, policy.action_logits({**batch, "action_bins": chunk_bins[:, :7]}), atol=1e-5)
+    bins = policy.decode(batch)
+    assert bins.shape == (4, 7) and torch.equal(bins, policy.decode(batch, use_cache=False))
+    assert dict(policy.token_layout(batch))["action"] == 21
+    with pytest.raises(ValueError, match="1 to 3 actions of 7 tokens, got 10"):
+        policy.action_logits({**batch, "action_bins": chunk_bins[:, :10]})
+
+
+def test_the_chunk_loss_ignores_actions_past_the_episode_end():
+    policy = make_policy(chunk=2)
+    batch = {**random_batch(4), "action_bins": torch.randint(0, 256, (4, 14), generator=torch.Generator())}
+    valid = torch.tensor([[True, True], [True, False], [True, True], [True, False]])
+    changed = batch["action_bins"].clone()
+    changed[~valid.repeat_interleave(7, 1)] = 0  # relabel only the masked tokens
+
+    def loss(bins, mask=None):
+        extra = {} if mask is None else {"action_valid": mask}
+        return policy.loss({**batch, "action_bins": bins, **extra}, augment=False)["loss"]
+
+    assert torch.isclose(loss(batch["action_bins"], valid), loss(changed, valid))
+    assert not torch.isclose(loss(batch["action_bins"]), loss(changed))  # unmasked, the relabel counts
+
+
+@pytest.mark.parametrize("chunk", [0, -2, 1.5])
+def test_a_bad_chunk_names_what_is_allowed(chunk):
+    with pytest.raises(ValueError, match="chunk must be an integer >= 1"):
+        PolicyConfig.from_dict({**TINY_MODEL, "chunk": chunk})
+
+
+def test_a_checkpoint_from_before_chunking_still_matches_its_config(tmp_path):
+    """Configs saved before a field existed hold its default (chunk = 1)."""
+    from dataclasses import asdict
+
+    from vla.checkpoint import check_config, read_checkpoint, save_checkpoint
+
+    policy = make_policy()
+    payload = read_checkpoint(save_checkpoint(tmp_path / "p.pt", policy, ActionTokenizer(256)))
+    del payload["policy_config"]["chunk"]
+    check_config(payload, asdict(policy.config))

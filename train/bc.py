@@ -84,7 +84,7 @@ def train(cfg: DictConfig) -> dict | None:
 
     per_rank_batch = t.batch_size // world
     loader = torch.utils.data.DataLoader(
-        ActionTokenDataset(demos, tokenizer, train_idx),
+        ActionTokenDataset(demos, tokenizer, train_idx, chunk=policy_config.chunk),
         batch_size=per_rank_batch,
         sampler=StepSampler(len(train_idx), cfg.seed, start_step * t.batch_size, rank, world),
         num_workers=cfg.data.num_workers,

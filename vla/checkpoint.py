@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def check_config(payload: dict[str, Any], expected: dict[str, Any]) -> None:
     """Raise CheckpointError naming every field where the checkpoint's policy config differs."""
-    saved = payload["policy_config"]
+    # keys added since the checkpoint was written hold their defaults in it (e.g. chunk = 1)
+    saved = {**asdict(PolicyConfig()), **payload["policy_config"]}
     diff = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
     if diff:
         details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())

@@ -17,10 +17,16 @@ from vla.tokenizer import ActionTokenizer
 
 
 class ActionTokenDataset(torch.utils.data.Dataset):
-    def __init__(self, demos: Any, tokenizer: ActionTokenizer, indices: np.ndarray | None = None):
+    """``chunk > 1`` makes each target the next ``chunk`` actions of the episode (the demo
+    reader's ``actions_from(i, count)`` gives them, with a mask where the episode ended)."""
+
+    def __init__(self, demos: Any, tokenizer: ActionTokenizer, indices: np.ndarray | None = None, chunk: int = 1):
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.demos = demos
         self.tokenizer = tokenizer
         self.indices = np.arange(len(demos)) if indices is None else np.asarray(indices)
+        self.chunk = chunk
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -33,6 +39,10 @@ class ActionTokenDataset(torch.utils.data.Dataset):
             "instruction": s["instruction"],
             "action_bins": torch.from_numpy(self.tokenizer.encode(s["action"])),
         }
+        if self.chunk > 1:
+            actions, valid = self.demos.actions_from(int(self.indices[i]), self.chunk)
+            item["action_bins"] = torch.from_numpy(self.tokenizer.encode(actions).reshape(-1))
+            item["action_valid"] = torch.from_numpy(valid)
         if "wrist_image" in s:
             item["wrist_image"] = torch.from_numpy(np.ascontiguousarray(s["wrist_image"]))
         for key in ("key_positions", "key_uv"):  # privileged, for the auxiliary loss only
@@ -42,7 +52,8 @@ class ActionTokenDataset(torch.utils.data.Dataset):
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = [k for k in ("image", "wrist_image", "proprio", "action_bins", "key_positions", "key_uv") if k in samples[0]]
+    names = ("image", "wrist_image", "proprio", "action_bins", "action_valid", "key_positions", "key_uv")
+    keys = [k for k in names if k in samples[0]]
     batch: dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in keys}
     batch["instruction"] = [s["instruction"] for s in samples]
     return batch

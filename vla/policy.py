@@ -9,6 +9,12 @@ Action token i is predicted at action position i, whose input is the embedding o
 action token i-1 (a learned start token for i = 0). ``decoding="parallel"`` replaces
 those inputs by position-only queries, so all 7 tokens come out of one pass (faster,
 but each element is predicted without seeing the others).
+
+Action chunking (``chunk > 1``): the model is trained to predict the next ``chunk`` actions
+of the demo, ``chunk x 7`` causal action tokens, and executes the first (receding horizon:
+it re-plans every step). Because the action tokens are causal, the first action's tokens
+never see the later ones, so decoding stops after 7 tokens and inference costs what it
+costs without chunking; the later actions are a training signal about where the demo goes.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class PolicyConfig:
     action_dim: int = 7
     proprio_dim: int = 8
     decoding: str = "autoregressive"  # autoregressive | parallel
+    chunk: int = 1  # future actions per training target (the first is executed; see the module doc)
     cameras: list[str] = field(default_factory=lambda: ["scene"])  # scene | scene + wrist
     # Auxiliary loss weight (0: off): from the start token's state, regress where the
     # instruction points (target and destination centres, recorded by the demos). Teaches the
@@ -76,6 +83,8 @@ class PolicyConfig:
             raise ValueError(f"cameras must start with 'scene' and hold only {list(CAMERA_KEYS)}, got {config.cameras}")
         if config.keypoints not in KEYPOINT_COUNTS:
             raise ValueError(f"keypoints must be 0 (off) or 2 (target and destination), got {config.keypoints}")
+        if not isinstance(config.chunk, int) or config.chunk < 1:
+            raise ValueError(f"chunk must be an integer >= 1 (actions predicted per step), got {config.chunk!r}")
         if config.decoding not in DECODINGS:
             raise ValueError(f"unknown decoding {config.decoding!r}; valid values are: {', '.join(DECODINGS)}")
         return config
@@ -102,7 +111,7 @@ class VLAPolicy(nn.Module):
         self.register_buffer("proprio_std", torch.ones(c.proprio_dim))
         self.type_embed = nn.Parameter(torch.randn(4, c.width) * 0.02)  # vision, text, proprio, action
         self.action_embed = nn.Embedding(c.bins, c.width)  # the reserved action-token block
-        self.action_position = nn.Parameter(torch.randn(c.action_dim, c.width) * 0.02)
+        self.action_position = nn.Parameter(torch.randn(c.chunk * c.action_dim, c.width) * 0.02)
         self.start = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
         self.blocks = nn.ModuleList(Block(c.width, c.heads, dropout=c.dropout) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.width)
@@ -152,7 +161,7 @@ class VLAPolicy(nn.Module):
         if self.config.use_proprio:
             layout[-1] = ("text", layout[-1][1] - 1)
             layout.append(("proprio", 1))
-        return [*layout, ("action", self.config.action_dim)]
+        return [*layout, ("action", self.config.chunk * self.config.action_dim)]
 
     def set_proprio_statistics(self, mean: Any, std: Any) -> None:
         """Standardise proprio with the training data's per-element mean and std (a floor on
@@ -197,12 +206,20 @@ class VLAPolicy(nn.Module):
         return self.head(self.action_states(batch, augment))
 
     def action_states(self, batch: dict[str, Any], augment: bool = False) -> torch.Tensor:
-        """Final normalised states at the action positions (B, action_dim, width), teacher-forced
-        on ``batch["action_bins"]``: the head turns them into logits, RL heads read them too."""
+        """Final normalised states at the action positions (B, tokens, width), teacher-forced
+        on ``batch["action_bins"]`` (B, tokens): the head turns them into logits, RL heads read
+        them too. ``tokens`` is 7 per action, for 1 up to ``chunk`` actions: a chunked policy's
+        first 7 states are the same whether or not the later actions are given (causal)."""
+        bins = batch["action_bins"]
+        d = bins.shape[1]
+        c = self.config
+        if d % c.action_dim or not 0 < d <= c.chunk * c.action_dim:
+            raise ValueError(
+                f"action_bins must hold 1 to {c.chunk} actions of {c.action_dim} tokens, got {d} tokens per row"
+            )
         prefix, key_valid = self.prefix(batch, augment)
         b, p, _ = prefix.shape
-        d = self.config.action_dim
-        actions = self._action_inputs(batch["action_bins"], b, d)
+        actions = self._action_inputs(bins, b, d)
         key_valid = torch.cat([key_valid, torch.ones(b, d, dtype=torch.bool, device=prefix.device)], 1)
         out = self._run(torch.cat([prefix, actions], 1), self._mask(key_valid, p))
         return self.norm(out[:, p:])
@@ -225,9 +242,16 @@ class VLAPolicy(nn.Module):
         states = self.action_states(batch, augment)
         logits = self.head(states)
         target = batch["action_bins"]
-        action_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+        if "action_valid" in batch:  # a chunk running past the episode's end: no label there
+            weight = batch["action_valid"].repeat_interleave(self.config.action_dim, 1).reshape(-1).float()
+            action_loss = (token_loss * weight).sum() / weight.sum().clamp_min(1.0)
+        else:
+            action_loss = token_loss.mean()
         out = {"loss": action_loss, "action_loss": action_loss}
-        out["token_accuracy"] = (logits.argmax(-1) == target).float().mean()
+        # accuracy of the executed (first) action, comparable across chunk sizes
+        first = self.config.action_dim
+        out["token_accuracy"] = (logits[:, :first].argmax(-1) == target[:, :first]).float().mean()
         if self.keypoint_reader is not None and self.config.aux_weight > 0:
             if "key_uv" not in batch:
                 raise ValueError("model.aux_weight > 0 needs demos that record key_positions (collect them anew)")
