@@ -13,6 +13,7 @@
 #   BUDGET=21504 bash eval/device_bc.sh seeds|smallstep; bash eval/device_bc.sh report   # session 8: 5 PPO seeds; smaller steps
 #   bash eval/device_bc.sh bigbatch; bash eval/device_bc.sh poll   # session 10: larger rollouts from the carried quick-start policy
 #   bash eval/device_bc.sh ppo_speed; BUDGET=... ENVS=... bash eval/device_bc.sh long; bash eval/device_bc.sh poll   # session 11
+#   bash eval/device_bc.sh chunk; bash eval/device_bc.sh poll   # session 12: 2,000 demos per task, action chunking
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM), or
 # .carry (session 10, eval/device_carry.sh: .minilm16 as an xz tarball, so a checkpoint fits in 64 MiB).
 set -uo pipefail
@@ -377,8 +378,33 @@ long_cnn algo=cnn ppo.lr=3e-4 ppo.critic_warmup_steps=0 ppo.target_kl=null"
   sleep ${WAIT:-300}; phase=report
 fi
 
+if [ "$phase" = chunk ]; then  # session 12, detached: more demos and action chunking, five tasks
+  # m1/m2: the GPU config (session 6's g2 recipe) on 2,000 demos per task, without and with
+  # model.chunk=4, both splits at the end. c1/c2: the CPU config on the five-task defaults
+  # (100 demos per task, 2,000 steps: session 11's 18.8% on the CPU), without and with chunk=4.
+  nvidia-smi -L; nproc --all
+  c="workers=15 video=false progress=false"
+  python3 train/collect.py output=data/all100 episodes_per_task=100 $c | tail -1
+  python3 train/collect.py output=data/all${DEMOS:-2000} episodes_per_task=${DEMOS:-2000} $c | tail -1
+  for n in 10000 30000; do
+    python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_${n}_seed0_64px.npz', $n, workers=15, progress=False)"
+  done
+  base="eval.video_episodes=0 eval.num_envs=20 $common"
+  gpu="model=gpu trainer=gpu data.path=data/all${DEMOS:-2000} data.num_workers=4 trainer.steps=${GPU_STEPS:-10000}"
+  gpu="$gpu trainer.warmup_steps=500 trainer.checkpoint_every=2000 grounding.scenes=30000 grounding.steps=3000"
+  gpu="$gpu eval.every_steps=5000 eval.episodes=10 eval.final_episodes=100 eval.splits=[train,heldout]"
+  cpu="model=cpu trainer=cpu device=cuda trainer.amp=off data.path=data/all100 data.num_workers=2 trainer.steps=2000"
+  cpu="$cpu eval.every_steps=500 eval.final_episodes=50 eval.splits=[train]"
+  mkdir -p outputs/sweep
+  printf '%s\n' "m1_gpu $gpu" "m2_gpu_chunk4 $gpu model.chunk=4" "c1_cpu $cpu" "c2_cpu_chunk4 $cpu model.chunk=4" > outputs/sweep/runs.txt
+  rm -f outputs/sweep/DONE
+  setsid bash -c "while read name args; do OMP_NUM_THREADS=2 timeout ${LIMIT:-1500} python3 train/bc.py $base \$args run_dir=outputs/sweep/\$name < /dev/null > outputs/sweep/\$name.log 2>&1 & done < outputs/sweep/runs.txt
+    wait; touch outputs/sweep/DONE" < /dev/null > /dev/null 2>&1 &
+  sleep ${WAIT:-300}; phase=report
+fi
+
 if [ "$phase" = poll ]; then  # wait up to WAIT seconds for a detached phase to finish, then report
-  for _ in $(seq ${WAIT:-540}); do [ -f outputs/ppo/DONE ] && break; sleep 1; done
+  for _ in $(seq ${WAIT:-540}); do [ -f outputs/ppo/DONE ] || [ -f outputs/sweep/DONE ] && break; sleep 1; done
   phase=report
 fi
 
