@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,9 +33,17 @@ def side_by_side(pretty: np.ndarray, policy_view: np.ndarray) -> np.ndarray:
 
 
 def save_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 20) -> Path:
-    """MP4 through imageio-ffmpeg (its wheel ships ffmpeg), or GIF if ``path`` ends in .gif."""
+    """MP4 through imageio-ffmpeg (its wheel ships ffmpeg), or GIF if ``path`` ends in .gif.
+
+    Without imageio-ffmpeg (a bare machine given only the core wheels) imageio would pick
+    another plugin for .mp4 and fail deep inside it; write a GIF beside it instead and say so.
+    Returns the path written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix != ".gif" and importlib.util.find_spec("imageio_ffmpeg") is None:
+        path = path.with_suffix(".gif")
+        print(f"imageio-ffmpeg is not installed: writing the rollouts as {path} instead of MP4")
     if path.suffix == ".gif":
         imageio.mimsave(path, list(frames), duration=1000 / fps, loop=0)
     else:

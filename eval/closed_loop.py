@@ -165,9 +165,9 @@ def run_report(
             + swap_table(swap_report)
         )
     (out_dir / "evaluation.md").write_text(text + "\n")
+    print(text)
     if frames:
         save_video(frames, out_dir / "rollouts.mp4")
-    print(text)
     return report
 
 
