@@ -30,26 +30,37 @@ _CHUNK = 500  # scenes per worker task
 
 
 def render_scenes(
-    count: int, seed: int = 0, image_size: int = 64, workers: int = 2, progress: bool = True
+    count: int,
+    seed: int = 0,
+    image_size: int = 64,
+    workers: int = 2,
+    progress: bool = True,
+    split: str = "train",
+    start: int = 0,
 ) -> dict[str, np.ndarray]:
     """``count`` scenes, cycling through the five tasks: ``images`` (N, H, W, 3) uint8,
     ``instructions`` (N,) str, ``key_positions`` (N, 6) metres, ``key_uv`` (N, 2, 2) image
-    coordinates of the target and destination (``envs.camera``)."""
+    coordinates of the target and destination (``envs.camera``).
+
+    ``split`` picks the instruction templates; the env draws the instruction after the
+    layout, so the same ``seed`` gives the same scenes on either split, only worded anew
+    (``heldout``: the paraphrases, to measure pointing on words grounding never saw).
+    ``start`` skips that many scenes of the seed's sequence (e.g. re-word only its last ones)."""
     if count <= 0:
         raise ValueError(f"grounding scene count must be positive, got {count}")
     if workers <= 0:
         raise ValueError(f"workers must be positive, got {workers}")
-    if count > GROUNDING_SEED_STRIDE:
-        raise ValueError(f"at most {GROUNDING_SEED_STRIDE} grounding scenes per seed, got {count}")
+    if start < 0 or start + count > GROUNDING_SEED_STRIDE:
+        raise ValueError(f"at most {GROUNDING_SEED_STRIDE} grounding scenes per seed, got {start} + {count}")
     from tqdm import tqdm
 
-    starts = list(range(0, count, _CHUNK))
-    first_seed = GROUNDING_SEED_BASE + seed * GROUNDING_SEED_STRIDE
-    seeds = [first_seed + s for s in starts]
-    sizes = [min(_CHUNK, count - s) for s in starts]
-    with ProcessPoolExecutor(min(workers, len(starts)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        chunks = pool.map(_render_chunk, seeds, sizes, [image_size] * len(starts))
-        bar = tqdm(chunks, total=len(starts), desc="grounding scenes", unit="chunk", disable=not progress, leave=False)
+    offsets = list(range(0, count, _CHUNK))
+    first_seed = GROUNDING_SEED_BASE + seed * GROUNDING_SEED_STRIDE + start
+    seeds = [first_seed + o for o in offsets]
+    sizes = [min(_CHUNK, count - o) for o in offsets]
+    with ProcessPoolExecutor(min(workers, len(offsets)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        chunks = pool.map(_render_chunk, seeds, sizes, [image_size] * len(offsets), [split] * len(offsets))
+        bar = tqdm(chunks, total=len(offsets), desc="grounding scenes", unit="chunk", disable=not progress, leave=False)
         parts = list(bar)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -75,13 +86,14 @@ def load_or_render_scenes(
     return scenes
 
 
-def _render_chunk(first_seed: int, count: int, image_size: int) -> dict[str, Any]:
+def _render_chunk(first_seed: int, count: int, image_size: int, split: str) -> dict[str, Any]:
     import gymnasium as gym
 
     from envs import TASKS
     from envs.camera import key_image_coordinates
 
-    task_envs = [gym.make(t, image_size=image_size, start_spread=GROUNDING_START_SPREAD).unwrapped for t in TASKS]
+    options = {"image_size": image_size, "start_spread": GROUNDING_START_SPREAD, "instruction_split": split}
+    task_envs = [gym.make(t, **options).unwrapped for t in TASKS]
     images, instructions, key_positions = [], [], []
     for i in range(count):
         seed = first_seed + i

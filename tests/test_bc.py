@@ -177,7 +177,7 @@ def test_keypoints_are_grounded_on_rendered_scenes_before_behaviour_cloning(tiny
     assert result.returncode == 0, result.stderr[-3000:]
     assert "grounding: keypoints" in result.stdout and scenes.exists()
     report = json.loads((tmp_path / "kp" / "grounding.json").read_text())
-    assert report["steps"] == 5 and report["heldout_error_px"] > 0
+    assert report["steps"] == 5 and report["heldout_error_px"] > 0 and report["paraphrase_error_px"] > 0
     rows = [json.loads(line) for line in (tmp_path / "kp" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["keypoint_error_px"] > 0 for r in rows if "loss" in r)
 

@@ -28,7 +28,7 @@ from eval.cli import user_errors  # noqa: E402
 from eval.closed_loop import final_evaluation, split_demos, success_rate  # noqa: E402
 from vla.checkpoint import CheckpointError, check_config, load_weights, read_checkpoint, save_checkpoint  # noqa: E402
 from vla.data import ActionTokenDataset, collate  # noqa: E402
-from vla.grounding import pretrain_keypoints  # noqa: E402
+from vla.grounding import heldout_error, heldout_scene_count, pretrain_keypoints  # noqa: E402
 from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
 from vla.tokenizer import ActionTokenizer  # noqa: E402
 from vla.training import StepSampler, init_distributed, rng_state, seed_everything, set_rng_state, warmup_cosine  # noqa: E402
@@ -218,16 +218,23 @@ def check_dataset_matches(demos: DemoDataset, config: PolicyConfig) -> None:
 def ground(cfg: DictConfig, policy: VLAPolicy, run_dir: Path, progress: bool) -> None:
     """Grounding pretraining of the keypoint reader on rendered scenes (vla/grounding.py);
     its held-out error goes to <run dir>/grounding.json."""
-    from envs.grounding import load_or_render_scenes
+    from envs.grounding import load_or_render_scenes, render_scenes
 
     g = cfg.grounding
     scenes = load_or_render_scenes(g.path, g.scenes, cfg.seed, cfg.model.image_size, g.workers, progress)
     result = pretrain_keypoints(policy, scenes, g.steps, g.batch_size, g.lr, seed=cfg.seed, progress=progress)
+    # The same held-out layouts, worded with the held-out paraphrases ("block", "can", "mat"):
+    # does the pointing survive words grounding never saw?
+    count = heldout_scene_count(g.scenes)
+    reworded = render_scenes(count, cfg.seed, cfg.model.image_size, g.workers, False, "heldout", g.scenes - count)
+    result |= heldout_error(policy, reworded, range(count), prefix="paraphrase")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "grounding.json").write_text(json.dumps({"scenes": g.scenes, "steps": g.steps, **result}, indent=2))
     print(
         f"grounding: keypoints {result['heldout_error_px']:.2f} px mean / {result['heldout_median_px']:.2f} px "
-        f"median from the truth on held-out scenes ({100 * result['heldout_over_2px']:.0f}% beyond 2 px)"
+        f"median from the truth on held-out scenes ({100 * result['heldout_over_2px']:.0f}% beyond 2 px); "
+        f"{result['paraphrase_error_px']:.2f} / {result['paraphrase_median_px']:.2f} px "
+        f"({100 * result['paraphrase_over_2px']:.0f}%) on the same scenes worded as held-out paraphrases"
     )
 
 

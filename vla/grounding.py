@@ -35,7 +35,7 @@ def pretrain_keypoints(
     if reader is None:
         raise ValueError("grounding pretraining needs a policy with keypoints (model.keypoints=2)")
     count = len(scenes["images"])
-    heldout = min(heldout, count // 10)
+    heldout = heldout_scene_count(count, heldout)
     if steps <= 0 or count - heldout < batch_size:
         raise ValueError(f"grounding needs steps > 0 and more than {batch_size} training scenes, got {steps}, {count}")
     device = policy.proprio_mean.device
@@ -67,10 +67,17 @@ def pretrain_keypoints(
     return {"train_loss": loss.item(), **heldout_error(policy, scenes, range(train_count, count))}
 
 
+def heldout_scene_count(count: int, heldout: int = 500) -> int:
+    """How many of ``count`` scenes (the last ones) grounding keeps out to measure itself."""
+    return min(heldout, count // 10)
+
+
 @torch.no_grad()
-def heldout_error(policy: Any, scenes: dict[str, np.ndarray], indices: Any) -> dict[str, float]:
+def heldout_error(
+    policy: Any, scenes: dict[str, np.ndarray], indices: Any, prefix: str = "heldout"
+) -> dict[str, float]:
     """Mean and median keypoint error in pixels, and the share off by more than 2 pixels
-    (about 2 cm on the table at 64 px), over the scenes ``indices``."""
+    (about 2 cm on the table at 64 px), over the scenes ``indices``; keys start ``prefix``."""
     reader, device = policy.keypoint_reader, policy.proprio_mean.device
     index = torch.as_tensor(list(indices))
     errors = []
@@ -82,7 +89,7 @@ def heldout_error(policy: Any, scenes: dict[str, np.ndarray], indices: Any) -> d
         errors.append((coords.float() - truth).norm(dim=-1).flatten() * images.shape[1] / 2)
     errors = torch.cat(errors)
     return {
-        "heldout_error_px": errors.mean().item(),
-        "heldout_median_px": errors.median().item(),
-        "heldout_over_2px": (errors > 2).float().mean().item(),
+        f"{prefix}_error_px": errors.mean().item(),
+        f"{prefix}_median_px": errors.median().item(),
+        f"{prefix}_over_2px": (errors > 2).float().mean().item(),
     }
