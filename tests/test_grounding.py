@@ -86,3 +86,28 @@ def test_grounding_pretraining_moves_the_keypoints_towards_the_truth(tmp_path):
     assert torch.equal(policy.head.weight, decoder_before)  # only the keypoint reader learns
     with pytest.raises(ValueError, match="keypoints"):
         pretrain_keypoints(VLAPolicy(PolicyConfig.from_dict(TINY_MODEL)), scenes, steps=1)
+
+
+def synthetic_scenes(count: int = 160) -> dict[str, np.ndarray]:
+    """Random images and labels: enough to drive the training loop without rendering."""
+    rng = np.random.default_rng(0)
+    return {
+        "images": rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
+        "instructions": np.array([f"touch the red cube number {i % 7}" for i in range(count)]),
+        "key_uv": rng.uniform(-1, 1, (count, 2, 2)).astype(np.float32),
+    }
+
+
+def test_text_dropout_hides_instruction_tokens_from_the_reader_in_training():
+    scenes = synthetic_scenes()
+
+    def train(text_dropout: float) -> dict[str, float]:
+        return pretrain_keypoints(
+            keypoint_policy(), scenes, steps=3, batch_size=32, progress=False, text_dropout=text_dropout
+        )
+
+    plain = train(0.0)
+    assert plain == train(0.0)  # deterministic, so the difference below is the dropout's
+    assert train(0.5)["train_loss"] != plain["train_loss"]
+    with pytest.raises(ValueError, match=r"text_dropout must be in \[0, 1\), got 1.0"):
+        train(1.0)

@@ -222,14 +222,17 @@ def ground(cfg: DictConfig, policy: VLAPolicy, run_dir: Path, progress: bool) ->
 
     g = cfg.grounding
     scenes = load_or_render_scenes(g.path, g.scenes, cfg.seed, cfg.model.image_size, g.workers, progress)
-    result = pretrain_keypoints(policy, scenes, g.steps, g.batch_size, g.lr, seed=cfg.seed, progress=progress)
+    result = pretrain_keypoints(
+        policy, scenes, g.steps, g.batch_size, g.lr, seed=cfg.seed, progress=progress, text_dropout=g.text_dropout
+    )
     # The same held-out layouts, worded with the held-out paraphrases ("block", "can", "mat"):
     # does the pointing survive words grounding never saw?
     count = heldout_scene_count(g.scenes)
     reworded = render_scenes(count, cfg.seed, cfg.model.image_size, g.workers, False, "heldout", g.scenes - count)
     result |= heldout_error(policy, reworded, range(count), prefix="paraphrase")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "grounding.json").write_text(json.dumps({"scenes": g.scenes, "steps": g.steps, **result}, indent=2))
+    settings = {"scenes": g.scenes, "steps": g.steps, "text_dropout": g.text_dropout}
+    (run_dir / "grounding.json").write_text(json.dumps({**settings, **result}, indent=2))
     print(
         f"grounding: keypoints {result['heldout_error_px']:.2f} px mean / {result['heldout_median_px']:.2f} px "
         f"median from the truth on held-out scenes ({100 * result['heldout_over_2px']:.0f}% beyond 2 px); "
