@@ -32,17 +32,19 @@ class ActionTokenDataset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        s = self.demos.sample(int(self.indices[i]))
+        index = int(self.indices[i])
+        s = self.demos.sample(index)
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(s["image"])),
             "proprio": torch.from_numpy(np.asarray(s["proprio"], dtype=np.float32)),
             "instruction": s["instruction"],
-            "action_bins": torch.from_numpy(self.tokenizer.encode(s["action"])),
         }
         if self.chunk > 1:
-            actions, valid = self.demos.actions_from(int(self.indices[i]), self.chunk)
+            actions, valid = self.demos.actions_from(index, self.chunk)
             item["action_bins"] = torch.from_numpy(self.tokenizer.encode(actions).reshape(-1))
             item["action_valid"] = torch.from_numpy(valid)
+        else:
+            item["action_bins"] = torch.from_numpy(self.tokenizer.encode(s["action"]))
         if "wrist_image" in s:
             item["wrist_image"] = torch.from_numpy(np.ascontiguousarray(s["wrist_image"]))
         for key in ("key_positions", "key_uv"):  # privileged, for the auxiliary loss only

@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from vla.training import warmup_cosine
 
+HELDOUT_SCENES = 500  # the last scenes of a set, kept out of grounding to measure it (at most a tenth)
+
 
 def pretrain_keypoints(
     policy: Any,
@@ -23,7 +25,7 @@ def pretrain_keypoints(
     steps: int,
     batch_size: int = 128,
     lr: float = 2e-3,
-    heldout: int = 500,
+    heldout: int = HELDOUT_SCENES,
     seed: int = 0,
     progress: bool = True,
     text_dropout: float = 0.0,
@@ -79,7 +81,7 @@ def pretrain_keypoints(
     return {"train_loss": loss.item(), **heldout_error(policy, scenes, range(train_count, count))}
 
 
-def heldout_scene_count(count: int, heldout: int = 500) -> int:
+def heldout_scene_count(count: int, heldout: int = HELDOUT_SCENES) -> int:
     """How many of ``count`` scenes (the last ones) grounding keeps out to measure itself."""
     return min(heldout, count // 10)
 
