@@ -42,6 +42,7 @@ import h5py
 import numpy as np
 
 from envs.camera import key_image_coordinates
+from envs.instructions import make_instruction
 
 INDEX_FILE = "index.h5"
 EPISODES_DIR = "episodes"
@@ -263,6 +264,18 @@ class DemoDataset:
         self._handles: OrderedDict[str, h5py.File] = OrderedDict()
         self._pid = os.getpid()
         self._memory: dict[str, np.ndarray] | None = None
+        self._task_specs: list[dict[str, Any]] | None = None
+        self._reword_seed: int | None = None
+
+    def reword_instructions(self, seed: int) -> DemoDataset:
+        """From now on every sample's instruction is a fresh ``augmented``-split wording of
+        its episode's task (instruction augmentation). Each sample index keeps one wording,
+        drawn from ``seed`` and the index, so the samples of one episode read differently
+        while a resumed run and every DataLoader worker see the same words."""
+        if self._task_specs is None:
+            self._task_specs = [json.loads(self._file(e).attrs["task_spec"]) for e in range(self.num_episodes)]
+        self._reword_seed = seed
+        return self
 
     def preload(self, progress: bool = True) -> DemoDataset:
         """Read every step's images, proprio and action into RAM (about 12 KB a step and
@@ -316,8 +329,12 @@ class DemoDataset:
             if "key_positions" in f:
                 item["key_positions"] = f["key_positions"][t]
                 item["key_uv"] = key_image_coordinates(item["key_positions"])
+        instruction = self.episodes[episode].instruction
+        if self._reword_seed is not None:
+            rng = np.random.default_rng([self._reword_seed, index])
+            instruction = make_instruction(self._task_specs[episode], "augmented", rng)
         item.update(
-            instruction=self.episodes[episode].instruction,
+            instruction=instruction,
             task=self.episodes[episode].task,
             episode=episode,
             step=t,

@@ -8,7 +8,7 @@ instruction and the image coordinates of the named target and of its destination
 hundred demos show only a few hundred layouts, far too few to learn to find "the blue
 cylinder" on a new table (docs/results.md); ten thousand of these cost a minute to render.
 
-Only ``train``-split instructions are used, so held-out paraphrases stay unseen, and the
+Only ``train``-split (or ``augmented``) instructions are used, so held-out paraphrases stay unseen, and the
 seeds (``GROUNDING_SEED_BASE`` +) are disjoint from collection and evaluation seeds.
 """
 
@@ -66,22 +66,33 @@ def render_scenes(
 
 
 def load_or_render_scenes(
-    path: str | Path, count: int, seed: int = 0, image_size: int = 64, workers: int = 2, progress: bool = True
+    path: str | Path,
+    count: int,
+    seed: int = 0,
+    image_size: int = 64,
+    workers: int = 2,
+    progress: bool = True,
+    split: str = "train",
 ) -> dict[str, np.ndarray]:
     """The scenes cached at ``path`` (an .npz), rendered and saved there first if missing
     or made with other settings. Written to a temporary file and renamed: a crash never
-    leaves half a cache behind."""
+    leaves half a cache behind. ``split``: ``train`` or ``augmented`` wordings; grounding
+    on ``heldout`` ones would leak the paraphrases the evaluation holds out."""
+    if split not in ("train", "augmented"):
+        raise ValueError(f"grounding scenes are worded from the train or augmented split, got {split!r}")
     path = Path(path)
-    wanted = {"count": count, "seed": seed, "image_size": image_size}
+    wanted = {"count": count, "seed": seed, "image_size": image_size, "split": split}
     if path.exists():
         with np.load(path) as cached:
-            if {k: int(cached[k]) for k in wanted} == wanted:
+            found = {k: int(cached[k]) for k in ("count", "seed", "image_size")}
+            found["split"] = str(cached["split"]) if "split" in cached else "train"  # older caches
+            if found == wanted:
                 return {k: cached[k] for k in ("images", "instructions", "key_positions", "key_uv")}
-    scenes = render_scenes(count, seed, image_size, workers, progress)
+    scenes = render_scenes(count, seed, image_size, workers, progress, split)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
     os.close(fd)
-    np.savez(tmp, **scenes, **{k: np.int64(v) for k, v in wanted.items()})
+    np.savez(tmp, **scenes, **{k: np.int64(v) for k, v in wanted.items() if k != "split"}, split=np.array(split))
     os.replace(tmp, path)
     return scenes
 

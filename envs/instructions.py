@@ -1,10 +1,16 @@
 """Natural-language instructions, built from a task spec.
 
-Two disjoint splits per task:
+Three splits per task:
 - ``train``: the templates demonstrations and training use.
 - ``heldout``: paraphrases with different verbs *and* synonyms for the nouns (``block``
   for cube, ``can`` for cylinder, ``mat``/``area`` for zone) that never occur in any
   training template, to measure whether a policy generalises beyond the exact words it saw.
+- ``augmented``: the ``train`` templates plus more paraphrases of our own, with more nouns
+  (``box`` for cube, ``tube`` for cylinder, ``pad``/``square`` for zone), for training only:
+  the toy version of instruction augmentation (re-labelling demos with paraphrases, as
+  robot-learning datasets do with language models). None of its words is a held-out word
+  that training lacks (a test), so the held-out split stays unseen: what it measures is
+  whether more varied training language carries over to wordings nobody wrote for training.
 
 Templates use ``{target}``, ``{zone}`` and ``{base}`` slots; the noun phrases that fill
 them are split-specific too (see ``_SHAPE_WORDS`` and ``_ZONE_WORDS``).
@@ -18,13 +24,14 @@ import numpy as np
 
 from envs.vocabulary import check_name
 
-INSTRUCTION_SPLITS = ("train", "heldout")
+INSTRUCTION_SPLITS = ("train", "heldout", "augmented")
 
 _SHAPE_WORDS = {
-    "train": {"cube": "cube", "cylinder": "cylinder"},
-    "heldout": {"cube": "block", "cylinder": "can"},
+    "train": {"cube": ("cube",), "cylinder": ("cylinder",)},
+    "heldout": {"cube": ("block",), "cylinder": ("can",)},
+    "augmented": {"cube": ("cube", "box"), "cylinder": ("cylinder", "tube")},
 }
-_ZONE_WORDS = {"train": ("zone",), "heldout": ("mat", "area")}
+_ZONE_WORDS = {"train": ("zone",), "heldout": ("mat", "area"), "augmented": ("zone", "pad", "square")}
 
 TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     "reach": {
@@ -100,8 +107,70 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-def _object_phrase(colour: str, shape: str, split: str) -> str:
-    return f"{colour} {_SHAPE_WORDS[split][shape]}"
+_EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {  # the augmented split's own paraphrases
+    "reach": (
+        "point the gripper toward the {target}",
+        "approach the {target}",
+        "bring the gripper to the {target}",
+        "head for the {target}",
+        "come close to the {target}",
+        "touch the {target} using the gripper",
+        "go and touch the {target}",
+        "move the hand onto the {target}",
+    ),
+    "push": (
+        "drag the {target} along the table into the {zone}",
+        "keep the {target} on the table and slide it to the {zone}",
+        "slide the {target} across to the {zone}",
+        "bump the {target} into the {zone}",
+        "push the {target} along the table so it ends in the {zone}",
+        "keep the {target} flat and push it to the {zone}",
+        "press the {target} sideways into the {zone}",
+        "sweep the {target} into the {zone}",
+    ),
+    "lift": (
+        "pick the {target} up",
+        "raise the {target} off the table",
+        "pick up the {target} and keep holding it",
+        "grip the {target} and raise it",
+        "bring the {target} up off the table",
+        "seize the {target} and lift it up",
+        "clutch the {target} and pick it up",
+        "lift up the {target}",
+    ),
+    "pick_place": (
+        "bring the {target} to the {zone}",
+        "pick the {target} up and place it in the {zone}",
+        "relocate the {target} to the {zone}",
+        "lift the {target} and release it in the {zone}",
+        "deliver the {target} to the {zone}",
+        "lower the {target} into the {zone}",
+        "fetch the {target} and leave it in the {zone}",
+        "move the {target} into the {zone} by carrying it",
+    ),
+    "stack": (
+        "place the {target} on top of the {base}",
+        "pile the {target} on the {base}",
+        "lift the {target} and put it on the {base}",
+        "put the {target} onto the {base}",
+        "stack the {target} on top of the {base}",
+        "rest the {target} on the {base}",
+        "lay the {target} on the {base}",
+        "stack up the {target} on the {base}",
+    ),
+}
+for _task, _extra in _EXTRA_TEMPLATES.items():
+    TEMPLATES[_task]["augmented"] = TEMPLATES[_task]["train"] + _extra
+
+
+def _pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
+    # A one-word choice draws nothing: the train and heldout splits' instructions for a
+    # seed stay what they were before the augmented split's synonyms existed.
+    return options[int(rng.integers(len(options)))] if len(options) > 1 else options[0]
+
+
+def _object_phrase(colour: str, shape: str, split: str, rng: np.random.Generator) -> str:
+    return f"{colour} {_pick(_SHAPE_WORDS[split][shape], rng)}"
 
 
 def make_instruction(task_spec: dict[str, Any], split: str, rng: np.random.Generator) -> str:
@@ -114,16 +183,16 @@ def make_instruction(task_spec: dict[str, Any], split: str, rng: np.random.Gener
     task = check_name("task", task_spec["task"], TEMPLATES)
     templates = TEMPLATES[task][split]
     template = templates[int(rng.integers(len(templates)))]
-    slots = {"target": _object_phrase(task_spec["target_colour"], task_spec["target_shape"], split)}
+    slots = {"target": _object_phrase(task_spec["target_colour"], task_spec["target_shape"], split, rng)}
     if "zone_colour" in task_spec:
         zone_words = _ZONE_WORDS[split]
         slots["zone"] = f"{task_spec['zone_colour']} {zone_words[int(rng.integers(len(zone_words)))]}"
     if "base_colour" in task_spec:
-        slots["base"] = _object_phrase(task_spec["base_colour"], task_spec["base_shape"], split)
+        slots["base"] = _object_phrase(task_spec["base_colour"], task_spec["base_shape"], split, rng)
     return template.format(**slots)
 
 
 def heldout_only_words() -> set[str]:
     """Nouns the held-out split uses for objects and zones (never in training templates)."""
-    shapes = set(_SHAPE_WORDS["heldout"].values()) - set(_SHAPE_WORDS["train"].values())
-    return shapes | set(_ZONE_WORDS["heldout"])
+    shapes = {word for words in _SHAPE_WORDS["heldout"].values() for word in words}
+    return (shapes | set(_ZONE_WORDS["heldout"])) - {w for ws in _SHAPE_WORDS["train"].values() for w in ws}

@@ -14,6 +14,7 @@
 #   bash eval/device_bc.sh bigbatch; bash eval/device_bc.sh poll   # session 10: larger rollouts from the carried quick-start policy
 #   bash eval/device_bc.sh ppo_speed; BUDGET=... ENVS=... bash eval/device_bc.sh long; bash eval/device_bc.sh poll   # session 11
 #   bash eval/device_bc.sh chunk; bash eval/device_bc.sh poll   # session 12: 2,000 demos per task, action chunking
+#   bash eval/device_bc.sh augment; bash eval/device_bc.sh poll   # session 13: instruction augmentation
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM), or
 # .carry (session 10, eval/device_carry.sh: .minilm16 as an xz tarball, so a checkpoint fits in 64 MiB).
 set -uo pipefail
@@ -397,6 +398,25 @@ if [ "$phase" = chunk ]; then  # session 12, detached: more demos and action chu
   cpu="$cpu eval.every_steps=500 eval.final_episodes=50 eval.splits=[train]"
   mkdir -p outputs/sweep
   printf '%s\n' "m1_gpu $gpu" "m2_gpu_chunk4 $gpu model.chunk=4" "c1_cpu $cpu" "c2_cpu_chunk4 $cpu model.chunk=4" > outputs/sweep/runs.txt
+  rm -f outputs/sweep/DONE
+  setsid bash -c "while read name args; do OMP_NUM_THREADS=2 timeout ${LIMIT:-1500} python3 train/bc.py $base \$args run_dir=outputs/sweep/\$name < /dev/null > outputs/sweep/\$name.log 2>&1 & done < outputs/sweep/runs.txt
+    wait; touch outputs/sweep/DONE" < /dev/null > /dev/null 2>&1 &
+  sleep ${WAIT:-300}; phase=report
+fi
+
+if [ "$phase" = augment ]; then  # session 13, detached: session 12's m1 recipe with re-worded instructions
+  # a1: data.instructions=augmented (demos and grounding scenes worded from the augmented split);
+  # a2: a1 + grounding.text_dropout=0.15; a3: a2 + model.chunk=4. Same seeds as m1: paired.
+  nvidia-smi -L; nproc --all
+  python3 train/collect.py output=data/all2000 episodes_per_task=2000 workers=15 video=false progress=false | tail -1
+  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_30000_seed0_64px_augmented.npz', 30000, workers=15, progress=False, split='augmented')"
+  base="eval.video_episodes=0 eval.num_envs=20 $common"
+  gpu="model=gpu trainer=gpu data.path=data/all2000 data.num_workers=4 trainer.steps=${GPU_STEPS:-10000}"
+  gpu="$gpu trainer.warmup_steps=500 trainer.checkpoint_every=2000 grounding.scenes=30000 grounding.steps=3000"
+  gpu="$gpu eval.every_steps=5000 eval.episodes=10 eval.final_episodes=100 eval.splits=[train,heldout]"
+  gpu="$gpu data.instructions=augmented"
+  printf '%s\n' "a1_aug $gpu" "a2_aug_td15 $gpu grounding.text_dropout=0.15" \
+    "a3_aug_td15_chunk4 $gpu grounding.text_dropout=0.15 model.chunk=4" > outputs/sweep/runs.txt
   rm -f outputs/sweep/DONE
   setsid bash -c "while read name args; do OMP_NUM_THREADS=2 timeout ${LIMIT:-1500} python3 train/bc.py $base \$args run_dir=outputs/sweep/\$name < /dev/null > outputs/sweep/\$name.log 2>&1 & done < outputs/sweep/runs.txt
     wait; touch outputs/sweep/DONE" < /dev/null > /dev/null 2>&1 &

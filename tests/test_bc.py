@@ -137,6 +137,11 @@ def test_missing_dataset_is_one_clear_error(tmp_path):
     assert_one_clear_error(result, "no dataset at", "train/collect.py")
 
 
+def test_training_on_heldout_wordings_is_one_clear_error(tmp_path):
+    result = run("train/bc.py", "data.instructions=heldout", f"run_dir={tmp_path / 'r'}")
+    assert_one_clear_error(result, "unknown data.instructions 'heldout'", "train, augmented")
+
+
 def test_unknown_task_is_one_clear_error(trained_run):
     result = run("eval/evaluate.py", f"checkpoint={trained_run}", "tasks=[fly]")
     assert_one_clear_error(result, "unknown task 'fly'", "reach")
@@ -170,14 +175,16 @@ def test_a_chunked_policy_trains_on_future_actions_and_evaluates_closed_loop(tin
 
 
 def test_keypoints_are_grounded_on_rendered_scenes_before_behaviour_cloning(tiny_demos, tmp_path):
+    # with instruction augmentation: demos and grounding scenes both re-worded
     scenes = tmp_path / "scenes.npz"
     grounding = ["grounding.scenes=200", "grounding.steps=5", "grounding.batch_size=16", f"grounding.path={scenes}"]
-    args = ["trainer.steps=3", "model.keypoints=2", "model.aux_weight=1.0", *grounding]
+    args = ["trainer.steps=3", "model.keypoints=2", "model.aux_weight=1.0", "data.instructions=augmented", *grounding]
     result = train(tiny_demos, tmp_path / "kp", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "grounding: keypoints" in result.stdout and scenes.exists()
     report = json.loads((tmp_path / "kp" / "grounding.json").read_text())
     assert report["steps"] == 5 and report["heldout_error_px"] > 0 and report["paraphrase_error_px"] > 0
+    assert report["split"] == "augmented"
     rows = [json.loads(line) for line in (tmp_path / "kp" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["keypoint_error_px"] > 0 for r in rows if "loss" in r)
 

@@ -81,6 +81,26 @@ def test_action_chunks_stay_within_their_episode(tmp_path, preloaded):
     assert valid.all()
 
 
+@pytest.mark.parametrize("preloaded", [False, True])
+def test_reworded_instructions_vary_per_step_name_the_same_object_and_repeat_per_seed(tmp_path, preloaded):
+    write_episode(tmp_path, make_record(steps=40))
+    build_index(tmp_path)
+
+    def wordings(seed):
+        ds = DemoDataset(tmp_path)
+        if preloaded:
+            ds.preload(progress=False)
+        assert ds.sample(0)["instruction"] == "lift the red cube 0"  # the recorded words, until asked
+        ds.reword_instructions(seed)
+        return [ds.sample(i)["instruction"] for i in range(len(ds))]
+
+    first = wordings(seed=0)
+    assert len(set(first)) >= 8  # one episode, many wordings
+    assert all("red " in text and text.split("red ")[1].split()[0] in ("cube", "box") for text in first)
+    assert wordings(seed=0) == first  # resumes and workers see the same words
+    assert wordings(seed=1) != first
+
+
 def test_index_is_a_robomimic_style_view(tmp_path):
     write_episode(tmp_path, make_record(seed=1))
     index = build_index(tmp_path)

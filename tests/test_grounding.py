@@ -57,6 +57,20 @@ def test_scene_sets_are_labelled_cached_and_checked(tmp_path):
         render_scenes(0)
 
 
+def test_augmented_scenes_are_cached_apart_and_heldout_wording_is_refused(tmp_path):
+    path = tmp_path / "scenes.npz"
+    small = {"count": 10, "seed": 0, "image_size": 32, "workers": 1, "progress": False}
+    train = load_or_render_scenes(path, **small)
+    augmented = load_or_render_scenes(path, **small, split="augmented")
+    np.testing.assert_array_equal(augmented["key_uv"], train["key_uv"])  # same layouts, other words
+    assert augmented["instructions"].tolist() != train["instructions"].tolist()
+    stamp = path.stat().st_mtime_ns
+    again = load_or_render_scenes(path, **small, split="augmented")
+    assert path.stat().st_mtime_ns == stamp and again["instructions"].tolist() == augmented["instructions"].tolist()
+    with pytest.raises(ValueError, match="train or augmented split, got 'heldout'"):
+        load_or_render_scenes(path, count=10, split="heldout")
+
+
 def test_the_held_out_split_rewords_the_same_scenes(tmp_path):
     train = render_scenes(6, seed=0, image_size=32, workers=1, progress=False, start=4)
     reworded = render_scenes(6, seed=0, image_size=32, workers=1, progress=False, split="heldout", start=4)

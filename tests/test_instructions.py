@@ -44,3 +44,40 @@ def test_gym_make_picks_the_split(split):
     for text in texts:  # the target and zone colours are always named
         assert words(text) & {"red", "green", "blue", "yellow"}
         assert words(text) & {"purple", "white", "orange"}
+
+
+def test_train_and_heldout_wordings_of_a_seed_never_change():
+    # Datasets store their instructions and results compare runs on the same seeds: adding
+    # the augmented split's synonyms must not shift the random draws of the other two.
+    rng = np.random.default_rng(7)
+    texts = []
+    for cls in TASK_CLASSES.values():
+        for split in ("train", "heldout"):
+            texts.append(make_instruction(cls().sample_spec(rng), split, rng))
+    assert texts == [
+        "put the gripper on the yellow cube",
+        "tap the blue block",
+        "push the green cube onto the orange zone",
+        "without lifting it, get the red block onto the purple mat",
+        "lift the yellow cube",
+        "take hold of the blue can and elevate it",
+        "pick up the green cylinder and put it in the white zone",
+        "transfer that green can onto the orange area",
+        "put the yellow cylinder on top of the green cube",
+        "build a tower: blue can over red can",
+    ]
+
+
+def test_augmented_split_adds_wordings_but_no_heldout_word():
+    rng = np.random.default_rng(0)
+    split_words = {"train": set(), "heldout": set(), "augmented": set()}
+    for task, cls in TASK_CLASSES.items():
+        assert set(TEMPLATES[task]["train"]) < set(TEMPLATES[task]["augmented"])
+        assert len(TEMPLATES[task]["augmented"]) >= 2 * len(TEMPLATES[task]["train"])
+        for split, found in split_words.items():
+            for _ in range(300):
+                found |= words(make_instruction(cls().sample_spec(rng), split, rng))
+    heldout_only = split_words["heldout"] - split_words["train"]
+    assert heldout_only >= heldout_only_words()
+    assert not split_words["augmented"] & heldout_only
+    assert {"box", "tube", "pad", "square"} <= split_words["augmented"] - split_words["train"]

@@ -24,6 +24,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout too
 
 from envs.dataset import DemoDataset  # noqa: E402
+from envs.vocabulary import check_name  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
 from eval.closed_loop import final_evaluation, split_demos, success_rate  # noqa: E402
 from vla.checkpoint import CheckpointError, check_config, load_weights, read_checkpoint, save_checkpoint  # noqa: E402
@@ -50,9 +51,12 @@ def train(cfg: DictConfig) -> dict | None:
     t = cfg.trainer
 
     # --- data ------------------------------------------------------------------------------
+    check_name("data.instructions", cfg.data.instructions, ("train", "augmented"))
     demos = load_or_collect(cfg, rank)
     if cfg.data.preload:
         demos.preload(progress=rank == 0 and t.progress)
+    if cfg.data.instructions == "augmented":
+        demos.reword_instructions(cfg.seed)
     policy_config = PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
     check_dataset_matches(demos, policy_config)
     tokenizer = fit_tokenizer(cfg, demos)
@@ -221,7 +225,9 @@ def ground(cfg: DictConfig, policy: VLAPolicy, run_dir: Path, progress: bool) ->
     from envs.grounding import load_or_render_scenes, render_scenes
 
     g = cfg.grounding
-    scenes = load_or_render_scenes(g.path, g.scenes, cfg.seed, cfg.model.image_size, g.workers, progress)
+    scenes = load_or_render_scenes(
+        g.path, g.scenes, cfg.seed, cfg.model.image_size, g.workers, progress, split=cfg.data.instructions
+    )
     result = pretrain_keypoints(
         policy, scenes, g.steps, g.batch_size, g.lr, seed=cfg.seed, progress=progress, text_dropout=g.text_dropout
     )
@@ -231,7 +237,7 @@ def ground(cfg: DictConfig, policy: VLAPolicy, run_dir: Path, progress: bool) ->
     reworded = render_scenes(count, cfg.seed, cfg.model.image_size, g.workers, False, "heldout", g.scenes - count)
     result |= heldout_error(policy, reworded, range(count), prefix="paraphrase")
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"scenes": g.scenes, "steps": g.steps, "text_dropout": g.text_dropout}
+    settings = {"scenes": g.scenes, "steps": g.steps, "text_dropout": g.text_dropout, "split": cfg.data.instructions}
     (run_dir / "grounding.json").write_text(json.dumps({**settings, **result}, indent=2))
     print(
         f"grounding: keypoints {result['heldout_error_px']:.2f} px mean / {result['heldout_median_px']:.2f} px "
