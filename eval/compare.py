@@ -4,7 +4,8 @@
 
 Both files are eval/evaluate.py outputs. Episodes are matched by (task, split, seed); per
 task and split it prints both success rates, how many episodes B solved that A did not
-(gained) and the reverse (lost), and the exact McNemar p-value of that split.
+(gained) and the reverse (lost), and the exact McNemar p-value of that split; then, per
+split with several tasks, the same pooled over all of them (every episode is its own pair).
 """
 
 from __future__ import annotations
@@ -61,12 +62,26 @@ def compare(a: Outcomes, b: Outcomes) -> list[dict]:
     return rows
 
 
+def pool_tasks(rows: list[dict]) -> list[dict]:
+    """One "all tasks" row per split that holds more than one task: counts summed, p anew."""
+    pooled = []
+    for split in dict.fromkeys(r["split"] for r in rows):
+        group = [r for r in rows if r["split"] == split]
+        if len(group) < 2:
+            continue
+        total = {k: sum(r[k] for r in group) for k in ("episodes", "a", "b", "gained", "lost")}
+        pooled.append({"task": "**all tasks**", "split": split, **total})
+        pooled[-1]["p_value"] = mcnemar_exact_p(total["gained"], total["lost"])
+    return pooled
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", type=Path, help="evaluation.json of policy A (e.g. the BC start)")
     parser.add_argument("b", type=Path, help="evaluation.json of policy B, same seeds")
     args = parser.parse_args()
     rows = compare(read_outcomes(args.a), read_outcomes(args.b))
+    rows += pool_tasks(rows)
     print("| task | split | A | B | B gained | B lost | McNemar exact p |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -38,8 +38,8 @@ def test_mcnemar_rejects_negative_counts():
         mcnemar_exact_p(-1, 3)
 
 
-def write_evaluation(path, seeds, successes):
-    rows = [{"task": "VLASandbox/Reach-v0", "split": "train", "seeds": seeds, "successes": successes}]
+def write_evaluation(path, seeds, successes, tasks=("VLASandbox/Reach-v0",)):
+    rows = [{"task": task, "split": "train", "seeds": seeds, "successes": successes} for task in tasks]
     path.write_text(json.dumps({"per_episode": rows}))
     return path
 
@@ -59,6 +59,17 @@ def test_compare_counts_gains_and_losses_on_matched_seeds(tmp_path):
     assert result.returncode == 0, result.stderr
     row = result.stdout.strip().splitlines()[-1]
     assert "| 8 | 2 | 0.109 |" in row and "(2/10)" in row and "(8/10)" in row
+
+
+def test_compare_pools_the_tasks_of_a_split(tmp_path):
+    seeds, tasks = list(range(10)), ("VLASandbox/Reach-v0", "VLASandbox/Lift-v0")
+    a = write_evaluation(tmp_path / "a.json", seeds, [False] * 10, tasks)
+    b = write_evaluation(tmp_path / "b.json", seeds, [True] * 3 + [False] * 7, tasks)
+    result = run_compare(a, b)
+    assert result.returncode == 0, result.stderr
+    pooled = result.stdout.strip().splitlines()[-1]
+    assert pooled.startswith("| **all tasks** | train |") and "(0/20)" in pooled and "(6/20)" in pooled
+    assert "| 6 | 0 | 0.0312 |" in pooled
 
 
 def test_compare_refuses_evaluations_on_different_seeds(tmp_path):
