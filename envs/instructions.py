@@ -18,11 +18,12 @@ them are split-specific too (see ``_SHAPE_WORDS`` and ``_ZONE_WORDS``).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
 
-from envs.vocabulary import check_name
+from envs.vocabulary import OBJECT_COLOURS, ZONE_COLOURS, check_name
 
 INSTRUCTION_SPLITS = ("train", "heldout", "augmented")
 
@@ -190,6 +191,21 @@ def make_instruction(task_spec: dict[str, Any], split: str, rng: np.random.Gener
     if "base_colour" in task_spec:
         slots["base"] = _object_phrase(task_spec["base_colour"], task_spec["base_shape"], split, rng)
     return template.format(**slots)
+
+
+def all_instructions(task: str, split: str) -> list[str]:
+    """Every distinct instruction ``make_instruction`` can give ``task`` on ``split``: each
+    template with every object colour and noun (and every zone or base), for probes that
+    need the whole language of a split rather than samples of it."""
+    check_name("instruction split", split, INSTRUCTION_SPLITS)
+    objects = [f"{c} {w}" for c in OBJECT_COLOURS for ws in _SHAPE_WORDS[split].values() for w in ws]
+    zones = [f"{c} {w}" for c in ZONE_COLOURS for w in _ZONE_WORDS[split]]
+    texts = []
+    for template in TEMPLATES[check_name("task", task, TEMPLATES)][split]:
+        for target, zone, base in itertools.product(objects, zones, objects):
+            if target != base:  # a stack's target and base are two objects
+                texts.append(template.format(target=target, zone=zone, base=base))
+    return list(dict.fromkeys(texts))
 
 
 def heldout_only_words() -> set[str]:

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs.instructions import TEMPLATES, heldout_only_words, make_instruction
+from envs.instructions import TEMPLATES, all_instructions, heldout_only_words, make_instruction
 from envs.tasks import TASK_CLASSES
 
 
@@ -81,3 +81,12 @@ def test_augmented_split_adds_wordings_but_no_heldout_word():
     assert heldout_only >= heldout_only_words()
     assert not split_words["augmented"] & heldout_only
     assert {"box", "tube", "pad", "square"} <= split_words["augmented"] - split_words["train"]
+
+
+@pytest.mark.parametrize("split", ["train", "heldout", "augmented"])
+def test_all_instructions_lists_every_wording_a_split_can_give(split):
+    rng = np.random.default_rng(0)
+    for task, cls in TASK_CLASSES.items():
+        every = set(all_instructions(task, split))
+        drawn = {make_instruction(cls().sample_spec(rng), split, rng) for _ in range(300)}
+        assert drawn <= every and len(every) >= len(TEMPLATES[task][split])

@@ -1,0 +1,34 @@
+"""eval/language_probe.py: task classifiers on frozen MiniLM features, tested on paraphrases."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from envs.instructions import TEMPLATES, all_instructions
+from tests.conftest import REPO_ROOT
+
+
+def run_probe(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO_ROOT / "eval/language_probe.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_probe_reports_balanced_accuracy_and_confusion_on_every_heldout_wording(tmp_path):
+    output = tmp_path / "probe.json"
+    result = run_probe("--steps", "3", "--seeds", "1", "--output", str(output))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["train_wordings"] == sum(len(all_instructions(t, "train")) for t in TEMPLATES)
+    for reader in ("attention", "linear"):
+        assert 0.0 <= report[reader]["balanced_accuracy"] <= 1.0
+        rows = report[reader]["confusion_seed0"]
+        assert [sum(row) for row in rows] == [len(all_instructions(t, "heldout")) for t in TEMPLATES]
+    assert "| attention |" in result.stdout and "| linear |" in result.stdout
+
+
+def test_probing_on_heldout_wordings_is_one_clear_error(tmp_path):
+    result = run_probe("--train-split", "heldout", "--output", str(tmp_path / "p.json"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--train-split must be train or augmented, got 'heldout'" in result.stderr
