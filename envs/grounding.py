@@ -8,8 +8,9 @@ instruction and the image coordinates of the named target and of its destination
 hundred demos show only a few hundred layouts, far too few to learn to find "the blue
 cylinder" on a new table (docs/results.md); ten thousand of these cost a minute to render.
 
-Only ``train``-split (or ``augmented``) instructions are used, so held-out paraphrases stay unseen, and the
-seeds (``GROUNDING_SEED_BASE`` +) are disjoint from collection and evaluation seeds.
+Only ``train``-split (or ``augmented``) instructions are used, so held-out paraphrases
+stay unseen, and the seeds (``GROUNDING_SEED_BASE`` +) are disjoint from collection and
+evaluation seeds.
 """
 
 from __future__ import annotations

@@ -198,13 +198,13 @@ def all_instructions(task: str, split: str) -> list[str]:
     template with every object colour and noun (and every zone or base), for probes that
     need the whole language of a split rather than samples of it."""
     check_name("instruction split", split, INSTRUCTION_SPLITS)
-    objects = [f"{c} {w}" for c in OBJECT_COLOURS for ws in _SHAPE_WORDS[split].values() for w in ws]
+    objects = [(c, shape, f"{c} {w}") for c in OBJECT_COLOURS for shape, ws in _SHAPE_WORDS[split].items() for w in ws]
     zones = [f"{c} {w}" for c in ZONE_COLOURS for w in _ZONE_WORDS[split]]
     texts = []
     for template in TEMPLATES[check_name("task", task, TEMPLATES)][split]:
         for target, zone, base in itertools.product(objects, zones, objects):
-            if target != base:  # a stack's target and base are two objects
-                texts.append(template.format(target=target, zone=zone, base=base))
+            if target[:2] != base[:2]:  # a stack's target and base are two objects
+                texts.append(template.format(target=target[2], zone=zone, base=base[2]))
     return list(dict.fromkeys(texts))
 
 
