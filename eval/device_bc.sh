@@ -15,6 +15,8 @@
 #   bash eval/device_bc.sh ppo_speed; BUDGET=... ENVS=... bash eval/device_bc.sh long; bash eval/device_bc.sh poll   # session 11
 #   bash eval/device_bc.sh chunk; bash eval/device_bc.sh poll   # session 12: 2,000 demos per task, action chunking
 #   bash eval/device_bc.sh augment; bash eval/device_bc.sh poll   # session 13: instruction augmentation
+# Grounding caches are named as configs/bc.yaml names them (since session 13 with the
+# instruction split, e.g. scenes_10000_seed0_64px_train.npz), so bc.py finds them rendered.
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM), or
 # .carry (session 10, eval/device_carry.sh: .minilm16 as an xz tarball, so a checkpoint fits in 64 MiB).
 set -uo pipefail
@@ -196,7 +198,7 @@ fi
 if [ "$phase" = grounding ]; then  # session 5: grounding pretraining of the keypoint reader, then BC
   python3 train/collect.py output=data/all300 episodes_per_task=300 workers=15 video=false progress=false | tail -1
   for n in 10000 30000; do  # render the grounding scenes once; the runs below read the cache
-    python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_${n}_seed0_64px.npz', $n, workers=15, progress=False)"
+    python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_${n}_seed0_64px_train.npz', $n, workers=15, progress=False)"
   done
   export OMP_NUM_THREADS=3
   base="data.path=data/all300 data.num_workers=1 eval.every_steps=0 eval.video_episodes=0 model.keypoints=2 model.aux_weight=1 model.keypoint_channels=32"
@@ -215,7 +217,7 @@ if [ "$phase" = scale ]; then  # session 6, detached (setsid: outlives this call
   # g2: the GPU config on 1,000 demos per task for longer; r1: the grounded reach policy, then
   # PPO from it (issue 4); o_*: the privileged-position oracle per task (perception or control?)
   python3 train/collect.py output=data/all300 episodes_per_task=300 workers=15 video=false progress=false | tail -1
-  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_10000_seed0_64px.npz', 10000, workers=15, progress=False)"
+  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_10000_seed0_64px_train.npz', 10000, workers=15, progress=False)"
   base="data.num_workers=1 eval.every_steps=0 eval.video_episodes=0 model.keypoints=2 model.aux_weight=1 model.keypoint_channels=32 $common"
   cpu="model=cpu trainer=cpu device=cuda trainer.amp=off"
   e="tasks=[reach] splits=[train] episodes=200 open_loop=false language_swap=false video_episodes=0 progress=false num_envs=10 device=cuda"
@@ -232,7 +234,7 @@ if [ "$phase" = scale ]; then  # session 6, detached (setsid: outlives this call
       --out outputs/sweep/oracle_$t.json < /dev/null > outputs/sweep/oracle_$t.log 2>&1 &
   done
   python3 train/collect.py output=data/all1000 episodes_per_task=1000 workers=8 video=false progress=false | tail -1
-  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_30000_seed0_64px.npz', 30000, workers=8, progress=False)"
+  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_30000_seed0_64px_train.npz', 30000, workers=8, progress=False)"
   setsid bash -c "OMP_NUM_THREADS=3 timeout ${LIMIT:-1200} python3 train/bc.py $base model=gpu trainer=gpu data.path=data/all1000 data.num_workers=3 trainer.steps=${GPU_STEPS:-8000} trainer.warmup_steps=500 trainer.checkpoint_every=2000 grounding.scenes=30000 grounding.steps=3000 eval.final_episodes=100 run_dir=outputs/sweep/g2_all1000 > outputs/sweep/g2_all1000.log 2>&1" < /dev/null > /dev/null 2>&1 &
   sleep ${WAIT:-360}; phase=report
 fi
@@ -252,7 +254,7 @@ fi
 
 if [ "$phase" = final ]; then  # session 6, detached: PPO with a separate critic; GPU config on both splits
   python3 train/collect.py output=data/all300 episodes_per_task=300 workers=15 video=false progress=false | tail -1
-  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_10000_seed0_64px.npz', 10000, workers=15, progress=False)"
+  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_10000_seed0_64px_train.npz', 10000, workers=15, progress=False)"
   base="data.num_workers=1 eval.every_steps=0 eval.video_episodes=0 model.keypoints=2 model.aux_weight=1 model.keypoint_channels=32 $common"
   e="tasks=[reach] splits=[train] episodes=200 open_loop=false language_swap=false video_episodes=0 progress=false num_envs=10 device=cuda"
   ppo="task=reach env.num_envs=6 ppo.total_timesteps=${BUDGET:-30000} ppo.n_steps=256 ppo.batch_size=256 eval.every_steps=10000 eval.episodes=50 checkpoint_every=10000 device=cuda ppo.lr=3e-5 ppo.critic_warmup_steps=3072 ppo.value_head=separate ppo.kl_coef=0.1 init=outputs/sweep/r1_reach/checkpoints/best.pt"
@@ -262,7 +264,7 @@ if [ "$phase" = final ]; then  # session 6, detached: PPO with a separate critic
     for t in 0.5 1.0; do OMP_NUM_THREADS=1 timeout ${PPO_LIMIT:-330} python3 train/ppo.py $ppo ppo.temperature=\$t run_dir=outputs/ppo/sep_t\$t > outputs/ppo/sep_t\$t.log 2>&1 & done; wait
     for t in 0.5 1.0; do python3 eval/evaluate.py $e checkpoint=outputs/ppo/sep_t\$t/checkpoints/latest.pt out_dir=outputs/ppo/eval200_sep_t\${t}_latest > /dev/null 2>&1 & done; wait" < /dev/null > /dev/null 2>&1 &
   python3 train/collect.py output=data/all1000 episodes_per_task=1000 workers=8 video=false progress=false | tail -1
-  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_30000_seed0_64px.npz', 30000, workers=8, progress=False)"
+  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_30000_seed0_64px_train.npz', 30000, workers=8, progress=False)"
   setsid bash -c "OMP_NUM_THREADS=3 timeout ${LIMIT:-1200} python3 train/bc.py $base model=gpu trainer=gpu data.path=data/all1000 data.num_workers=3 trainer.steps=${GPU_STEPS:-5000} trainer.warmup_steps=500 trainer.checkpoint_every=2500 grounding.scenes=30000 grounding.steps=3000 eval.final_episodes=100 eval.splits=[train,heldout] eval.language_swap=true run_dir=outputs/sweep/g3_all1000 > outputs/sweep/g3_all1000.log 2>&1" < /dev/null > /dev/null 2>&1 &
   sleep ${WAIT:-360}; phase=report
 fi
@@ -279,7 +281,7 @@ if [ "$phase" = progress ] || [ "$phase" = replicate ] || [ "$phase" = seeds ] |
   # smaller steps: lr 3e-5 and 1e-5, two seeds each.
   # Then 200 episodes of the start and of each fine-tuned latest.pt (and best.pt for seeds).
   python3 train/collect.py output=data/reach100 tasks=[reach] episodes_per_task=100 workers=15 video=false progress=false | tail -1
-  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_10000_seed0_64px.npz', 10000, workers=15, progress=False)"
+  python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_10000_seed0_64px_train.npz', 10000, workers=15, progress=False)"
   base="data.num_workers=2 eval.video_episodes=0 model.keypoints=2 model.aux_weight=1 model.keypoint_channels=32 $common"
   e="tasks=[reach] splits=[train] episodes=200 open_loop=false language_swap=false video_episodes=0 progress=false num_envs=20 device=cuda"
   ppo="task=reach env.num_envs=${ENVS:-3} ppo.total_timesteps=${BUDGET:-60000} ppo.n_steps=256 ppo.batch_size=256 eval.every_steps=10000 eval.episodes=50 checkpoint_every=10000 device=cuda ppo.critic_warmup_steps=2048 ppo.value_head=separate"
@@ -388,7 +390,7 @@ if [ "$phase" = chunk ]; then  # session 12, detached: more demos and action chu
   python3 train/collect.py output=data/all100 episodes_per_task=100 $c | tail -1
   python3 train/collect.py output=data/all${DEMOS:-2000} episodes_per_task=${DEMOS:-2000} $c | tail -1
   for n in 10000 30000; do
-    python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_${n}_seed0_64px.npz', $n, workers=15, progress=False)"
+    python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_${n}_seed0_64px_train.npz', $n, workers=15, progress=False)"
   done
   base="eval.video_episodes=0 eval.num_envs=20 $common"
   gpu="model=gpu trainer=gpu data.path=data/all${DEMOS:-2000} data.num_workers=4 trainer.steps=${GPU_STEPS:-10000}"
