@@ -35,7 +35,7 @@ def test_heldout_synonyms_never_occur_in_training_instructions():
     assert heldout_only_words() and not heldout_only_words() & train_words
 
 
-@pytest.mark.parametrize("split", ["train", "heldout"])
+@pytest.mark.parametrize("split", ["train", "heldout", "augmented"])
 def test_gym_make_picks_the_split(split):
     env = gym.make("VLASandbox/PickPlace-v0", instruction_split=split)
     texts = {env.reset(seed=s)[0]["instruction"] for s in range(30)}
