@@ -198,6 +198,8 @@ def test_closed_loop_probe_compares_the_policy_with_the_expert_on_its_own_states
     assert [r["variant"] for r in rows] == ["policy", "expert_translation"]
     assert set(rows[0]["mean_abs_error"]) == {"dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"}
     assert "| Reach-v0 | policy |" in result.stdout
+    assert list(rows[0]["stages_reached"]) == ["above target", "success"]
+    assert rows[1]["stages_reached"]["above target"] == 1.0  # the expert's translation gets there
 
 
 def test_perception_oracle_trains_camera_and_privileged_policies_and_runs_them(tiny_demos, tmp_path):

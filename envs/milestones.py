@@ -1,0 +1,105 @@
+"""How far an episode got: each task's stages, in order, read from the simulator state.
+
+A success rate says *that* a policy fails; the stages say *where*. Push, for instance, is
+four behaviours in a row (go round behind the object, drop to pushing height, push it along
+the line, stop in the zone), and a policy at 0% may never get behind the object or may push
+it off the line. ``MilestoneTracker`` records, per episode, which stages were ever reached;
+the first stage an episode never reached is where it stalled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from envs.experts import PUSH_HEIGHT
+from envs.scene import OBJECT_HALF_SIZE, ZONE_RADIUS
+from envs.tasks import PUSH_CONTACT_OFFSET, TASK_CLASSES, Task
+from envs.world import World
+
+NEAR = 0.03  # m: the grip site this close to the object's centre counts as "at" it
+MOVED = 0.02  # m: how much closer to the zone an object must get to count as "pushed"
+
+
+def _xy(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a[:2] - b[:2]))
+
+
+def _push_standoff_reached(world: World, task: Task, spec: dict[str, Any]) -> bool:
+    # The expert's own test for "behind the object and low enough to push" (envs/experts.py).
+    obj, zone, grip = world.object_pos(task.target(spec)), world.zone_pos(spec["zone_colour"]), world.grip_pos()
+    direction = (zone[:2] - obj[:2]) / max(_xy(zone, obj), 1e-6)
+    standoff = obj[:2] - direction * PUSH_CONTACT_OFFSET
+    return bool(np.linalg.norm(grip[:2] - standoff) < 0.025 and grip[2] < PUSH_HEIGHT + 0.015)
+
+
+def _at_target(world: World, task: Task, spec: dict[str, Any]) -> bool:
+    return bool(np.linalg.norm(world.grip_pos() - world.object_pos(task.target(spec))) < NEAR)
+
+
+def _above_target(world: World, task: Task, spec: dict[str, Any]) -> bool:
+    return _xy(world.grip_pos(), world.object_pos(task.target(spec))) < OBJECT_HALF_SIZE
+
+
+def _grasped(world: World, task: Task, spec: dict[str, Any]) -> bool:
+    return world.is_grasped(task.target(spec))
+
+
+def _carried_over_zone(world: World, task: Task, spec: dict[str, Any]) -> bool:
+    target = task.target(spec)
+    return world.is_grasped(target) and _xy(world.object_pos(target), world.zone_pos(spec["zone_colour"])) < ZONE_RADIUS
+
+
+def _carried_over_base(world: World, task: Task, spec: dict[str, Any]) -> bool:
+    target = task.target(spec)
+    over = _xy(world.object_pos(target), world.object_pos(task.base(spec))) < OBJECT_HALF_SIZE
+    return world.is_grasped(target) and over
+
+
+# Stages per task, in the order the expert passes them; "success" is the task's own test.
+STAGES = {
+    "reach": ("above target",),
+    "push": ("behind object, low", "pushed towards zone"),
+    "lift": ("at target", "grasped"),
+    "pick_place": ("at target", "grasped", "carried over zone"),
+    "stack": ("at target", "grasped", "carried over base"),
+}
+_STAGE_TESTS = {
+    "above target": _above_target,
+    "at target": _at_target,
+    "behind object, low": _push_standoff_reached,
+    "grasped": _grasped,
+    "carried over zone": _carried_over_zone,
+    "carried over base": _carried_over_base,
+}
+
+
+class MilestoneTracker:
+    """Call ``start`` after each reset and ``update`` after each step; ``reached`` is the
+    dict of stage -> ever reached in this episode (plus ``success``)."""
+
+    def __init__(self, task_name: str):
+        if task_name not in STAGES:
+            raise ValueError(f"unknown task {task_name!r}; valid values are: {', '.join(STAGES)}")
+        self.task: Task = TASK_CLASSES[task_name]()
+        self.stages = (*STAGES[task_name], "success")
+        self.reached: dict[str, bool] = {}
+        self._start_distance = 0.0
+
+    def start(self, world: World, spec: dict[str, Any]) -> None:
+        self.reached = dict.fromkeys(self.stages, False)
+        if self.task.uses_zone:
+            self._start_distance = _xy(world.object_pos(self.task.target(spec)), world.zone_pos(spec["zone_colour"]))
+
+    def update(self, world: World, spec: dict[str, Any]) -> None:
+        for stage in self.stages:
+            if self.reached[stage]:
+                continue
+            if stage == "success":
+                self.reached[stage] = self.task.success(world, spec)
+            elif stage == "pushed towards zone":
+                distance = _xy(world.object_pos(self.task.target(spec)), world.zone_pos(spec["zone_colour"]))
+                self.reached[stage] = self._start_distance - distance > MOVED
+            else:
+                self.reached[stage] = _STAGE_TESTS[stage](world, self.task, spec)
