@@ -161,28 +161,54 @@ def _plan_stack(world: World, task: Task, spec: dict[str, Any]) -> np.ndarray:
     return _carry_and_release(world, name, base_pos[:2], rest_z)
 
 
-def _plan_push(world: World, task: Task, spec: dict[str, Any]) -> np.ndarray:
+def push_geometry(world: World, task: Task, spec: dict[str, Any]) -> dict[str, Any]:
+    """Where push stands: the object-to-zone ``direction`` and its ``normal``, the gripper's
+    offset from the object ``along`` and ``lateral`` to that line, the ``standoff`` point
+    behind the object, and the ``phase`` the expert is in: ``done`` (in the zone), ``around``
+    (not yet behind the object), ``descend`` (behind it, too high) or ``push``. Shared with
+    ``envs.milestones``, so "got behind the object" means what the expert means by it."""
     obj, zone, grip = world.object_pos(task.target(spec)), world.zone_pos(spec["zone_colour"]), world.grip_pos()
     to_zone = zone[:2] - obj[:2]
     distance = np.linalg.norm(to_zone)
-    if distance < ZONE_RADIUS - 0.025:
-        return _retreat(world)
-    direction = to_zone / distance
+    direction = to_zone / max(distance, 1e-9)
     normal = np.array([-direction[1], direction[0]])
     rel = grip[:2] - obj[:2]
     along, lateral = rel @ direction, rel @ normal
+    if distance < ZONE_RADIUS - 0.025:
+        phase = "done"
+    elif not (along < -0.5 * PUSH_CONTACT_OFFSET and abs(lateral) < 0.02):
+        phase = "around"
+    elif grip[2] > PUSH_HEIGHT + 0.012:
+        phase = "descend"
+    else:
+        phase = "push"
     standoff = obj[:2] - direction * PUSH_CONTACT_OFFSET
-    behind = along < -0.5 * PUSH_CONTACT_OFFSET and abs(lateral) < 0.02
-    if not behind:
-        if grip[2] < HOVER_HEIGHT * 0.7 and np.linalg.norm(rel) < 0.09:  # would bump it: go up
+    return {
+        "phase": phase,
+        "direction": direction,
+        "normal": normal,
+        "rel": rel,
+        "lateral": lateral,
+        "standoff": standoff,
+    }
+
+
+def _plan_push(world: World, task: Task, spec: dict[str, Any]) -> np.ndarray:
+    g = push_geometry(world, task, spec)
+    grip, standoff = world.grip_pos(), g["standoff"]
+    if g["phase"] == "done":
+        return _retreat(world)
+    if g["phase"] == "around":
+        if grip[2] < HOVER_HEIGHT * 0.7 and np.linalg.norm(g["rel"]) < 0.09:  # would bump it: go up
             return _action(world, np.array([*grip[:2], HOVER_HEIGHT]), CLOSED)
         height = PUSH_HEIGHT if np.linalg.norm(grip[:2] - standoff) < 0.02 else max(grip[2], HOVER_HEIGHT * 0.8)
         return _action(world, np.array([*standoff, height]), CLOSED, gain=1.5)
-    if grip[2] > PUSH_HEIGHT + 0.012:
+    if g["phase"] == "descend":
         return _action(world, np.array([*standoff, PUSH_HEIGHT]), CLOSED)
     # Push through: aim the gripper where it stands when the object sits at the zone centre,
     # and steer out lateral drift so the object stays on the line.
-    goal_xy = zone[:2] - direction * (PUSH_CONTACT_OFFSET - 0.01) - lateral * normal
+    zone = world.zone_pos(spec["zone_colour"])
+    goal_xy = zone[:2] - g["direction"] * (PUSH_CONTACT_OFFSET - 0.01) - g["lateral"] * g["normal"]
     return _action(world, np.array([*goal_xy, PUSH_HEIGHT]), CLOSED, gain=0.8)
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from envs.experts import PUSH_HEIGHT
+from envs.experts import push_geometry
 from envs.scene import OBJECT_HALF_SIZE, ZONE_RADIUS
-from envs.tasks import PUSH_CONTACT_OFFSET, TASK_CLASSES, Task
+from envs.tasks import TASK_CLASSES, Task
 from envs.world import World
 
 NEAR = 0.03  # m: the grip site this close to the object's centre counts as "at" it
@@ -27,11 +27,8 @@ def _xy(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _push_standoff_reached(world: World, task: Task, spec: dict[str, Any]) -> bool:
-    # The expert's own test for "behind the object and low enough to push" (envs/experts.py).
-    obj, zone, grip = world.object_pos(task.target(spec)), world.zone_pos(spec["zone_colour"]), world.grip_pos()
-    direction = (zone[:2] - obj[:2]) / max(_xy(zone, obj), 1e-6)
-    standoff = obj[:2] - direction * PUSH_CONTACT_OFFSET
-    return bool(np.linalg.norm(grip[:2] - standoff) < 0.025 and grip[2] < PUSH_HEIGHT + 0.015)
+    # The expert's own test: behind the object, on the line to the zone, low enough to push.
+    return push_geometry(world, task, spec)["phase"] == "push"
 
 
 def _at_target(world: World, task: Task, spec: dict[str, Any]) -> bool:
