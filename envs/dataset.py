@@ -272,7 +272,7 @@ class DemoDataset:
         its episode's task (instruction augmentation). Each sample index keeps one wording,
         drawn from ``seed`` and the index, so the samples of one episode read differently
         while a resumed run and every DataLoader worker see the same words."""
-        if self._task_specs is None:
+        if self._task_specs is None:  # preload reads them on its pass; otherwise one pass here
             self._task_specs = [json.loads(self._file(e).attrs["task_spec"]) for e in range(self.num_episodes)]
         self._reword_seed = seed
         return self
@@ -288,8 +288,10 @@ class DemoDataset:
         from tqdm import tqdm
 
         parts: dict[str, list[np.ndarray]] = {}
+        task_specs = []
         for path in tqdm([e.path for e in self.episodes], desc="load demos", disable=not progress, leave=False):
             with h5py.File(self.root / path, "r") as f:
+                task_specs.append(json.loads(f.attrs["task_spec"]))
                 for key in f["obs"]:
                     parts.setdefault(key, []).append(f["obs"][key][:])
                 parts.setdefault("action", []).append(f["actions"][:])
@@ -298,6 +300,7 @@ class DemoDataset:
         if len(parts.get("key_positions", [])) != len(self.episodes):  # older files lack them
             parts.pop("key_positions", None)
         self._memory = {k: np.concatenate(v) for k, v in parts.items()}
+        self._task_specs = task_specs
         if "key_positions" in self._memory:
             self._memory["key_uv"] = key_image_coordinates(self._memory["key_positions"])
         return self

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from envs.instructions import TRAINING_SPLITS
+
 GROUNDING_SEED_BASE = 50_000_000  # collection uses 0+, evaluation 20,000,000+ and 30,000,000+
 GROUNDING_SEED_STRIDE = 1_000_000  # scene sets with different seeds never share a layout
 GROUNDING_START_SPREAD = 0.5  # rad: arm starts spread over the workspace (occlusion, variety)
@@ -79,7 +81,7 @@ def load_or_render_scenes(
     or made with other settings. Written to a temporary file and renamed: a crash never
     leaves half a cache behind. ``split``: ``train`` or ``augmented`` wordings; grounding
     on ``heldout`` ones would leak the paraphrases the evaluation holds out."""
-    if split not in ("train", "augmented"):
+    if split not in TRAINING_SPLITS:
         raise ValueError(f"grounding scenes are worded from the train or augmented split, got {split!r}")
     path = Path(path)
     wanted = {"count": count, "seed": seed, "image_size": image_size, "split": split}

@@ -26,6 +26,7 @@ import numpy as np
 from envs.vocabulary import OBJECT_COLOURS, ZONE_COLOURS, check_name
 
 INSTRUCTION_SPLITS = ("train", "heldout", "augmented")
+TRAINING_SPLITS = ("train", "augmented")  # what a policy may learn from: never heldout
 
 _SHAPE_WORDS = {
     "train": {"cube": ("cube",), "cylinder": ("cylinder",)},
@@ -186,6 +187,8 @@ def make_instruction(task_spec: dict[str, Any], split: str, rng: np.random.Gener
     template = templates[int(rng.integers(len(templates)))]
     slots = {"target": _object_phrase(task_spec["target_colour"], task_spec["target_shape"], split, rng)}
     if "zone_colour" in task_spec:
+        # Unlike _pick, this draws even from one word: the train split always has, and its
+        # seeds' instructions must stay what the datasets recorded.
         zone_words = _ZONE_WORDS[split]
         slots["zone"] = f"{task_spec['zone_colour']} {zone_words[int(rng.integers(len(zone_words)))]}"
     if "base_colour" in task_spec:

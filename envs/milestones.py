@@ -15,15 +15,11 @@ import numpy as np
 
 from envs.experts import push_geometry
 from envs.scene import OBJECT_HALF_SIZE, ZONE_RADIUS
-from envs.tasks import TASK_CLASSES, Task
+from envs.tasks import TASK_CLASSES, Task, xy_distance
 from envs.world import World
 
 NEAR = 0.03  # m: the grip site this close to the object's centre counts as "at" it
 MOVED = 0.02  # m: how much closer to the zone an object must get to count as "pushed"
-
-
-def _xy(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a[:2] - b[:2]))
 
 
 def _push_standoff_reached(world: World, task: Task, spec: dict[str, Any]) -> bool:
@@ -36,21 +32,24 @@ def _at_target(world: World, task: Task, spec: dict[str, Any]) -> bool:
 
 
 def _above_target(world: World, task: Task, spec: dict[str, Any]) -> bool:
-    return _xy(world.grip_pos(), world.object_pos(task.target(spec))) < OBJECT_HALF_SIZE
+    return xy_distance(world.grip_pos(), world.object_pos(task.target(spec))) < OBJECT_HALF_SIZE
 
 
 def _grasped(world: World, task: Task, spec: dict[str, Any]) -> bool:
     return world.is_grasped(task.target(spec))
 
 
+def _target_to_zone(world: World, task: Task, spec: dict[str, Any]) -> float:
+    return xy_distance(world.object_pos(task.target(spec)), world.zone_pos(spec["zone_colour"]))
+
+
 def _carried_over_zone(world: World, task: Task, spec: dict[str, Any]) -> bool:
-    target = task.target(spec)
-    return world.is_grasped(target) and _xy(world.object_pos(target), world.zone_pos(spec["zone_colour"])) < ZONE_RADIUS
+    return world.is_grasped(task.target(spec)) and _target_to_zone(world, task, spec) < ZONE_RADIUS
 
 
 def _carried_over_base(world: World, task: Task, spec: dict[str, Any]) -> bool:
     target = task.target(spec)
-    over = _xy(world.object_pos(target), world.object_pos(task.base(spec))) < OBJECT_HALF_SIZE
+    over = xy_distance(world.object_pos(target), world.object_pos(task.base(spec))) < OBJECT_HALF_SIZE
     return world.is_grasped(target) and over
 
 
@@ -87,7 +86,7 @@ class MilestoneTracker:
     def start(self, world: World, spec: dict[str, Any]) -> None:
         self.reached = dict.fromkeys(self.stages, False)
         if self.task.uses_zone:
-            self._start_distance = _xy(world.object_pos(self.task.target(spec)), world.zone_pos(spec["zone_colour"]))
+            self._start_distance = _target_to_zone(world, self.task, spec)
 
     def update(self, world: World, spec: dict[str, Any]) -> None:
         for stage in self.stages:
@@ -96,7 +95,6 @@ class MilestoneTracker:
             if stage == "success":
                 self.reached[stage] = self.task.success(world, spec)
             elif stage == "pushed towards zone":
-                distance = _xy(world.object_pos(self.task.target(spec)), world.zone_pos(spec["zone_colour"]))
-                self.reached[stage] = self._start_distance - distance > MOVED
+                self.reached[stage] = self._start_distance - _target_to_zone(world, self.task, spec) > MOVED
             else:
                 self.reached[stage] = _STAGE_TESTS[stage](world, self.task, spec)

@@ -163,7 +163,7 @@ def _far_apart(points: list[tuple[float, float]], min_distance: float) -> bool:
     return all(np.linalg.norm(np.subtract(a, b)) >= min_distance for i, a in enumerate(points) for b in points[i + 1 :])
 
 
-def _xy_distance(a: np.ndarray, b: np.ndarray) -> float:
+def xy_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a[:2] - b[:2]))
 
 
@@ -201,16 +201,16 @@ class Push(Task):
 
     def success(self, world: World, spec: dict[str, Any]) -> bool:
         pos = world.object_pos(self.target(spec))
-        return _xy_distance(pos, world.zone_pos(spec["zone_colour"])) < ZONE_RADIUS and _on_table(pos)
+        return xy_distance(pos, world.zone_pos(spec["zone_colour"])) < ZONE_RADIUS and _on_table(pos)
 
     def dense_reward(self, world: World, spec: dict[str, Any]) -> float:
         obj = world.object_pos(self.target(spec))
         zone = world.zone_pos(spec["zone_colour"])
-        direction = (zone - obj)[:2] / max(_xy_distance(zone, obj), 1e-6)
+        direction = (zone - obj)[:2] / max(xy_distance(zone, obj), 1e-6)
         standoff = obj.copy()
         standoff[:2] -= direction * PUSH_CONTACT_OFFSET
         return 0.3 * closeness(float(np.linalg.norm(world.grip_pos() - standoff))) + 0.7 * closeness(
-            _xy_distance(obj, zone)
+            xy_distance(obj, zone)
         )
 
 
@@ -236,7 +236,7 @@ class PickPlace(Task):
     def success(self, world: World, spec: dict[str, Any]) -> bool:
         target = self.target(spec)
         pos = world.object_pos(target)
-        in_zone = _xy_distance(pos, world.zone_pos(spec["zone_colour"])) < ZONE_RADIUS
+        in_zone = xy_distance(pos, world.zone_pos(spec["zone_colour"])) < ZONE_RADIUS
         return in_zone and _on_table(pos) and not world.gripper_touches(target)
 
     def dense_reward(self, world: World, spec: dict[str, Any]) -> float:
@@ -245,7 +245,7 @@ class PickPlace(Task):
         return (
             0.2 * closeness(float(np.linalg.norm(world.grip_pos() - obj)))
             + 0.2 * float(world.is_grasped(target))
-            + 0.6 * closeness(_xy_distance(obj, world.zone_pos(spec["zone_colour"])))
+            + 0.6 * closeness(xy_distance(obj, world.zone_pos(spec["zone_colour"])))
         )
 
 
@@ -256,7 +256,7 @@ class Stack(Task):
     def success(self, world: World, spec: dict[str, Any]) -> bool:
         target, base = self.target(spec), self.base(spec)
         top, bottom = world.object_pos(target), world.object_pos(base)
-        aligned = _xy_distance(top, bottom) < 0.8 * OBJECT_HALF_SIZE
+        aligned = xy_distance(top, bottom) < 0.8 * OBJECT_HALF_SIZE
         on_top = abs(top[2] - bottom[2] - 2 * OBJECT_HALF_SIZE) < 0.01
         return aligned and on_top and _on_table(bottom) and not world.gripper_touches(target)
 

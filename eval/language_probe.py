@@ -30,7 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from envs.instructions import TEMPLATES, all_instructions  # noqa: E402
+from envs.instructions import TEMPLATES, TRAINING_SPLITS, all_instructions  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
 from vla.language import MiniLMEncoder  # noqa: E402
 
@@ -116,7 +116,7 @@ def balanced_accuracy(table: np.ndarray) -> float:
 
 
 def run_probe(train_split: str, steps: int, seeds: int) -> dict:
-    if train_split not in ("train", "augmented"):
+    if train_split not in TRAINING_SPLITS:
         raise ValueError(f"--train-split must be train or augmented, got {train_split!r}")
     if steps < 1 or seeds < 1:
         raise ValueError(f"--steps and --seeds must be at least 1, got {steps} and {seeds}")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout too
 
 from envs.dataset import DemoDataset  # noqa: E402
+from envs.instructions import TRAINING_SPLITS  # noqa: E402
 from envs.vocabulary import check_name  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
 from eval.closed_loop import final_evaluation, split_demos, success_rate  # noqa: E402
@@ -51,7 +52,7 @@ def train(cfg: DictConfig) -> dict | None:
     t = cfg.trainer
 
     # --- data ------------------------------------------------------------------------------
-    check_name("data.instructions", cfg.data.instructions, ("train", "augmented"))
+    check_name("data.instructions", cfg.data.instructions, TRAINING_SPLITS)
     demos = load_or_collect(cfg, rank)
     if cfg.data.preload:
         demos.preload(progress=rank == 0 and t.progress)
