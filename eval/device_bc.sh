@@ -15,6 +15,7 @@
 #   bash eval/device_bc.sh ppo_speed; BUDGET=... ENVS=... bash eval/device_bc.sh long; bash eval/device_bc.sh poll   # session 11
 #   bash eval/device_bc.sh chunk; bash eval/device_bc.sh poll   # session 12: 2,000 demos per task, action chunking
 #   bash eval/device_bc.sh augment; bash eval/device_bc.sh poll   # session 13: instruction augmentation
+#   bash eval/device_bc.sh longer; bash eval/device_bc.sh poll   # session 14: longer, and a larger model
 # Grounding caches are named as configs/bc.yaml names them (since session 13 with the
 # instruction split, e.g. scenes_10000_seed0_64px_train.npz), so bc.py finds them rendered.
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM), or
@@ -406,22 +407,43 @@ if [ "$phase" = chunk ]; then  # session 12, detached: more demos and action chu
   sleep ${WAIT:-300}; phase=report
 fi
 
-if [ "$phase" = augment ]; then  # session 13, detached: session 12's m1 recipe with re-worded instructions
-  # a1: data.instructions=augmented (demos and grounding scenes worded from the augmented split);
-  # a2: a1 + grounding.text_dropout=0.15; a3: a2 + model.chunk=4. Same seeds as m1: paired.
+# Session 12's m1 recipe: the GPU config on 2,000 demos per task (collected first), 30,000
+# grounding scenes, both splits at the end; $1 = training steps. Sessions 13-14 build on it.
+m1_recipe() {
+  echo "model=gpu trainer=gpu data.path=data/all2000 data.num_workers=${WORKERS:-4} trainer.steps=$1 trainer.warmup_steps=500" \
+    "trainer.checkpoint_every=2000 grounding.scenes=30000 grounding.steps=3000 eval.every_steps=5000 eval.episodes=10" \
+    "eval.final_episodes=100 eval.splits=[train,heldout] eval.video_episodes=0 eval.num_envs=20 $common"
+}
+collect_augmented() {  # the demos and the grounding scenes worded from the augmented split
   nvidia-smi -L; nproc --all
   python3 train/collect.py output=data/all2000 episodes_per_task=2000 workers=15 video=false progress=false | tail -1
   python3 -c "from envs.grounding import load_or_render_scenes as r; r('data/grounding/scenes_30000_seed0_64px_augmented.npz', 30000, workers=15, progress=False, split='augmented')"
-  base="eval.video_episodes=0 eval.num_envs=20 $common"
-  gpu="model=gpu trainer=gpu data.path=data/all2000 data.num_workers=4 trainer.steps=${GPU_STEPS:-10000}"
-  gpu="$gpu trainer.warmup_steps=500 trainer.checkpoint_every=2000 grounding.scenes=30000 grounding.steps=3000"
-  gpu="$gpu eval.every_steps=5000 eval.episodes=10 eval.final_episodes=100 eval.splits=[train,heldout]"
-  gpu="$gpu data.instructions=augmented"
-  printf '%s\n' "a1_aug $gpu" "a2_aug_td15 $gpu grounding.text_dropout=0.15" \
-    "a3_aug_td15_chunk4 $gpu grounding.text_dropout=0.15 model.chunk=4" > outputs/sweep/runs.txt
-  rm -f outputs/sweep/DONE
-  setsid bash -c "while read name args; do OMP_NUM_THREADS=2 timeout ${LIMIT:-1500} python3 train/bc.py $base \$args run_dir=outputs/sweep/\$name < /dev/null > outputs/sweep/\$name.log 2>&1 & done < outputs/sweep/runs.txt
+}
+launch_runs() {  # detached (setsid: outlives this call): one bc.py per "name overrides..." line on stdin, then $1 after each
+  cat > outputs/sweep/runs.txt; rm -f outputs/sweep/DONE
+  setsid bash -c "while read name args; do (OMP_NUM_THREADS=2 timeout ${LIMIT:-1500} python3 train/bc.py \$args run_dir=outputs/sweep/\$name < /dev/null > outputs/sweep/\$name.log 2>&1; $1) & done < outputs/sweep/runs.txt
     wait; touch outputs/sweep/DONE" < /dev/null > /dev/null 2>&1 &
+}
+
+if [ "$phase" = augment ]; then  # session 13, detached: session 12's m1 recipe with re-worded instructions
+  # a1: data.instructions=augmented (demos and grounding scenes worded from the augmented split);
+  # a2: a1 + grounding.text_dropout=0.15; a3: a2 + model.chunk=4. Same seeds as m1: paired.
+  collect_augmented
+  gpu="$(m1_recipe ${GPU_STEPS:-10000}) data.instructions=augmented"
+  printf '%s\n' "a1_aug $gpu" "a2_aug_td15 $gpu grounding.text_dropout=0.15" \
+    "a3_aug_td15_chunk4 $gpu grounding.text_dropout=0.15 model.chunk=4" | launch_runs true
+  sleep ${WAIT:-300}; phase=report
+fi
+
+if [ "$phase" = longer ]; then  # session 14, detached: a1 (augmented) trained longer, and a wider, deeper model
+  # l1: a1's recipe for 15,000 steps instead of 10,000; l2: the same with width 384 and 8
+  # layers (22.7M trainable parameters against 8.7M). Same seeds as m1 and a1: paired. Then the
+  # stage probe (how far the episodes get, envs/milestones.py) on each best.pt.
+  export WORKERS=6  # two runs on 16 cores; the loaders, not the GPU, set the pace
+  collect_augmented
+  gpu="$(m1_recipe ${GPU_STEPS:-15000}) data.instructions=augmented"
+  probe='timeout 300 python3 eval/probe_closed_loop.py --checkpoint outputs/sweep/$name --device cuda --variants policy --tasks push lift pick_place stack --episodes 30 --out outputs/sweep/$name/stages.json > outputs/sweep/$name/stages.md 2>&1'
+  printf '%s\n' "l1_aug_15k $gpu" "l2_aug_15k_wide $gpu model.width=384 model.layers=8" | launch_runs "$probe"
   sleep ${WAIT:-300}; phase=report
 fi
 
@@ -451,5 +473,5 @@ fi
 
 for f in outputs/sweep/*/evaluation.md; do echo "== $f"; cat "$f"; done > "$out/summary_$phase.md" 2>/dev/null
 for f in outputs/sweep/*.log; do echo "== $f"; grep -v "Loading weights" "$f" | tail -25; done > "$out/logs_$phase.txt"
-tar czf "$out/runs_$phase.tgz" outputs/sweep/*/metrics.jsonl outputs/sweep/*/evaluation.* outputs/sweep/*/config.yaml outputs/sweep/*/rollouts.mp4 2>/dev/null
+tar czf "$out/runs_$phase.tgz" outputs/sweep/*/metrics.jsonl outputs/sweep/*/evaluation.* outputs/sweep/*/stages.* outputs/sweep/*/config.yaml outputs/sweep/*/rollouts.mp4 2>/dev/null
 cat "$out/summary_$phase.md"; tail -n 3 outputs/sweep/*.log
