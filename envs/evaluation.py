@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.instructions import make_instruction
+from envs.milestones import MilestoneTracker, describe, first_object_shares, stage_shares
 from envs.stats import wilson_interval
 from envs.video import annotate, side_by_side
 from envs.vocabulary import object_name
@@ -37,6 +38,8 @@ class TaskResult:
     successes: list[bool] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    stages: list[dict[str, bool]] = field(default_factory=list)  # per episode: stage -> reached
+    first_objects: list[str] = field(default_factory=list)  # per episode: envs.milestones roles
 
     @property
     def rate(self) -> float:
@@ -53,6 +56,10 @@ class TaskResult:
             "success_rate": k / n,
             "ci95": [lo, hi],
             "mean_length": float(np.mean(self.lengths)),
+            # where episodes stall (V23): the share that reached each stage, and what the
+            # gripper went to first (envs/milestones.py)
+            "stages_reached": stage_shares(self.stages),
+            "first_object": first_object_shares(self.first_objects),
         }
 
 
@@ -113,6 +120,7 @@ def _evaluate_task(
     ]
     queues = [list(range(i, episodes, count)) for i in range(count)]
     state: list[dict[str, Any] | None] = [None] * count
+    trackers = [MilestoneTracker(env.unwrapped.task.name) for env in envs]
 
     def start(i: int) -> None:
         if not queues[i]:
@@ -125,6 +133,8 @@ def _evaluate_task(
             text = instruction_fn(info, split, np.random.default_rng(episode_seed))
             options = {"task_spec": info["task_spec"], "instruction": text}
             obs, info = envs[i].reset(seed=episode_seed, options=options)
+        base = envs[i].unwrapped
+        trackers[i].start(base.world, base.task_spec, base.scene_objects)
         state[i] = {"obs": obs, "seed": episode_seed, "steps": 0, "index": k}
 
     for i in range(count):
@@ -136,6 +146,7 @@ def _evaluate_task(
         actions = np.asarray(policy.act_batch([state[i]["obs"] for i in active]))
         for i, action in zip(active, actions, strict=True):
             obs, _, terminated, truncated, info = envs[i].step(action)
+            trackers[i].update(envs[i].unwrapped.world, envs[i].unwrapped.task_spec)
             s = state[i]
             s["obs"], s["steps"] = obs, s["steps"] + 1
             if i == 0 and s["index"] < video_episodes * count:
@@ -148,6 +159,8 @@ def _evaluate_task(
                 result.successes.append(bool(info["is_success"]))
                 result.seeds.append(s["seed"])
                 result.lengths.append(s["steps"])
+                result.stages.append(trackers[i].reached)
+                result.first_objects.append(trackers[i].first_object)
                 if progress is not None:
                     progress(1)
                 start(i)
@@ -156,6 +169,8 @@ def _evaluate_task(
     order = np.argsort(result.seeds)
     result.successes = [result.successes[j] for j in order]
     result.lengths = [result.lengths[j] for j in order]
+    result.stages = [result.stages[j] for j in order]
+    result.first_objects = [result.first_objects[j] for j in order]
     result.seeds = sorted(result.seeds)
     return result, frames
 
@@ -191,4 +206,15 @@ def markdown_table(results: list[TaskResult]) -> str:
         k, n = int(sum(outcomes)), len(outcomes)
         lo, hi = wilson_interval(k, n)
         lines.append(f"| **all tasks** | {split} | **{100 * k / n:.1f}%** | [{100 * lo:.1f}, {100 * hi:.1f}] | {n} |")
+    return "\n".join(lines)
+
+
+def stage_table(results: list[TaskResult]) -> str:
+    """Where the episodes of each task and split stalled: the share that reached each stage,
+    in order, and the object the gripper went to first."""
+    lines = ["| task | split | stages reached (in order) | object gone to first |", "|---|---|---|---|"]
+    for r in results:
+        s = r.summary()
+        funnel, first = describe(s["stages_reached"], s["first_object"])
+        lines.append(f"| {r.task_id} | {r.split} | {funnel} | {first} |")
     return "\n".join(lines)

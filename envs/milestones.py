@@ -5,21 +5,34 @@ four behaviours in a row (go round behind the object, drop to pushing height, pu
 the line, stop in the zone), and a policy at 0% may never get behind the object or may push
 it off the line. ``MilestoneTracker`` records, per episode, which stages were ever reached;
 the first stage an episode never reached is where it stalled.
+
+It also records which object the gripper went to first (``first_object``: the named
+``target``, the stack's ``base``, an ``other object`` on the table, or ``none``): the object
+nearest the gripper the first time it comes down low beside one, as for a grasp or a push.
+An episode
+stalled before "at target" that went to another object misread the instruction or the
+scene; one that went to no object at all is a control failure.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from envs.experts import push_geometry
 from envs.scene import OBJECT_HALF_SIZE, ZONE_RADIUS
-from envs.tasks import TASK_CLASSES, Task, xy_distance
+from envs.tasks import PUSH_CONTACT_OFFSET, TASK_CLASSES, Task, xy_distance
 from envs.world import World
 
 NEAR = 0.03  # m: the grip site this close to the object's centre counts as "at" it
 MOVED = 0.02  # m: how much closer to the zone an object must get to count as "pushed"
+# "Gone to" an object: the grip site this low (travel is at hover height, ~0.11 m; the arm
+# starts at 0.08 m or higher) and within this horizontal distance (pushing stands 0.06 m
+# off the object's centre).
+GONE_TO_HEIGHT = 0.06
+GONE_TO_XY = PUSH_CONTACT_OFFSET + 0.01
 
 
 def _push_standoff_reached(world: World, task: Task, spec: dict[str, Any]) -> bool:
@@ -53,6 +66,18 @@ def _carried_over_base(world: World, task: Task, spec: dict[str, Any]) -> bool:
     return world.is_grasped(target) and over
 
 
+FIRST_OBJECT_ROLES = ("target", "base", "other object", "none")
+
+
+def object_role(task: Task, spec: dict[str, Any], name: str) -> str:
+    """What ``name`` is to this episode: the ``target``, the stack's ``base``, or an ``other object``."""
+    if name == task.target(spec):
+        return "target"
+    if "base_colour" in spec and name == task.base(spec):
+        return "base"
+    return "other object"
+
+
 # Stages per task, in the order the expert passes them; "success" is the task's own test.
 STAGES = {
     "reach": ("above target",),
@@ -73,7 +98,8 @@ _STAGE_TESTS = {
 
 class MilestoneTracker:
     """Call ``start`` after each reset and ``update`` after each step; ``reached`` is the
-    dict of stage -> ever reached in this episode (plus ``success``)."""
+    dict of stage -> ever reached in this episode (plus ``success``), ``first_object`` the
+    role (``FIRST_OBJECT_ROLES``) of the first of ``objects`` the gripper went to."""
 
     def __init__(self, task_name: str):
         if task_name not in STAGES:
@@ -81,14 +107,24 @@ class MilestoneTracker:
         self.task: Task = TASK_CLASSES[task_name]()
         self.stages = (*STAGES[task_name], "success")
         self.reached: dict[str, bool] = {}
+        self.first_object = "none"
+        self._objects: tuple[str, ...] = ()
         self._start_distance = 0.0
 
-    def start(self, world: World, spec: dict[str, Any]) -> None:
+    def start(self, world: World, spec: dict[str, Any], objects: Sequence[str] = ()) -> None:
+        """``objects``: the names on the table (the env's ``scene_objects``) for ``first_object``."""
         self.reached = dict.fromkeys(self.stages, False)
+        self.first_object = "none"
+        self._objects = tuple(objects)
         if self.task.uses_zone:
             self._start_distance = _target_to_zone(world, self.task, spec)
 
     def update(self, world: World, spec: dict[str, Any]) -> None:
+        grip = world.grip_pos()
+        if self.first_object == "none" and self._objects and grip[2] < GONE_TO_HEIGHT:
+            distance, name = min((xy_distance(grip, world.object_pos(n)), n) for n in self._objects)
+            if distance < GONE_TO_XY:
+                self.first_object = object_role(self.task, spec, name)
         for stage in self.stages:
             if self.reached[stage]:
                 continue
@@ -98,3 +134,21 @@ class MilestoneTracker:
                 self.reached[stage] = self._start_distance - _target_to_zone(world, self.task, spec) > MOVED
             else:
                 self.reached[stage] = _STAGE_TESTS[stage](world, self.task, spec)
+
+
+def stage_shares(episodes: list[dict[str, bool]]) -> dict[str, float]:
+    """Share of ``episodes`` (trackers' ``reached`` dicts) that reached each stage, in order."""
+    return {stage: float(np.mean([e[stage] for e in episodes])) for stage in episodes[0]} if episodes else {}
+
+
+def first_object_shares(first_objects: list[str]) -> dict[str, float]:
+    """Share of episodes whose gripper went first to each role of ``FIRST_OBJECT_ROLES``."""
+    n = len(first_objects)
+    return {role: first_objects.count(role) / n for role in FIRST_OBJECT_ROLES} if n else {}
+
+
+def describe(stages_reached: dict[str, float], first_object: dict[str, float]) -> tuple[str, str]:
+    """The two shares above as text: "at target 60% -> grasped 55% -> ...", "target 70%, none 30%"."""
+    funnel = " -> ".join(f"{stage} {100 * share:.0f}%" for stage, share in stages_reached.items())
+    first = ", ".join(f"{role} {100 * share:.0f}%" for role, share in first_object.items() if share)
+    return funnel, first

@@ -12,7 +12,14 @@ import torch
 
 from envs import TASK_NAMES
 from envs.collection import resolve_tasks
-from envs.evaluation import VALIDATION_SEED_BASE, TaskResult, evaluate, markdown_table, swap_target_instruction
+from envs.evaluation import (
+    VALIDATION_SEED_BASE,
+    TaskResult,
+    evaluate,
+    markdown_table,
+    stage_table,
+    swap_target_instruction,
+)
 from envs.video import save_video
 from vla.data import ActionTokenDataset, collate, split_episodes
 from vla.inference import PolicyRunner
@@ -153,7 +160,7 @@ def run_report(
         ],
     }
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=1))
-    text = table
+    text = table + "\n\nHow far the episodes got (`envs/milestones.py`):\n\n" + stage_table(all_results)
     if open_loop and open_loop["samples"]:
         text += (
             f"\n\nOpen-loop action-token accuracy on {open_loop['samples']} held-out demo steps: "

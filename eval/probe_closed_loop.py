@@ -15,7 +15,8 @@ far the gripper has tilted from vertical by the end of the episode. Variants:
 If a variant that borrows one group of elements from the expert succeeds much more often,
 that group is where the policy's errors compound. Each row also says how far the episodes
 got: the share that reached each of the task's stages (``envs/milestones.py``, e.g. push:
-behind the object and low, pushed towards the zone, success).
+behind the object and low, pushed towards the zone, success), and which object the gripper
+went to first. (``eval/evaluate.py`` reports both for the policy's own actions too.)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs import make_expert  # noqa: E402
 from envs.evaluation import EVAL_SEED_BASE, wilson_interval  # noqa: E402
-from envs.milestones import MilestoneTracker  # noqa: E402
+from envs.milestones import MilestoneTracker, describe, first_object_shares, stage_shares  # noqa: E402
 from envs.tabletop_env import ACTION_NAMES  # noqa: E402
 from eval.closed_loop import policy_env_kwargs, task_ids  # noqa: E402
 from vla.inference import load_policy  # noqa: E402
@@ -64,11 +65,11 @@ def probe_task(runner, task_id: str, variant: str, episodes: int, seed: int) -> 
     base = env.unwrapped
     expert = make_expert(env)
     tracker = MilestoneTracker(base.task.name)
-    errors, successes, tilts, stages = [], [], [], []
+    errors, successes, tilts, stages, first_objects = [], [], [], [], []
     for k in range(episodes):
         obs, info = env.reset(seed=seed + k)
         runner.reset()
-        tracker.start(base.world, base.task_spec)
+        tracker.start(base.world, base.task_spec, base.scene_objects)
         done = False
         while not done:
             policy_action = runner.act(obs)
@@ -80,6 +81,7 @@ def probe_task(runner, task_id: str, variant: str, episodes: int, seed: int) -> 
         successes.append(bool(info["is_success"]))
         tilts.append(tilt_degrees(obs["proprio"][3:7]))
         stages.append(tracker.reached)
+        first_objects.append(tracker.first_object)
     env.close()
     k, n = sum(successes), len(successes)
     return {
@@ -90,7 +92,8 @@ def probe_task(runner, task_id: str, variant: str, episodes: int, seed: int) -> 
         "episodes": n,
         "mean_abs_error": dict(zip(ACTION_NAMES, np.mean(errors, 0).round(3).tolist(), strict=True)),
         "final_tilt_deg": float(np.mean(tilts)),
-        "stages_reached": {stage: float(np.mean([e[stage] for e in stages])) for stage in tracker.stages},
+        "stages_reached": stage_shares(stages),
+        "first_object": first_object_shares(first_objects),
     }
 
 
@@ -119,10 +122,10 @@ def main() -> None:
             f"| {r['task'].split('/')[-1]} | {r['variant']} | {100 * r['success_rate']:.0f}% | "
             f"[{100 * lo:.0f}, {100 * hi:.0f}] | {errors} | {r['final_tilt_deg']:.1f} deg |"
         )
-    print("\nhow far the episodes got (share that reached each stage, in order):")
+    print("\nhow far the episodes got (share that reached each stage, in order), and the object gone to first:")
     for r in rows:
-        reached = ", ".join(f"{stage} {100 * share:.0f}%" for stage, share in r["stages_reached"].items())
-        print(f"- {r['task'].split('/')[-1]}, {r['variant']}: {reached}")
+        funnel, first = describe(r["stages_reached"], r["first_object"])
+        print(f"- {r['task'].split('/')[-1]}, {r['variant']}: {funnel}; gone to first: {first}")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 

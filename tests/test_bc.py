@@ -107,10 +107,15 @@ def test_evaluate_reports_splits_language_swap_open_loop_and_video(trained_run, 
     report = json.loads((out / "evaluation.json").read_text())
     assert [(r["split"], r["episodes"]) for r in report["tasks"]] == [("train", 2), ("heldout", 2)]
     assert all(0 <= r["ci95"][0] <= r["success_rate"] <= r["ci95"][1] <= 1 for r in report["tasks"])
+    for row in report["tasks"]:  # the stage funnel: reach's one stage, then success (ever reached)
+        assert list(row["stages_reached"]) == ["above target", "success"]
+        assert row["stages_reached"]["success"] >= row["success_rate"]
+        assert sum(row["first_object"].values()) == pytest.approx(1.0)
     assert report["language_swap"]["tasks"][0]["episodes"] == 2
     assert report["open_loop"]["samples"] > 0
     assert (out / "rollouts.mp4").stat().st_size > 0
     assert "all tasks" in (out / "evaluation.md").read_text()
+    assert "above target" in (out / "evaluation.md").read_text()
 
 
 def assert_one_clear_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -1,5 +1,6 @@
 """Episode stages from the simulator state: the expert passes them all, in order; an arm
-that never moves reaches none."""
+that never moves reaches none. The first object gone to names the target for the expert,
+another object when the episode is judged against a different target, none for a still arm."""
 
 from __future__ import annotations
 
@@ -8,36 +9,75 @@ import numpy as np
 import pytest
 
 import envs
+from envs.evaluation import evaluate, stage_table
 from envs.milestones import STAGES, MilestoneTracker
+from envs.tasks import Task
 
 
-def run_episode(task: str, seed: int, act) -> dict[str, bool]:
+def run_episode(task: str, seed: int, act, judge_spec=None) -> MilestoneTracker:
+    """One episode of ``act``; the tracker judges it against ``judge_spec(spec, objects)`` if given."""
     env = gym.make(envs.TASKS[list(STAGES).index(task)], image_size=32)
     base = env.unwrapped
     tracker = MilestoneTracker(task)
     obs, _ = env.reset(seed=seed)
     expert = envs.make_expert(env)
-    tracker.start(base.world, base.task_spec)
+    spec = judge_spec(base.task_spec, base.scene_objects) if judge_spec else base.task_spec
+    tracker.start(base.world, spec, base.scene_objects)
     done = False
     while not done:
         obs, _, terminated, truncated, _ = env.step(act(expert, obs))
-        tracker.update(base.world, base.task_spec)
+        tracker.update(base.world, spec)
         done = terminated or truncated
     env.close()
-    return tracker.reached
+    return tracker
+
+
+def follow_expert(expert, obs):
+    return expert(obs)
+
+
+def stay_still(expert, obs):
+    return np.zeros(7, dtype=np.float32)
 
 
 @pytest.mark.parametrize("task", list(STAGES))
 def test_the_expert_reaches_every_stage(task):
-    reached = run_episode(task, seed=3, act=lambda expert, obs: expert(obs))
-    assert list(reached) == [*STAGES[task], "success"]
-    assert all(reached.values()), reached
+    tracker = run_episode(task, seed=3, act=follow_expert)
+    assert list(tracker.reached) == [*STAGES[task], "success"]
+    assert all(tracker.reached.values()), tracker.reached
+    if task != "reach":  # reach hovers above its target, never within grasping distance
+        assert tracker.first_object == "target"
 
 
 @pytest.mark.parametrize("task", ["push", "pick_place"])
 def test_an_arm_that_stays_still_reaches_no_stage(task):
-    reached = run_episode(task, seed=3, act=lambda expert, obs: np.zeros(7, dtype=np.float32))
-    assert not any(reached.values()), reached
+    tracker = run_episode(task, seed=3, act=stay_still)
+    assert not any(tracker.reached.values()), tracker.reached
+    assert tracker.first_object == "none"
+
+
+def test_an_episode_that_lifts_another_object_went_to_another_object_first():
+    def another_target(spec, objects):  # judge the expert's episode against a distractor
+        other = next(name for name in objects if name != Task.target(spec))
+        colour, shape = other.split("_")
+        return {**spec, "target_colour": colour, "target_shape": shape}
+
+    tracker = run_episode("lift", seed=3, act=follow_expert, judge_spec=another_target)
+    assert tracker.first_object == "other object"
+    assert not tracker.reached["at target"] and not tracker.reached["success"]
+
+
+class StillArm:
+    def act_batch(self, observations):
+        return np.zeros((len(observations), 7), dtype=np.float32)
+
+
+def test_evaluation_reports_each_tasks_stages_and_first_object():
+    results, _ = evaluate(StillArm(), ["VLASandbox/Stack-v0"], episodes=2, num_envs=2, env_kwargs={"image_size": 32})
+    summary = results[0].summary()
+    assert summary["stages_reached"] == {"at target": 0, "grasped": 0, "carried over base": 0, "success": 0}
+    assert summary["first_object"] == {"target": 0, "base": 0, "other object": 0, "none": 1}
+    assert "at target 0% -> grasped 0% -> carried over base 0% -> success 0% | none 100%" in stage_table(results)
 
 
 def test_unknown_task_is_refused():
