@@ -189,6 +189,54 @@ def test_keypoints_add_tokens_that_read_the_image_where_the_instruction_points()
     assert not torch.allclose(coords, other)
 
 
+def swapped_keypoints_logits(policy: VLAPolicy, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Action logits with the two keypoints pinned to two far-apart cells, and pinned the
+    other way round (target and destination swapped)."""
+    reader = policy.keypoint_reader
+    heatmaps = reader.heatmaps
+
+    def pinned(first: int, second: int):
+        def read(*args):
+            logits, cells = heatmaps(*args)
+            peaks = torch.zeros_like(logits)
+            peaks[:, 0, first] = peaks[:, 1, second] = 50.0
+            return logits + peaks, cells
+
+        return read
+
+    try:
+        reader.heatmaps = pinned(0, -1)  # top-left and bottom-right cells
+        as_read = policy.action_logits(batch)
+        _, coords, _ = reader(batch["image"], *policy.text(batch["instruction"], torch.device("cpu")))
+        assert (coords[:, 0] - coords[:, 1]).abs().min() > 1.5  # the two really are apart
+        reader.heatmaps = pinned(-1, 0)
+        swapped = policy.action_logits(batch)
+    finally:
+        del reader.heatmaps
+    return as_read, swapped
+
+
+def test_without_roles_the_decoder_cannot_tell_target_from_destination():
+    """No positions over the prefix: the two keypoint tokens are interchangeable."""
+    policy, batch = make_policy(keypoints=2), random_batch(4)
+    as_read, swapped = swapped_keypoints_logits(policy, batch)
+    assert torch.allclose(as_read, swapped, atol=1e-5)
+
+
+def test_keypoint_roles_tell_the_decoder_which_keypoint_is_the_target():
+    policy, batch = make_policy(keypoints=2, keypoint_roles=True), random_batch(4)
+    assert torch.count_nonzero(policy.keypoint_reader.roles) == 0  # zeros: no random draws at init
+    with torch.no_grad():
+        policy.keypoint_reader.roles.normal_()  # as training leaves them
+    as_read, swapped = swapped_keypoints_logits(policy, batch)
+    assert not torch.allclose(as_read, swapped, atol=1e-3)
+    # zero-initialised roles leave every other initial weight as it was without them
+    plain = make_policy(keypoints=2).state_dict()
+    with_roles = make_policy(keypoints=2, keypoint_roles=True).state_dict()
+    assert set(with_roles) - set(plain) == {"keypoint_reader.roles"}
+    assert all(torch.equal(plain[k], with_roles[k]) for k in plain)
+
+
 def test_keypoints_must_be_off_or_two():
     with pytest.raises(ValueError, match="keypoints must be 0 .* got 3"):
         make_policy(keypoints=3)
@@ -273,3 +321,16 @@ def test_a_checkpoint_from_before_chunking_still_matches_its_config(tmp_path):
     payload = read_checkpoint(save_checkpoint(tmp_path / "p.pt", policy, ActionTokenizer(256)))
     del payload["policy_config"]["chunk"]
     check_config(payload, asdict(policy.config))
+
+
+def test_a_checkpoint_from_before_keypoint_roles_loads_without_them(tmp_path):
+    """Its config has no keypoint_roles: it loads as written, without role weights."""
+    from vla.checkpoint import build_policy, read_checkpoint, save_checkpoint
+
+    policy = make_policy(keypoints=2)
+    payload = read_checkpoint(save_checkpoint(tmp_path / "p.pt", policy, ActionTokenizer(256)))
+    del payload["policy_config"]["keypoint_roles"]
+    loaded, _ = build_policy(payload)
+    assert loaded.keypoint_reader.roles is None
+    batch = random_batch(2)
+    assert torch.equal(loaded.eval().decode(batch), policy.decode(batch))

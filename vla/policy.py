@@ -68,6 +68,12 @@ class PolicyConfig:
     # rendered scenes, and aux_weight on the demos), never by the action loss.
     keypoints: int = 0
     keypoint_channels: int = 32
+    # A learned embedding per keypoint (0: the target, 1: its destination) added to its token.
+    # The decoder has no positions over its prefix, so without it the two keypoint tokens are
+    # interchangeable: it cannot tell "go here first" from "bring it there" (harmless for reach
+    # and lift, whose two keypoints coincide). False only for checkpoints from before session 14;
+    # the model configs switch it on.
+    keypoint_roles: bool = False
     augment_pad: int = 4  # random-shift augmentation: pixels of padding (the shift range is +-pad)
 
     @classmethod
@@ -102,7 +108,9 @@ class VLAPolicy(nn.Module):
         self.text_proj = nn.Linear(self.text.out_dim, c.width)
         self.keypoint_reader = None
         if c.keypoints:
-            self.keypoint_reader = TextQueriedKeypoints(c.width, self.text.out_dim, c.keypoints, c.keypoint_channels)
+            self.keypoint_reader = TextQueriedKeypoints(
+                c.width, self.text.out_dim, c.keypoints, c.keypoint_channels, roles=c.keypoint_roles
+            )
         self.proprio_proj = nn.Sequential(nn.Linear(c.proprio_dim, c.width), nn.LayerNorm(c.width))
         # Proprio arrives in metres and quaternion units: positions vary by ~0.1 while the
         # quaternion's w sits at ~1, so unscaled the gripper position is a whisper in the token.

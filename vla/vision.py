@@ -133,7 +133,9 @@ class TextQueriedKeypoints(nn.Module):
     decoder detached, so the action loss never pulls the detector away from the objects.
     """
 
-    def __init__(self, width: int, text_dim: int, keypoints: int, channels: int = 32, frequencies: int = 6):
+    def __init__(
+        self, width: int, text_dim: int, keypoints: int, channels: int = 32, frequencies: int = 6, roles: bool = False
+    ):
         super().__init__()
         self.keypoints, self.channels = keypoints, channels
         self.features = nn.Sequential(
@@ -151,6 +153,9 @@ class TextQueriedKeypoints(nn.Module):
         self.query = nn.Linear(width, channels)
         self.register_buffer("frequencies", torch.pi * 2.0 ** torch.arange(frequencies).float(), persistent=False)
         self.embed = nn.Sequential(nn.Linear(2 + 4 * frequencies, width), nn.GELU(), nn.Linear(width, width))
+        # which keypoint a token is (see PolicyConfig.keypoint_roles); zeros: draws no random
+        # numbers, so every other weight starts as it did before roles existed
+        self.roles = nn.Parameter(torch.zeros(keypoints, width)) if roles else None
 
     def heatmaps(
         self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor
@@ -178,7 +183,8 @@ class TextQueriedKeypoints(nn.Module):
         code = coords.detach()
         angles = code[..., None] * self.frequencies  # (B, K, 2, F)
         code = torch.cat([code, angles.sin().flatten(2), angles.cos().flatten(2)], -1)
-        return self.embed(code), coords, logits
+        tokens = self.embed(code) if self.roles is None else self.embed(code) + self.roles
+        return tokens, coords, logits
 
     def heatmap_loss(self, logits: torch.Tensor, target_uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the heatmaps against a Gaussian around each true point (std one
