@@ -9,9 +9,8 @@ the first stage an episode never reached is where it stalled.
 It also records which object the gripper went to first (``first_object``: the named
 ``target``, the stack's ``base``, an ``other object`` on the table, or ``none``): the object
 nearest the gripper the first time it comes down low beside one, as for a grasp or a push.
-An episode
-stalled before "at target" that went to another object misread the instruction or the
-scene; one that went to no object at all is a control failure.
+An episode stalled before "at target" that went to another object misread the instruction
+or the scene; one that went to no object at all is a control failure.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@
 #   bash eval/device_bc.sh chunk; bash eval/device_bc.sh poll   # session 12: 2,000 demos per task, action chunking
 #   bash eval/device_bc.sh augment; bash eval/device_bc.sh poll   # session 13: instruction augmentation
 #   bash eval/device_bc.sh longer; bash eval/device_bc.sh poll   # session 14: longer, and a larger model
+#   bash eval/device_bc.sh roles; bash eval/device_bc.sh poll   # keypoint roles on a1 and l2 (not run yet)
 # Grounding caches are named as configs/bc.yaml names them (since session 13 with the
 # instruction split, e.g. scenes_10000_seed0_64px_train.npz), so bc.py finds them rendered.
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM), or
@@ -33,7 +34,9 @@ out=${OUT:-outputs/device}; mkdir -p "$out" outputs/sweep
 # Sessions 5-8 ran the grounded reader with 32 conv channels (the CPU default became 16 in
 # session 10), so their phases name it.
 legacy="model.keypoints=0 model.aux_weight=0"
-common="data=five eval.language_swap=false trainer.progress=false eval.num_envs=10 data.collect_if_missing=false"
+suite="data=five eval.language_swap=false trainer.progress=false eval.num_envs=10 data.collect_if_missing=false"
+# Every phase before session 14 ran before keypoint roles existed (model.keypoint_roles).
+common="$suite model.keypoint_roles=false"
 
 if [ "$phase" = setup ]; then  # demos with both cameras: scene-only models read the same files
   nvidia-smi -L; nproc
@@ -295,7 +298,7 @@ if [ "$phase" = progress ] || [ "$phase" = replicate ] || [ "$phase" = seeds ] |
     runs="p_lr3e-5 $prog $fine ppo.lr=3e-5
 p_lr1e-4 $best
 d_vs10 $fine ppo.value_scale=10 ppo.lr=3e-5
-scratch $prog model.keypoints=2 model.keypoint_channels=32 ppo.lr=1e-4
+scratch $prog model.keypoints=2 model.keypoint_channels=32 model.keypoint_roles=false ppo.lr=1e-4
 cnn $prog algo=cnn ppo.lr=3e-4 ppo.critic_warmup_steps=0 ppo.target_kl=null"
     finals="p_lr3e-5 p_lr1e-4 d_vs10"
   elif [ "$phase" = replicate ]; then
@@ -367,7 +370,7 @@ big_lr3e-5_s1 $fine ppo.lr=3e-5 seed=1"
     runs="long_s0 $fine ppo.lr=1e-5 seed=0
 long_s1 $fine ppo.lr=1e-5 seed=1
 long_s2 $fine ppo.lr=1e-5 seed=2
-long_scratch model.keypoints=2 model.keypoint_channels=32 ppo.lr=1e-4
+long_scratch model.keypoints=2 model.keypoint_channels=32 model.keypoint_roles=false ppo.lr=1e-4
 long_cnn algo=cnn ppo.lr=3e-4 ppo.critic_warmup_steps=0 ppo.target_kl=null"
     finals="long_s0 long_s1 long_s2 long_scratch"
   fi
@@ -408,11 +411,12 @@ if [ "$phase" = chunk ]; then  # session 12, detached: more demos and action chu
 fi
 
 # Session 12's m1 recipe: the GPU config on 2,000 demos per task (collected first), 30,000
-# grounding scenes, both splits at the end; $1 = training steps. Sessions 13-14 build on it.
+# grounding scenes, both splits at the end; $1 = training steps, $2 = keypoint roles (false
+# before session 14's roles phase). Sessions 13-15 build on it.
 m1_recipe() {
   echo "model=gpu trainer=gpu data.path=data/all2000 data.num_workers=${WORKERS:-4} trainer.steps=$1 trainer.warmup_steps=500" \
     "trainer.checkpoint_every=2000 grounding.scenes=30000 grounding.steps=3000 eval.every_steps=5000 eval.episodes=10" \
-    "eval.final_episodes=100 eval.splits=[train,heldout] eval.video_episodes=0 eval.num_envs=20 $common"
+    "eval.final_episodes=100 eval.splits=[train,heldout] eval.video_episodes=0 eval.num_envs=20 $suite model.keypoint_roles=${2:-false}"
 }
 collect_augmented() {  # the demos and the grounding scenes worded from the augmented split
   nvidia-smi -L; nproc --all
@@ -444,6 +448,18 @@ if [ "$phase" = longer ]; then  # session 14, detached: a1 (augmented) trained l
   gpu="$(m1_recipe ${GPU_STEPS:-15000}) data.instructions=augmented"
   probe='timeout 300 python3 eval/probe_closed_loop.py --checkpoint outputs/sweep/$name --device cuda --variants policy --tasks push lift pick_place stack --episodes 30 --out outputs/sweep/$name/stages.json > outputs/sweep/$name/stages.md 2>&1'
   printf '%s\n' "l1_aug_15k $gpu" "l2_aug_15k_wide $gpu model.width=384 model.layers=8" | launch_runs "$probe"
+  sleep ${WAIT:-300}; phase=report
+fi
+
+if [ "$phase" = roles ]; then  # next session, detached: keypoint roles (model.keypoint_roles) on a1 and on l2
+  # Without roles the decoder cannot tell the target keypoint from the destination one;
+  # pick_place and stack failed before the grasp in session 14's stage probe. r1 = a1 + roles
+  # (10,000 steps), r2 = l2 + roles (width 384, 8 layers, 15,000 steps); same seeds: pair
+  # them with eval/compare.py against a1 and l2. The evaluation reports the stage funnel.
+  export WORKERS=6
+  collect_augmented
+  printf '%s\n' "r1_aug_roles $(m1_recipe 10000 true) data.instructions=augmented" \
+    "r2_aug_roles_wide $(m1_recipe 15000 true) data.instructions=augmented model.width=384 model.layers=8" | launch_runs true
   sleep ${WAIT:-300}; phase=report
 fi
 
