@@ -166,12 +166,9 @@ def _evaluate_task(
                 start(i)
     for env in envs:
         env.close()
-    order = np.argsort(result.seeds)
-    result.successes = [result.successes[j] for j in order]
-    result.lengths = [result.lengths[j] for j in order]
-    result.stages = [result.stages[j] for j in order]
-    result.first_objects = [result.first_objects[j] for j in order]
-    result.seeds = sorted(result.seeds)
+    order = np.argsort(result.seeds)  # episodes finish out of order: list them by seed
+    for name in ("successes", "lengths", "stages", "first_objects", "seeds"):
+        setattr(result, name, [getattr(result, name)[j] for j in order])
     return result, frames
 
 
