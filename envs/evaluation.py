@@ -207,9 +207,10 @@ def markdown_table(results: list[TaskResult]) -> str:
 
 
 def stage_table(results: list[TaskResult]) -> str:
-    """Where the episodes of each task and split stalled: the share that reached each stage,
-    in order, and the object the gripper went to first."""
-    lines = ["| task | split | stages reached (in order) | object gone to first |", "|---|---|---|---|"]
+    """Where the episodes of each task and split stalled: the share that ever reached each
+    stage (listed in the expert's order, each tested on its own; see ``envs.milestones``), and
+    the object the gripper went to first."""
+    lines = ["| task | split | stages ever reached (expert's order) | object gone to first |", "|---|---|---|---|"]
     for r in results:
         s = r.summary()
         funnel, first = describe(s["stages_reached"], s["first_object"])

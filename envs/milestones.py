@@ -6,6 +6,11 @@ the line, stop in the zone), and a policy at 0% may never get behind the object 
 it off the line. ``MilestoneTracker`` records, per episode, which stages were ever reached;
 the first stage an episode never reached is where it stalled.
 
+Each stage is tested on its own, not only after the one before it, so a later share can
+exceed an earlier one, and that is information: a policy that grasps the object off its
+centre (never within ``NEAR`` of it) is "grasped" without "at target", and one that shoves the
+object towards the zone from beside it is "pushed towards zone" without the expert's standoff.
+
 It also records which object the gripper went to first (``first_object``: the named
 ``target``, the stack's ``base``, an ``other object`` on the table, or ``none``): the object
 nearest the gripper the first time it comes down low beside one, as for a grasp or a push.
@@ -136,7 +141,8 @@ class MilestoneTracker:
 
 
 def stage_shares(episodes: list[dict[str, bool]]) -> dict[str, float]:
-    """Share of ``episodes`` (trackers' ``reached`` dicts) that reached each stage, in order."""
+    """Share of ``episodes`` (trackers' ``reached`` dicts) that ever reached each stage, in the
+    expert's order (each stage tested on its own: a later share can be the larger)."""
     return {stage: float(np.mean([e[stage] for e in episodes])) for stage in episodes[0]} if episodes else {}
 
 

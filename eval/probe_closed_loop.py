@@ -122,7 +122,8 @@ def main() -> None:
             f"| {r['task'].split('/')[-1]} | {r['variant']} | {100 * r['success_rate']:.0f}% | "
             f"[{100 * lo:.0f}, {100 * hi:.0f}] | {errors} | {r['final_tilt_deg']:.1f} deg |"
         )
-    print("\nhow far the episodes got (share that reached each stage, in order), and the object gone to first:")
+    print("\nhow far the episodes got (share that ever reached each stage, in the expert's order),")
+    print("and the object gone to first:")
     for r in rows:
         funnel, first = describe(r["stages_reached"], r["first_object"])
         print(f"- {r['task'].split('/')[-1]}, {r['variant']}: {funnel}; gone to first: {first}")
