@@ -16,7 +16,8 @@
 #   bash eval/device_bc.sh chunk; bash eval/device_bc.sh poll   # session 12: 2,000 demos per task, action chunking
 #   bash eval/device_bc.sh augment; bash eval/device_bc.sh poll   # session 13: instruction augmentation
 #   bash eval/device_bc.sh longer; bash eval/device_bc.sh poll   # session 14: longer, and a larger model
-#   bash eval/device_bc.sh roles; bash eval/device_bc.sh poll   # keypoint roles on a1 and l2 (not run yet)
+#   bash eval/device_bc.sh roles; bash eval/device_bc.sh poll   # session 15: keypoint roles on a1 and l2
+#   bash eval/device_bc.sh wide; bash eval/device_bc.sh poll   # r2 alone, its checkpoint brought back (not run yet)
 # Grounding caches are named as configs/bc.yaml names them (since session 13 with the
 # instruction split, e.g. scenes_10000_seed0_64px_train.npz), so bc.py finds them rendered.
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM), or
@@ -451,7 +452,7 @@ if [ "$phase" = longer ]; then  # session 14, detached: a1 (augmented) trained l
   sleep ${WAIT:-300}; phase=report
 fi
 
-if [ "$phase" = roles ]; then  # next session, detached: keypoint roles (model.keypoint_roles) on a1 and on l2
+if [ "$phase" = roles ]; then  # session 15, detached: keypoint roles (model.keypoint_roles) on a1 and on l2
   # Without roles the decoder cannot tell the target keypoint from the destination one;
   # pick_place and stack failed before the grasp in session 14's stage probe. r1 = a1 + roles
   # (10,000 steps), r2 = l2 + roles (width 384, 8 layers, 15,000 steps); same seeds: pair
@@ -460,6 +461,18 @@ if [ "$phase" = roles ]; then  # next session, detached: keypoint roles (model.k
   collect_augmented
   printf '%s\n' "r1_aug_roles $(m1_recipe 10000 true) data.instructions=augmented" \
     "r2_aug_roles_wide $(m1_recipe 15000 true) data.instructions=augmented model.width=384 model.layers=8" | launch_runs true
+  sleep ${WAIT:-300}; phase=report
+fi
+
+if [ "$phase" = wide ]; then  # next session, detached: session 15's r2 alone, to its final evaluation
+  # r2 (roles, width 384, 8 layers, 15,000 steps) reached 84% on validation seeds, but two
+  # runs sharing the machine left no device time for its final evaluation. Alone it gets all
+  # 12 loader workers. Its best.pt comes back as fp16 weights, in 15 MB parts under $OUT
+  # (cat them together), for CPU probes and PPO here.
+  export WORKERS=12
+  collect_augmented
+  keep='python3 -c "import sys; from vla.checkpoint import save_weights_fp16 as s; s(*sys.argv[1:])" outputs/sweep/$name outputs/sweep/$name/best_fp16.pt'
+  echo "w1_aug_roles_wide $(m1_recipe 15000 true) data.instructions=augmented model.width=384 model.layers=8" | launch_runs "$keep"
   sleep ${WAIT:-300}; phase=report
 fi
 
@@ -489,5 +502,6 @@ fi
 
 for f in outputs/sweep/*/evaluation.md; do echo "== $f"; cat "$f"; done > "$out/summary_$phase.md" 2>/dev/null
 for f in outputs/sweep/*.log; do echo "== $f"; grep -v "Loading weights" "$f" | tail -25; done > "$out/logs_$phase.txt"
+for f in outputs/sweep/*/best_fp16.pt; do [ -f "$f" ] && split -b 15m "$f" "$out/$(basename $(dirname $f))_best_fp16.pt.part-"; done
 tar czf "$out/runs_$phase.tgz" outputs/sweep/*/metrics.jsonl outputs/sweep/*/evaluation.* outputs/sweep/*/stages.* outputs/sweep/*/config.yaml outputs/sweep/*/rollouts.mp4 2>/dev/null
 cat "$out/summary_$phase.md"; tail -n 3 outputs/sweep/*.log

@@ -10,14 +10,6 @@ root=$(git rev-parse --show-toplevel); cd "$root"
 grep -qx '/.carry/' .git/info/exclude 2>/dev/null || echo '/.carry/' >> .git/info/exclude
 mkdir -p .carry
 [ -f .carry/minilm16.tar.xz ] || (cd .minilm16 && tar cf - . | xz -T2 -6 > ../.carry/minilm16.tar.xz)
-python3 - "$checkpoint" ".carry/${name}_fp16.pt" <<'PY'
-import sys
-
-import torch
-
-payload = torch.load(sys.argv[1], map_location="cpu", weights_only=False)
-slim = {k: payload[k] for k in ("format", "policy_config", "tokenizer", "step")}
-slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
-torch.save(slim, sys.argv[2])
-PY
+python3 -c "import sys; from vla.checkpoint import save_weights_fp16 as s; s(*sys.argv[1:])" \
+  "$checkpoint" ".carry/${name}_fp16.pt"
 du -sb .whl .gl .carry 2>/dev/null | awk '{s += $1; print} END {printf "carry total %.1f MiB (limit 64)\n", s / 1048576}'

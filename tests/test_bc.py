@@ -245,3 +245,21 @@ def test_periodic_evaluation_picks_best_on_validation_seeds_not_the_test_seeds(m
     assert 0.0 <= rate <= 1.0
     assert seen == [[VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + 1]]
     assert VALIDATION_SEED_BASE >= EVAL_SEED_BASE + 1_000_000  # far past any test episode
+
+
+def test_fp16_weights_copy_is_smaller_and_loads_as_the_same_policy(trained_run, tmp_path):
+    import torch
+
+    from vla.checkpoint import build_policy, read_checkpoint, save_weights_fp16
+
+    best = trained_run / "checkpoints" / "best.pt"
+    slim_path = save_weights_fp16(trained_run, tmp_path / "best_fp16.pt")
+    assert slim_path.stat().st_size < best.stat().st_size / 2  # no optimiser state, half the bytes per weight
+    original, slim = read_checkpoint(best), read_checkpoint(slim_path)
+    assert "optimizer" not in slim and slim["step"] == original["step"]
+    policy, tokenizer = build_policy(slim)
+    weights = policy.trainable_state_dict()
+    for name, value in original["model"].items():
+        expected = value.half().to(value.dtype) if value.is_floating_point() else value
+        assert torch.equal(weights[name], expected), name
+    assert tokenizer.state_dict().keys() == build_policy(original)[1].state_dict().keys()

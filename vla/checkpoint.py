@@ -41,6 +41,21 @@ def save_checkpoint(path: str | Path, policy: VLAPolicy, tokenizer: ActionTokeni
     return path
 
 
+def save_weights_fp16(source: str | Path, path: str | Path) -> Path:
+    """A copy of checkpoint ``source`` (a file or a run directory) for moving between machines:
+    weights in fp16, no optimiser or loader state (a GPU-config checkpoint: ~6x smaller). It
+    loads like any checkpoint (``vla.load_policy``, ``eval/evaluate.py``, ``train/ppo.py init=``),
+    the weights cast back to the policy's dtype; it cannot ``resume`` a training run."""
+    payload = read_checkpoint(source)
+    slim = {k: payload[k] for k in ("format", "policy_config", "tokenizer") if k in payload}
+    slim["step"] = payload.get("step")
+    slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(slim, path)
+    return path
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():  # a run directory: its best checkpoint, else its latest
