@@ -19,6 +19,7 @@ them are split-specific too (see ``_SHAPE_WORDS`` and ``_ZONE_WORDS``).
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Any
 
 import numpy as np
@@ -194,6 +195,24 @@ def make_instruction(task_spec: dict[str, Any], split: str, rng: np.random.Gener
     if "base_colour" in task_spec:
         slots["base"] = _object_phrase(task_spec["base_colour"], task_spec["base_shape"], split, rng)
     return template.format(**slots)
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    # each slot is a noun phrase ("red cube", "green zone"); the words between are the template's
+    slot = r"[a-z]+ [a-z]+"
+    return re.compile("^" + re.sub(r"\\\{(?:target|zone|base)\\\}", slot, re.escape(template)) + "$")
+
+
+def template_of(task: str, split: str, instruction: str) -> str:
+    """The template of ``split`` that ``instruction`` was phrased from (slots unfilled), for
+    success per wording; a ValueError if no template of that task and split gives it."""
+    check_name("instruction split", split, INSTRUCTION_SPLITS)
+    templates = TEMPLATES[check_name("task", task, TEMPLATES)][split]
+    matches = [t for t in templates if _template_pattern(t).match(instruction)]
+    if len(matches) != 1:
+        count = len(matches)
+        raise ValueError(f"{instruction!r} is not phrased from exactly one {split} template of {task} ({count} match)")
+    return matches[0]
 
 
 def all_instructions(task: str, split: str) -> list[str]:

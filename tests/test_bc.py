@@ -263,3 +263,18 @@ def test_fp16_weights_copy_is_smaller_and_loads_as_the_same_policy(trained_run, 
         expected = value.half().to(value.dtype) if value.is_floating_point() else value
         assert torch.equal(weights[name], expected), name
     assert tokenizer.state_dict().keys() == build_policy(original)[1].state_dict().keys()
+
+
+def test_success_by_wording_replays_each_seed_to_its_template(trained_run):
+    from envs.instructions import TEMPLATES
+    from eval.by_wording import success_by_wording, table
+
+    rows = success_by_wording(trained_run / "evaluation.json", progress=False)
+    report = json.loads((trained_run / "evaluation.json").read_text())
+    for entry in report["per_episode"]:
+        mine = [r for r in rows if (r["task"], r["split"]) == (entry["task"], entry["split"])]
+        assert sorted(s for r in mine for s in r["successes"]) == sorted(entry["successes"])
+    for r in rows:
+        task = r["task"].split("/")[-1].removesuffix("-v0").lower().replace("pickplace", "pick_place")
+        assert r["template"] in TEMPLATES[task][r["split"]]
+        assert f"| {r['template']} |" in table(rows)

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs.instructions import TEMPLATES, all_instructions, heldout_only_words, make_instruction
+from envs.instructions import TEMPLATES, all_instructions, heldout_only_words, make_instruction, template_of
 from envs.tasks import TASK_CLASSES
 
 
@@ -90,3 +90,20 @@ def test_all_instructions_lists_every_wording_a_split_can_give(split):
         every = set(all_instructions(task, split))
         drawn = {make_instruction(cls().sample_spec(rng), split, rng) for _ in range(300)}
         assert drawn <= every and len(every) >= len(TEMPLATES[task][split])
+
+
+@pytest.mark.parametrize("split", ["train", "heldout", "augmented"])
+def test_every_instruction_names_the_template_it_was_phrased_from(split):
+    for task, templates in TEMPLATES.items():
+        for template in templates[split]:
+            slots = {"target": "red cube", "zone": "blue zone", "base": "green cylinder"}
+            assert template_of(task, split, template.format(**slots)) == template
+        found = {template_of(task, split, text) for text in all_instructions(task, split)}
+        assert found == set(templates[split]), (task, split)
+
+
+def test_a_wording_no_template_gives_is_one_clear_error():
+    with pytest.raises(ValueError, match="'dance with the red cube' is not phrased from exactly one train template"):
+        template_of("reach", "train", "dance with the red cube")
+    with pytest.raises(ValueError, match="unknown task|valid"):
+        template_of("juggle", "train", "touch the red cube")
