@@ -11,6 +11,10 @@ exceed an earlier one, and that is information: a policy that grasps the object 
 centre (never within ``NEAR`` of it) is "grasped" without "at target", and one that shoves the
 object towards the zone from beside it is "pushed towards zone" without the expert's standoff.
 
+Some behaviours the expert never shows in a task are recorded beside its stages (``DETOURS``):
+a push whose object was lifted off the table was solved as a pick-and-place, which the push's
+success test (object in the zone, resting on the table) accepts.
+
 It also records which object the gripper went to first (``first_object``: the named
 ``target``, the stack's ``base``, an ``other object`` on the table, or ``none``): the object
 nearest the gripper the first time it comes down low beside one, as for a grasp or a push.
@@ -32,6 +36,7 @@ from envs.world import World
 
 NEAR = 0.03  # m: the grip site this close to the object's centre counts as "at" it
 MOVED = 0.02  # m: how much closer to the zone an object must get to count as "pushed"
+LIFTED = 0.01  # m: an object's centre this far above its resting height is off the table
 # "Gone to" an object: the grip site this low (travel is at hover height, ~0.11 m; the arm
 # starts at 0.08 m or higher) and within this horizontal distance (pushing stands 0.06 m
 # off the object's centre).
@@ -70,6 +75,10 @@ def _carried_over_base(world: World, task: Task, spec: dict[str, Any]) -> bool:
     return world.is_grasped(target) and over
 
 
+def _target_lifted(world: World, task: Task, spec: dict[str, Any]) -> bool:
+    return bool(world.object_pos(task.target(spec))[2] > OBJECT_HALF_SIZE + LIFTED)
+
+
 FIRST_OBJECT_ROLES = ("target", "base", "other object", "none")
 
 
@@ -90,7 +99,10 @@ STAGES = {
     "pick_place": ("at target", "grasped", "carried over zone"),
     "stack": ("at target", "grasped", "carried over base"),
 }
+# Behaviours off the expert's way, recorded after the stages ("detours" in the reports).
+DETOURS = {"push": ("target lifted",)}
 _STAGE_TESTS = {
+    "target lifted": _target_lifted,
     "above target": _above_target,
     "at target": _at_target,
     "behind object, low": _push_standoff_reached,
@@ -102,14 +114,15 @@ _STAGE_TESTS = {
 
 class MilestoneTracker:
     """Call ``start`` after each reset and ``update`` after each step; ``reached`` is the
-    dict of stage -> ever reached in this episode (plus ``success``), ``first_object`` the
-    role (``FIRST_OBJECT_ROLES``) of the first of ``objects`` the gripper went to."""
+    dict of stage -> ever reached in this episode (plus ``success`` and the task's
+    ``DETOURS``), ``first_object`` the role (``FIRST_OBJECT_ROLES``) of the first of
+    ``objects`` the gripper went to."""
 
     def __init__(self, task_name: str):
         if task_name not in STAGES:
             raise ValueError(f"unknown task {task_name!r}; valid values are: {', '.join(STAGES)}")
         self.task: Task = TASK_CLASSES[task_name]()
-        self.stages = (*STAGES[task_name], "success")
+        self.stages = (*STAGES[task_name], "success", *DETOURS.get(task_name, ()))
         self.reached: dict[str, bool] = {}
         self.first_object = "none"
         self._objects: tuple[str, ...] = ()
@@ -153,7 +166,14 @@ def first_object_shares(first_objects: list[str]) -> dict[str, float]:
 
 
 def describe(stages_reached: dict[str, float], first_object: dict[str, float]) -> tuple[str, str]:
-    """The two shares above as text: "at target 60% -> grasped 55% -> ...", "target 70%, none 30%"."""
-    funnel = " -> ".join(f"{stage} {100 * share:.0f}%" for stage, share in stages_reached.items())
+    """The two shares above as text: "at target 60% -> grasped 55% -> ...", "target 70%, none 30%";
+    a detour follows the funnel: "... -> success 26% (off the expert's way: target lifted 40%)"."""
+    detours = {name for names in DETOURS.values() for name in names}
+    funnel = " -> ".join(
+        f"{stage} {100 * share:.0f}%" for stage, share in stages_reached.items() if stage not in detours
+    )
+    off_way = ", ".join(f"{stage} {100 * share:.0f}%" for stage, share in stages_reached.items() if stage in detours)
+    if off_way:
+        funnel += f" (off the expert's way: {off_way})"
     first = ", ".join(f"{role} {100 * share:.0f}%" for role, share in first_object.items() if share)
     return funnel, first

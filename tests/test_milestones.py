@@ -10,15 +10,16 @@ import pytest
 
 import envs
 from envs.evaluation import evaluate, stage_table
-from envs.milestones import STAGES, MilestoneTracker
+from envs.milestones import DETOURS, STAGES, MilestoneTracker, describe
 from envs.tasks import Task
 
 
-def run_episode(task: str, seed: int, act, judge_spec=None) -> MilestoneTracker:
-    """One episode of ``act``; the tracker judges it against ``judge_spec(spec, objects)`` if given."""
+def run_episode(task: str, seed: int, act, judge_spec=None, judge_task=None) -> MilestoneTracker:
+    """One episode of ``act``; the tracker judges it against ``judge_spec(spec, objects)`` and
+    as task ``judge_task`` if given."""
     env = gym.make(envs.TASKS[list(STAGES).index(task)], image_size=32)
     base = env.unwrapped
-    tracker = MilestoneTracker(task)
+    tracker = MilestoneTracker(judge_task or task)
     obs, _ = env.reset(seed=seed)
     expert = envs.make_expert(env)
     spec = judge_spec(base.task_spec, base.scene_objects) if judge_spec else base.task_spec
@@ -43,8 +44,9 @@ def stay_still(expert, obs):
 @pytest.mark.parametrize("task", list(STAGES))
 def test_the_expert_reaches_every_stage(task):
     tracker = run_episode(task, seed=3, act=follow_expert)
-    assert list(tracker.reached) == [*STAGES[task], "success"]
-    assert all(tracker.reached.values()), tracker.reached
+    assert list(tracker.reached) == [*STAGES[task], "success", *DETOURS.get(task, ())]
+    assert all(tracker.reached[stage] for stage in [*STAGES[task], "success"]), tracker.reached
+    assert not any(tracker.reached[detour] for detour in DETOURS.get(task, ())), tracker.reached
     if task != "reach":  # reach hovers above its target, never within grasping distance
         assert tracker.first_object == "target"
 
@@ -83,3 +85,13 @@ def test_evaluation_reports_each_tasks_stages_and_first_object():
 def test_unknown_task_is_refused():
     with pytest.raises(ValueError, match="unknown task 'fly'"):
         MilestoneTracker("fly")
+
+
+def test_a_pick_and_place_passes_the_push_test_and_is_recorded_as_a_detour():
+    # The pick_place expert carries its object into the zone: judged as a push (same spec:
+    # target and zone), it succeeds without the push's standoff, and its object was lifted.
+    tracker = run_episode("pick_place", seed=3, act=follow_expert, judge_task="push")
+    assert tracker.reached["success"] and tracker.reached["target lifted"], tracker.reached
+    assert not tracker.reached["behind object, low"]
+    funnel, _ = describe({k: float(v) for k, v in tracker.reached.items()}, {"target": 1.0})
+    assert funnel.endswith("success 100% (off the expert's way: target lifted 100%)"), funnel
