@@ -444,7 +444,7 @@ if [ "$phase" = longer ]; then  # session 14, detached: a1 (augmented) trained l
   # l1: a1's recipe for 15,000 steps instead of 10,000; l2: the same with width 384 and 8
   # layers (22.7M trainable parameters against 8.7M). Same seeds as m1 and a1: paired. Then the
   # stage probe (how far the episodes get, envs/milestones.py) on each best.pt.
-  export WORKERS=6  # two runs on 16 cores; the loaders, not the GPU, set the pace
+  export WORKERS=6  # two runs on 16 cores (session 15: a worker gives ~8,000 samples/s, the loaders are not the limit)
   collect_augmented
   gpu="$(m1_recipe ${GPU_STEPS:-15000}) data.instructions=augmented"
   probe='timeout 300 python3 eval/probe_closed_loop.py --checkpoint outputs/sweep/$name --device cuda --variants policy --tasks push lift pick_place stack --episodes 30 --out outputs/sweep/$name/stages.json > outputs/sweep/$name/stages.md 2>&1'
@@ -466,10 +466,10 @@ fi
 
 if [ "$phase" = wide ]; then  # next session, detached: session 15's r2 alone, to its final evaluation
   # r2 (roles, width 384, 8 layers, 15,000 steps) reached 84% on validation seeds, but two
-  # runs sharing the machine left no device time for its final evaluation. Alone it gets all
-  # 12 loader workers. Its best.pt comes back as fp16 weights, in 15 MB parts under $OUT
+  # runs sharing the machine left no device time for its final evaluation. Alone it has the
+  # GPU to itself (6 workers fed two runs with room to spare). Its best.pt comes back as fp16 weights, in 15 MB parts under $OUT
   # (cat them together), for CPU probes and PPO here.
-  export WORKERS=12
+  export WORKERS=6
   collect_augmented
   keep='python3 -c "import sys; from vla.checkpoint import save_weights_fp16 as s; s(*sys.argv[1:])" outputs/sweep/$name outputs/sweep/$name/best_fp16.pt'
   echo "w1_aug_roles_wide $(m1_recipe 15000 true) data.instructions=augmented model.width=384 model.layers=8" | launch_runs "$keep"
