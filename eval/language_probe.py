@@ -5,7 +5,8 @@
 
 Every distinct instruction of a training split is encoded once by the frozen MiniLM (as the
 policy's text encoder does), and small classifiers learn to name the task from it. They are
-then asked about every held-out paraphrase ("hoist", "shove", "block", "mat"). Two readers:
+then asked about every held-out paraphrase ("hoist", "shove", "block", "mat"), and the report
+gives the share per held-out wording too (to set beside ``eval/by_wording.py``). Two readers:
 
 - ``attention``: one learned query attends over the projected token states, as the policy's
   decoder reads the instruction tokens;
@@ -30,7 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from envs.instructions import TEMPLATES, TRAINING_SPLITS, all_instructions  # noqa: E402
+from envs.instructions import TEMPLATES, TRAINING_SPLITS, all_instructions, template_of  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
 from vla.language import MiniLMEncoder  # noqa: E402
 
@@ -101,14 +102,37 @@ def train_reader(kind: str, data: tuple, steps: int, seed: int, batch_size: int 
     return reader.eval()
 
 
-def confusion(reader: nn.Module, data: tuple) -> np.ndarray:
-    """(true task, predicted task) counts."""
-    states, mask, labels = data
+def predict(reader: nn.Module, data: tuple) -> np.ndarray:
+    states, mask, _ = data
     with torch.no_grad():
-        predicted = reader(states, mask).argmax(1)
+        return reader(states, mask).argmax(1).numpy()
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """(true task, predicted task) counts."""
     table = np.zeros((len(TASKS), len(TASKS)), dtype=np.int64)
-    np.add.at(table, (labels.numpy(), predicted.numpy()), 1)
+    np.add.at(table, (labels, predicted), 1)
     return table
+
+
+def heldout_templates() -> list[tuple[str, str]]:
+    """(task, template) of every held-out wording, in ``encode_split``'s order."""
+    return [(task, template_of(task, "heldout", text)) for task in TASKS for text in all_instructions(task, "heldout")]
+
+
+def accuracy_by_wording(labels: np.ndarray, predictions: list[np.ndarray]) -> list[dict]:
+    """Per held-out template: the share of its wordings (every colour and noun) read as the
+    right task, over all seeds' readers, and the task most often read instead."""
+    templates = heldout_templates()
+    rows = []
+    for task, template in dict.fromkeys(templates):
+        rows_of = np.array([t == (task, template) for t in templates])
+        guesses = np.concatenate([p[rows_of] for p in predictions])
+        right = guesses == labels[rows_of][0]
+        wrong = np.bincount(guesses[~right], minlength=len(TASKS))
+        instead = TASKS[int(wrong.argmax())] if wrong.any() else ""
+        rows.append({"task": task, "template": template, "accuracy": float(right.mean()), "mostly_read_as": instead})
+    return rows
 
 
 def balanced_accuracy(table: np.ndarray) -> float:
@@ -123,12 +147,15 @@ def run_probe(train_split: str, steps: int, seeds: int) -> dict:
     encoder = MiniLMEncoder()
     training, heldout = encode_split(encoder, train_split), encode_split(encoder, "heldout")
     result = {"train_split": train_split, "train_wordings": len(training[2]), "heldout_wordings": len(heldout[2])}
+    labels = heldout[2].numpy()
     for kind in READERS:
-        tables = [confusion(train_reader(kind, training, steps, seed), heldout) for seed in range(seeds)]
+        predictions = [predict(train_reader(kind, training, steps, seed), heldout) for seed in range(seeds)]
+        tables = [confusion(labels, p) for p in predictions]
         result[kind] = {
             "balanced_accuracy": float(np.mean([balanced_accuracy(t) for t in tables])),
             "per_seed": [balanced_accuracy(t) for t in tables],
             "confusion_seed0": tables[0].tolist(),
+            "by_wording": accuracy_by_wording(labels, predictions),
         }
     return result
 
@@ -151,6 +178,17 @@ def print_report(result: dict) -> None:
         print("|---" * (len(TASKS) + 1) + "|")
         for task, row in zip(TASKS, result[kind]["confusion_seed0"], strict=True):
             print(f"| {task} | " + " | ".join(map(str, row)) + " |")
+    print("\nper held-out wording: share read as the right task (all seeds), and what it is read as instead")
+    print("| task | wording | " + " | ".join(READERS) + " |")
+    print("|---|---|" + "---|" * len(READERS))
+    for i, row in enumerate(result[READERS[0]]["by_wording"]):
+        cells = []
+        for kind in READERS:
+            r = result[kind]["by_wording"][i]
+            cells.append(
+                f"{100 * r['accuracy']:.0f}%" + (f" (else {r['mostly_read_as']})" if r["mostly_read_as"] else "")
+            )
+        print(f"| {row['task']} | {row['template']} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:

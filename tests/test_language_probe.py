@@ -25,7 +25,13 @@ def test_probe_reports_balanced_accuracy_and_confusion_on_every_heldout_wording(
         assert 0.0 <= report[reader]["balanced_accuracy"] <= 1.0
         rows = report[reader]["confusion_seed0"]
         assert [sum(row) for row in rows] == [len(all_instructions(t, "heldout")) for t in TEMPLATES]
+        wordings = report[reader]["by_wording"]
+        assert [(w["task"], w["template"]) for w in wordings] == [
+            (t, w) for t in TEMPLATES for w in TEMPLATES[t]["heldout"]
+        ]
+        assert all(0.0 <= w["accuracy"] <= 1.0 for w in wordings)
     assert "| attention |" in result.stdout and "| linear |" in result.stdout
+    assert "| lift | hoist the {target} into the air |" in result.stdout
 
 
 def test_probing_on_heldout_wordings_is_one_clear_error(tmp_path):
