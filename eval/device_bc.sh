@@ -18,6 +18,7 @@
 #   bash eval/device_bc.sh longer; bash eval/device_bc.sh poll   # session 14: longer, and a larger model
 #   bash eval/device_bc.sh roles; bash eval/device_bc.sh poll   # session 15: keypoint roles on a1 and l2
 #   bash eval/device_bc.sh wide; bash eval/device_bc.sh poll   # r2 alone, its checkpoint brought back (not run yet)
+#   bash eval/device_bc.sh sentence; bash eval/device_bc.sh poll   # r1 + the sentence token (not run yet)
 # Grounding caches are named as configs/bc.yaml names them (since session 13 with the
 # instruction split, e.g. scenes_10000_seed0_64px_train.npz), so bc.py finds them rendered.
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM), or
@@ -430,6 +431,9 @@ launch_runs() {  # detached (setsid: outlives this call): one bc.py per "name ov
     wait; touch outputs/sweep/DONE" < /dev/null > /dev/null 2>&1 &
 }
 
+# after a run (for launch_runs): its best.pt as fp16 weights, which the report splits into $OUT
+keep_best='python3 -c "import sys; from vla.checkpoint import save_weights_fp16 as s; s(*sys.argv[1:])" outputs/sweep/$name outputs/sweep/$name/best_fp16.pt'
+
 if [ "$phase" = augment ]; then  # session 13, detached: session 12's m1 recipe with re-worded instructions
   # a1: data.instructions=augmented (demos and grounding scenes worded from the augmented split);
   # a2: a1 + grounding.text_dropout=0.15; a3: a2 + model.chunk=4. Same seeds as m1: paired.
@@ -471,8 +475,17 @@ if [ "$phase" = wide ]; then  # next session, detached: session 15's r2 alone, t
   # (cat them together), for CPU probes and PPO here.
   export WORKERS=6
   collect_augmented
-  keep='python3 -c "import sys; from vla.checkpoint import save_weights_fp16 as s; s(*sys.argv[1:])" outputs/sweep/$name outputs/sweep/$name/best_fp16.pt'
-  echo "w1_aug_roles_wide $(m1_recipe 15000 true) data.instructions=augmented model.width=384 model.layers=8" | launch_runs "$keep"
+  echo "w1_aug_roles_wide $(m1_recipe 15000 true) data.instructions=augmented model.width=384 model.layers=8" | launch_runs "$keep_best"
+  sleep ${WAIT:-300}; phase=report
+fi
+
+if [ "$phase" = sentence ]; then  # next session, detached: r1 + model.sentence_token, paired with r1
+  # On held-out paraphrases r1 went to another object first in 12-15% of episodes and failed
+  # whole wordings ("hoist the block into the air" 7%); a task classifier on MiniLM's sentence
+  # embedding reads those wordings better than one over its token states (language_probe.py).
+  export WORKERS=6
+  collect_augmented
+  echo "s1_aug_roles_sentence $(m1_recipe 10000 true) data.instructions=augmented model.sentence_token=true" | launch_runs "$keep_best"
   sleep ${WAIT:-300}; phase=report
 fi
 

@@ -67,9 +67,10 @@ def test_parallel_decoding_is_one_pass_and_deterministic():
     assert policy.decode(batch).shape == (4, 7)
 
 
-def test_padding_is_invisible_to_each_sample():
+@pytest.mark.parametrize("overrides", [{}, {"sentence_token": True}], ids=["word tokens", "with sentence token"])
+def test_padding_is_invisible_to_each_sample(overrides):
     """V8: a sample's action logits do not depend on how long the *other* instructions are."""
-    policy = make_policy()
+    policy = make_policy(**overrides)
     batch = random_batch(4)
     together = policy.action_logits(batch)
     for i in range(4):
@@ -334,3 +335,18 @@ def test_a_checkpoint_from_before_keypoint_roles_loads_without_them(tmp_path):
     assert loaded.keypoint_reader.roles is None
     batch = random_batch(2)
     assert torch.equal(loaded.eval().decode(batch), policy.decode(batch))
+
+
+def test_the_sentence_token_is_one_more_text_token_and_is_read():
+    plain, batch = make_policy(), random_batch(4)
+    policy = make_policy(sentence_token=True)
+    layout, plain_layout = dict(policy.token_layout(batch)), dict(plain.token_layout(batch))
+    assert layout["text"] == plain_layout["text"] + 1 and layout["vision"] == plain_layout["vision"]
+    # made last: every other weight starts as without it
+    plain_state, state = plain.state_dict(), policy.state_dict()
+    assert set(state) - set(plain_state) == {"sentence_proj.weight", "sentence_proj.bias"}
+    assert all(torch.equal(plain_state[k], state[k]) for k in plain_state)
+    before = policy.action_logits(batch)
+    with torch.no_grad():
+        policy.sentence_proj.weight.mul_(3.0)
+    assert not torch.allclose(before, policy.action_logits(batch), atol=1e-4)
