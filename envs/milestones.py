@@ -169,10 +169,9 @@ def describe(stages_reached: dict[str, float], first_object: dict[str, float]) -
     """The two shares above as text: "at target 60% -> grasped 55% -> ...", "target 70%, none 30%";
     a detour follows the funnel: "... -> success 26% (off the expert's way: target lifted 40%)"."""
     detours = {name for names in DETOURS.values() for name in names}
-    funnel = " -> ".join(
-        f"{stage} {100 * share:.0f}%" for stage, share in stages_reached.items() if stage not in detours
-    )
-    off_way = ", ".join(f"{stage} {100 * share:.0f}%" for stage, share in stages_reached.items() if stage in detours)
+    shares = {stage: f"{stage} {100 * share:.0f}%" for stage, share in stages_reached.items()}
+    funnel = " -> ".join(text for stage, text in shares.items() if stage not in detours)
+    off_way = ", ".join(text for stage, text in shares.items() if stage in detours)
     if off_way:
         funnel += f" (off the expert's way: {off_way})"
     first = ", ".join(f"{role} {100 * share:.0f}%" for role, share in first_object.items() if share)

@@ -7,9 +7,9 @@ each episode's reset on its seed, which gives the same scene and instruction as 
 evaluation (no policy runs, no physics steps), to learn which template the instruction was
 phrased from. It prints per task, split and template the success rate with its 95% Wilson
 interval. A split's total hides a wording that fails outright: session 15's policy solved
-push on one held-out wording in half the episodes and on every training wording in 2% or
+push on one held-out wording in half the episodes and on each training wording in 7% or
 less, and lift on "hoist the block into the air" in 7% against 57-68% on the other two
-(docs/results.md).
+held-out lift wordings (docs/results.md, "Session 15").
 """
 
 from __future__ import annotations
