@@ -19,6 +19,7 @@
 #   bash eval/device_bc.sh roles; bash eval/device_bc.sh poll   # session 15: keypoint roles on a1 and l2
 #   bash eval/device_bc.sh wide; bash eval/device_bc.sh poll   # r2 alone, its checkpoint brought back (not run yet)
 #   bash eval/device_bc.sh sentence; bash eval/device_bc.sh poll   # r1 + the sentence token (not run yet)
+#   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # session 16: r2 + the sentence token
 # Grounding caches are named as configs/bc.yaml names them (since session 13 with the
 # instruction split, e.g. scenes_10000_seed0_64px_train.npz), so bc.py finds them rendered.
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM), or
@@ -486,6 +487,17 @@ if [ "$phase" = sentence ]; then  # next session, detached: r1 + model.sentence_
   export WORKERS=6
   collect_augmented
   echo "s1_aug_roles_sentence $(m1_recipe 10000 true) data.instructions=augmented model.sentence_token=true" | launch_runs "$keep_best"
+  sleep ${WAIT:-300}; phase=report
+fi
+
+if [ "$phase" = widesent ]; then  # session 16, detached: r2 (wide) + the sentence token, alone, to the end
+  # The two changes that helped, together, for the best number one session's device time
+  # allows: r2's width 384 x 8 layers at 15,000 steps (84% on validation seeds) and
+  # model.sentence_token (CPU: held-out 12.8 -> 18.4%, p = 0.049). Same seeds as r1: paired
+  # with it, though two things differ. Its best.pt comes back as fp16 parts under $OUT.
+  export WORKERS=6
+  collect_augmented
+  echo "ws1_aug_roles_wide_sentence $(m1_recipe 15000 true) data.instructions=augmented model.width=384 model.layers=8 model.sentence_token=true" | launch_runs "$keep_best"
   sleep ${WAIT:-300}; phase=report
 fi
 
