@@ -19,7 +19,9 @@
 #   bash eval/device_bc.sh roles; bash eval/device_bc.sh poll   # session 15: keypoint roles on a1 and l2
 #   bash eval/device_bc.sh wide; bash eval/device_bc.sh poll   # r2 alone, its checkpoint brought back (not run yet)
 #   bash eval/device_bc.sh sentence; bash eval/device_bc.sh poll   # r1 + the sentence token (not run yet)
-#   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # session 16: r2 + the sentence token
+#   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # session 16: r2 + the sentence token (lost: the
+#     machine was released between the two calls)
+#   bash eval/device_bc.sh profile   # session 16: where a training step's time goes (eval/profile_training.py)
 # Grounding caches are named as configs/bc.yaml names them (since session 13 with the
 # instruction split, e.g. scenes_10000_seed0_64px_train.npz), so bc.py finds them rendered.
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM), or
@@ -499,6 +501,19 @@ if [ "$phase" = widesent ]; then  # session 16, detached: r2 (wide) + the senten
   collect_augmented
   echo "ws1_aug_roles_wide_sentence $(m1_recipe 15000 true) data.instructions=augmented model.width=384 model.layers=8 model.sentence_token=true" | launch_runs "$keep_best"
   sleep ${WAIT:-300}; phase=report
+fi
+
+if [ "$phase" = profile ]; then  # session 16: where a training step's time goes (V7, L9)
+  # The GPU config (width 256 x 6) and the wide one (384 x 8, sentence token) on the five-task
+  # demos, 6 loader workers as the GPU runs use: end to end, stage by stage, resident batches
+  # of 64-1024, and a torch.profiler trace (eval/profile_training.py).
+  nvidia-smi -L
+  python3 train/collect.py output=data/all100 episodes_per_task=100 workers=15 video=false progress=false | tail -1
+  p="--device cuda data=five data.path=data/all100 data.num_workers=6 trainer=gpu trainer.progress=false"
+  python3 eval/profile_training.py $p model=gpu --out outputs/profile/gpu_256x6 --batch-sizes 64 256 1024 2>&1 | grep -v "Loading weights\|profiler_st"
+  python3 eval/profile_training.py $p model=gpu model.width=384 model.layers=8 model.sentence_token=true \
+    --out outputs/profile/gpu_384x8 --batch-sizes 64 256 1024 2>&1 | grep -v "Loading weights\|profiler_st"
+  tar czf "$out/profile.tgz" outputs/profile
 fi
 
 if [ "$phase" = poll ]; then  # wait up to WAIT seconds for a detached phase to finish, then report

@@ -33,7 +33,15 @@ from vla.data import ActionTokenDataset, collate  # noqa: E402
 from vla.grounding import heldout_error, heldout_scene_count, pretrain_keypoints  # noqa: E402
 from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
 from vla.tokenizer import ActionTokenizer  # noqa: E402
-from vla.training import StepSampler, init_distributed, rng_state, seed_everything, set_rng_state, warmup_cosine  # noqa: E402
+from vla.training import (  # noqa: E402
+    StepSampler,
+    init_distributed,
+    make_optimizer,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    warmup_cosine,
+)
 
 
 @hydra.main(config_path="../configs", config_name="bc", version_base="1.3")
@@ -52,12 +60,7 @@ def train(cfg: DictConfig) -> dict | None:
     t = cfg.trainer
 
     # --- data ------------------------------------------------------------------------------
-    check_name("data.instructions", cfg.data.instructions, TRAINING_SPLITS)
-    demos = load_or_collect(cfg, rank)
-    if cfg.data.preload:
-        demos.preload(progress=rank == 0 and t.progress)
-    if cfg.data.instructions == "augmented":
-        demos.reword_instructions(cfg.seed)
+    demos = load_demos(cfg, rank)
     policy_config = PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
     check_dataset_matches(demos, policy_config)
     tokenizer = fit_tokenizer(cfg, demos)
@@ -67,9 +70,7 @@ def train(cfg: DictConfig) -> dict | None:
     policy = VLAPolicy(policy_config).to(device)
     train_idx, val_idx = split_demos(demos, list(cfg.data.tasks), cfg.data.val_fraction, cfg.seed)
     policy.set_proprio_statistics(*demos.proprio_statistics(train_idx))
-    optimizer = torch.optim.AdamW(
-        [p for p in policy.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay
-    )
+    optimizer = make_optimizer(policy, t.lr, t.weight_decay, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, t.warmup_steps, t.steps))
     start_step, best_success = 0, -1.0
     if cfg.get("init") and not cfg.resume:  # fine-tune: weights (and proprio statistics) from a checkpoint
@@ -181,6 +182,17 @@ def train(cfg: DictConfig) -> dict | None:
     if torch.distributed.is_initialized():  # under torchrun, even with one process
         torch.distributed.destroy_process_group()
     return report
+
+
+def load_demos(cfg: DictConfig, rank: int) -> DemoDataset:
+    """The demos as training reads them: collected if missing, preloaded, re-worded."""
+    check_name("data.instructions", cfg.data.instructions, TRAINING_SPLITS)
+    demos = load_or_collect(cfg, rank)
+    if cfg.data.preload:
+        demos.preload(progress=rank == 0 and cfg.trainer.progress)
+    if cfg.data.instructions == "augmented":
+        demos.reword_instructions(cfg.seed)
+    return demos
 
 
 def load_or_collect(cfg: DictConfig, rank: int) -> DemoDataset:

@@ -1,0 +1,255 @@
+"""Where a training step's time goes (V7, L9).
+
+    python eval/profile_training.py [--device cuda] [--batch-sizes 256 1024] [bc.yaml overrides ...]
+    e.g. python eval/profile_training.py --device cuda model=gpu trainer=gpu data=five data.path=data/all100
+
+Three measurements of train/bc.py's step, on the same model, demos and loader settings:
+1. End to end: the training loop as bc.py runs it (DataLoader workers feeding the device,
+   no synchronisation inside the loop): samples per second.
+2. Stage by stage: the same loop with the device synchronised after every stage, so the
+   times add up to the step: waiting for the loader, copying to the device, forward
+   (including the per-instruction text cache and padding), backward, clip + optimiser.
+3. Resident batch: one batch kept on the device and stepped on repeatedly, per batch size.
+   If samples/s rise about in proportion to the batch, a step costs about the same
+   whatever its size: it is bound by per-operator overhead (Python and kernel launches),
+   not arithmetic. If they stay flat, the arithmetic is the limit.
+Then a torch.profiler trace of a few steps (chrome://tracing or https://ui.perfetto.dev)
+and its top operators by self time, to name the costs (L9).
+Results: <out>/profile.json, <out>/profile.md, <out>/trace.json.gz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from eval.cli import user_errors  # noqa: E402
+from eval.closed_loop import split_demos  # noqa: E402
+from train.bc import _to, check_dataset_matches, fit_tokenizer, load_demos  # noqa: E402
+from vla.data import ActionTokenDataset, collate  # noqa: E402
+from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
+from vla.training import StepSampler, make_optimizer, seed_everything  # noqa: E402
+
+STAGES = ("data wait", "to device", "forward", "backward", "optimizer")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("overrides", nargs="*", help="configs/bc.yaml overrides, as train/bc.py takes them")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocator, cuDNN, caches)")
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=None, help="resident-batch sizes (default: trainer.batch_size)"
+    )
+    parser.add_argument("--trace-steps", type=int, default=3, help="steps recorded by torch.profiler (0: none)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/profile"))
+    args = parser.parse_args()
+    with user_errors():
+        if args.steps < 1 or args.warmup < 0 or args.trace_steps < 0:
+            raise ValueError(
+                f"--steps must be >= 1 and --warmup, --trace-steps >= 0; "
+                f"got {args.steps}, {args.warmup}, {args.trace_steps}"
+            )
+        if args.device not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda, but torch sees no CUDA device here")
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose("bc", overrides=args.overrides)
+        report = profile(cfg, torch.device(args.device), args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "profile.json").write_text(json.dumps(report, indent=2))
+    markdown = to_markdown(report)
+    (args.out / "profile.md").write_text(markdown)
+    print(markdown)
+
+
+def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> dict:
+    t = cfg.trainer
+    demos = load_demos(cfg, rank=0)
+    config = PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
+    check_dataset_matches(demos, config)
+    tokenizer = fit_tokenizer(cfg, demos)
+    seed_everything(cfg.seed)
+    policy = VLAPolicy(config).to(device)
+    train_idx, _ = split_demos(demos, list(cfg.data.tasks), cfg.data.val_fraction, cfg.seed)
+    policy.set_proprio_statistics(*demos.proprio_statistics(train_idx))
+    optimizer = make_optimizer(policy, t.lr, t.weight_decay, device)
+    use_bf16 = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step(batch: dict, timings: dict[str, float] | None = None) -> None:
+        """One bc.py training step on a batch already on the device."""
+        mark = _stopwatch(sync, timings)
+        with autocast():
+            out = policy(batch, augment=t.augment)
+        mark("forward")
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        mark("backward")
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), t.grad_clip)
+        optimizer.step()
+        mark("optimizer")
+
+    def loader_batches(batch_size: int) -> Iterator[dict]:
+        loader = torch.utils.data.DataLoader(
+            ActionTokenDataset(demos, tokenizer, train_idx, chunk=config.chunk),
+            batch_size=batch_size,
+            sampler=StepSampler(len(train_idx), cfg.seed),
+            num_workers=cfg.data.num_workers,
+            collate_fn=collate,
+            persistent_workers=cfg.data.num_workers > 0,
+        )
+        return iter(loader)
+
+    policy.train()
+    batches = loader_batches(t.batch_size)
+    report = {
+        "device": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+        ),
+        "model": {"width": config.width, "layers": config.layers, "sentence_token": config.sentence_token},
+        "trainable_params_M": sum(p.numel() for p in policy.parameters() if p.requires_grad) / 1e6,
+        "batch_size": t.batch_size,
+        "loader_workers": cfg.data.num_workers,
+        "bf16": use_bf16,
+        "steps": args.steps,
+        "command": " ".join(sys.argv[1:]),
+    }
+    # 1. end to end, as bc.py runs it
+    for _ in range(args.warmup):
+        step(_to(next(batches), device))
+    sync()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step(_to(next(batches), device))
+    sync()
+    report["end_to_end_samples_per_s"] = args.steps * t.batch_size / (time.perf_counter() - start)
+
+    # 2. stage by stage (synchronised, so the stages add up)
+    stages = dict.fromkeys(STAGES, 0.0)
+    for _ in range(args.steps):
+        mark = _stopwatch(sync, stages)
+        batch = next(batches)
+        mark("data wait")
+        batch = _to(batch, device)
+        mark("to device")
+        step(batch, stages)
+    report["stage_ms"] = {name: 1000 * total / args.steps for name, total in stages.items()}
+
+    # 3. one batch resident on the device, per batch size
+    report["resident"] = []
+    for size in args.batch_sizes or [t.batch_size]:
+        batch = _to(next(loader_batches(size)), device)
+        for _ in range(args.warmup):
+            step(batch)
+        sync()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step(batch)
+        sync()
+        seconds = (time.perf_counter() - start) / args.steps
+        report["resident"].append({"batch_size": size, "ms_per_step": 1000 * seconds, "samples_per_s": size / seconds})
+
+    if args.trace_steps:
+        report["top_ops"] = trace(step, lambda: _to(next(batches), device), device, args)
+    return report
+
+
+def trace(step: Callable, next_batch: Callable, device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """torch.profiler over a few steps: the chrome trace, and the top operators by self time."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(args.trace_steps):
+            with torch.profiler.record_function("data wait + to device"):
+                batch = next_batch()
+            with torch.profiler.record_function("train step"):
+                step(batch)
+    args.out.mkdir(parents=True, exist_ok=True)
+    raw = args.out / "trace.json"
+    prof.export_chrome_trace(str(raw))
+    with raw.open("rb") as source, gzip.open(args.out / "trace.json.gz", "wb") as target:
+        shutil.copyfileobj(source, target)
+    raw.unlink()
+    device_time = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ours = ("data wait + to device", "train step")  # the labels above, not operators
+    events = [e for e in prof.key_averages() if e.key not in ours]
+    events.sort(key=lambda e: getattr(e, device_time, 0), reverse=True)
+    return [
+        {
+            "op": e.key,
+            "calls_per_step": e.count / args.trace_steps,
+            "self_cpu_ms_per_step": e.self_cpu_time_total / 1000 / args.trace_steps,
+            "self_device_ms_per_step": getattr(e, "self_device_time_total", 0) / 1000 / args.trace_steps,
+        }
+        for e in events[:15]
+    ]
+
+
+def _stopwatch(sync: Callable[[], None], timings: dict[str, float] | None) -> Callable[[str], None]:
+    """mark(stage) adds the time since the previous mark to timings[stage] (after a device
+    sync); without timings it does nothing, so untimed steps keep their asynchrony."""
+    last = [time.perf_counter()]
+
+    def mark(stage: str) -> None:
+        if timings is None:
+            return
+        sync()
+        now = time.perf_counter()
+        timings[stage] += now - last[0]
+        last[0] = now
+
+    return mark
+
+
+def to_markdown(report: dict) -> str:
+    lines = [
+        f"# Training step profile: {report['device']}",
+        "",
+        f"Model width {report['model']['width']} x {report['model']['layers']} layers "
+        f"({report['trainable_params_M']:.1f}M trainable), batch {report['batch_size']}, "
+        f"{report['loader_workers']} loader workers, bf16 {report['bf16']}, {report['steps']} timed steps each.",
+        f"Command: `python eval/profile_training.py {report['command']}`",
+        "",
+        f"End to end (bc.py's loop): **{report['end_to_end_samples_per_s']:,.0f} samples/s**",
+        "",
+        "| stage (synchronised) | ms per step | share |",
+        "|---|---|---|",
+    ]
+    total = sum(report["stage_ms"].values())
+    for name, ms in report["stage_ms"].items():
+        lines.append(f"| {name} | {ms:.1f} | {100 * ms / total:.0f}% |")
+    lines += [f"| total | {total:.1f} | |", "", "| resident batch | ms per step | samples/s |", "|---|---|---|"]
+    for row in report["resident"]:
+        lines.append(f"| {row['batch_size']} | {row['ms_per_step']:.1f} | {row['samples_per_s']:,.0f} |")
+    if "top_ops" in report:
+        header = "| top operators (self time) | calls/step | self CPU ms/step | self device ms/step |"
+        lines += ["", header, "|---|---|---|---|"]
+        for op in report["top_ops"]:
+            lines.append(
+                f"| `{op['op'][:80]}` | {op['calls_per_step']:.0f} | {op['self_cpu_ms_per_step']:.2f} | "
+                f"{op['self_device_ms_per_step']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
