@@ -350,3 +350,21 @@ def test_the_sentence_token_is_one_more_text_token_and_is_read():
     with torch.no_grad():
         policy.sentence_proj.weight.mul_(3.0)
     assert not torch.allclose(before, policy.action_logits(batch), atol=1e-4)
+
+
+def test_minilm_cache_gives_what_encoding_gives_whatever_the_order_it_filled_in():
+    """The frozen encoder's cache (one padded table, grown as new instructions arrive)
+    returns, for any batch, the states and mask that encoding the batch afresh gives."""
+    from vla.language import MiniLMEncoder
+
+    encoder = MiniLMEncoder()
+    device = torch.device("cpu")
+    encoder(INSTRUCTIONS[:1], device)  # the short one first: the table must widen later
+    encoder(INSTRUCTIONS[2:], device)
+    batch = [INSTRUCTIONS[i] for i in (1, 0, 3, 1, 2)]  # one not cached yet, one repeated
+    states, mask = encoder(batch, device)
+    with torch.no_grad():
+        fresh, fresh_mask = encoder._encode(batch, device)
+    assert torch.equal(mask, fresh_mask)
+    assert torch.allclose(states, fresh * fresh_mask[..., None], atol=1e-5)
+    assert len(encoder._lengths) == len(INSTRUCTIONS)  # each instruction encoded once
