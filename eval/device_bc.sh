@@ -510,9 +510,9 @@ if [ "$phase" = profile ]; then  # session 16: where a training step's time goes
   nvidia-smi -L
   python3 train/collect.py output=data/all100 episodes_per_task=100 workers=15 video=false progress=false | tail -1
   p="--device cuda data=five data.path=data/all100 data.num_workers=6 trainer=gpu trainer.progress=false"
-  python3 eval/profile_training.py $p model=gpu --out outputs/profile/gpu_256x6 --batch-sizes 64 256 1024 2>&1 | grep -v "Loading weights\|profiler_st"
+  python3 eval/profile_training.py $p model=gpu --out outputs/profile/gpu_256x6 --batch-sizes 64,256,1024 2>&1 | grep -v "Loading weights\|profiler_st"
   python3 eval/profile_training.py $p model=gpu model.width=384 model.layers=8 model.sentence_token=true \
-    --out outputs/profile/gpu_384x8 --batch-sizes 64 256 1024 2>&1 | grep -v "Loading weights\|profiler_st"
+    --out outputs/profile/gpu_384x8 --batch-sizes 64,256,1024 2>&1 | grep -v "Loading weights\|profiler_st"
   tar czf "$out/profile.tgz" outputs/profile
 fi
 

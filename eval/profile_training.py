@@ -1,6 +1,6 @@
 """Where a training step's time goes (V7, L9).
 
-    python eval/profile_training.py [--device cuda] [--batch-sizes 256 1024] [bc.yaml overrides ...]
+    python eval/profile_training.py [--device cuda] [--batch-sizes 256,1024] [bc.yaml overrides ...]
     e.g. python eval/profile_training.py --device cuda model=gpu trainer=gpu data=five data.path=data/all100
 
 Three measurements of train/bc.py's step, on the same model, demos and loader settings:
@@ -32,17 +32,15 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eval.cli import user_errors  # noqa: E402
-from eval.closed_loop import split_demos  # noqa: E402
-from train.bc import _to, check_dataset_matches, fit_tokenizer, load_demos  # noqa: E402
+from train.bc import _to, build, mixed_precision  # noqa: E402
 from vla.data import ActionTokenDataset, collate  # noqa: E402
-from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
-from vla.training import StepSampler, make_optimizer, seed_everything  # noqa: E402
+from vla.training import StepSampler, make_optimizer  # noqa: E402
 
 STAGES = ("data wait", "to device", "forward", "backward", "optimizer")
 
@@ -53,8 +51,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement (after warm-up)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocator, cuDNN, caches)")
-    parser.add_argument(
-        "--batch-sizes", type=int, nargs="+", default=None, help="resident-batch sizes (default: trainer.batch_size)"
+    parser.add_argument(  # comma-separated, so the config overrides can follow it
+        "--batch-sizes",
+        type=batch_sizes,
+        default=None,
+        help="resident-batch sizes, e.g. 64,256,1024 (default: trainer.batch_size)",
     )
     parser.add_argument("--trace-steps", type=int, default=3, help="steps recorded by torch.profiler (0: none)")
     parser.add_argument("--out", type=Path, default=Path("outputs/profile"))
@@ -79,25 +80,31 @@ def main() -> None:
     print(markdown)
 
 
+def batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(size) for size in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers separated by commas, e.g. 64,256,1024; got {text!r}"
+        )
+    return sizes
+
+
 def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> dict:
     t = cfg.trainer
-    demos = load_demos(cfg, rank=0)
-    config = PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
-    check_dataset_matches(demos, config)
-    tokenizer = fit_tokenizer(cfg, demos)
-    seed_everything(cfg.seed)
-    policy = VLAPolicy(config).to(device)
-    train_idx, _ = split_demos(demos, list(cfg.data.tasks), cfg.data.val_fraction, cfg.seed)
-    policy.set_proprio_statistics(*demos.proprio_statistics(train_idx))
+    demos, tokenizer, policy, train_idx, _ = build(cfg, rank=0, device=device)
+    config = policy.config
     optimizer = make_optimizer(policy, t.lr, t.weight_decay, device)
-    use_bf16 = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    autocast = mixed_precision(t.amp, device)
+    use_bf16 = not isinstance(autocast, nullcontext)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step(batch: dict, timings: dict[str, float] | None = None) -> None:
         """One bc.py training step on a batch already on the device."""
         mark = _stopwatch(sync, timings)
-        with autocast():
+        with autocast:
             out = policy(batch, augment=t.augment)
         mark("forward")
         optimizer.zero_grad(set_to_none=True)

@@ -59,17 +59,9 @@ def train(cfg: DictConfig) -> dict | None:
     run_dir = Path(cfg.resume or cfg.run_dir)
     t = cfg.trainer
 
-    # --- data ------------------------------------------------------------------------------
-    demos = load_demos(cfg, rank)
-    policy_config = PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
-    check_dataset_matches(demos, policy_config)
-    tokenizer = fit_tokenizer(cfg, demos)
-
-    # --- model, optimiser, and (maybe) the state to resume ---------------------------------
-    seed_everything(cfg.seed)
-    policy = VLAPolicy(policy_config).to(device)
-    train_idx, val_idx = split_demos(demos, list(cfg.data.tasks), cfg.data.val_fraction, cfg.seed)
-    policy.set_proprio_statistics(*demos.proprio_statistics(train_idx))
+    # --- data, model, optimiser, and (maybe) the state to resume ---------------------------
+    demos, tokenizer, policy, train_idx, val_idx = build(cfg, rank, device)
+    policy_config = policy.config
     optimizer = make_optimizer(policy, t.lr, t.weight_decay, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, t.warmup_steps, t.steps))
     start_step, best_success = 0, -1.0
@@ -100,8 +92,7 @@ def train(cfg: DictConfig) -> dict | None:
         # resumed run's augmentation noise would shift by one draw
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    use_bf16 = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    autocast = mixed_precision(t.amp, device)
 
     writer = None
     if rank == 0:
@@ -182,6 +173,27 @@ def train(cfg: DictConfig) -> dict | None:
     if torch.distributed.is_initialized():  # under torchrun, even with one process
         torch.distributed.destroy_process_group()
     return report
+
+
+def build(cfg: DictConfig, rank: int, device: torch.device) -> tuple:
+    """The demos, the action tokenizer, a freshly initialised policy on ``device``, and the
+    training / held-out sample indices (the held-out demos give open-loop accuracy)."""
+    demos = load_demos(cfg, rank)
+    config = PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
+    check_dataset_matches(demos, config)
+    tokenizer = fit_tokenizer(cfg, demos)
+    seed_everything(cfg.seed)
+    policy = VLAPolicy(config).to(device)
+    train_idx, val_idx = split_demos(demos, list(cfg.data.tasks), cfg.data.val_fraction, cfg.seed)
+    policy.set_proprio_statistics(*demos.proprio_statistics(train_idx))
+    return demos, tokenizer, policy, train_idx, val_idx
+
+
+def mixed_precision(amp: str, device: torch.device):
+    """bf16 autocast for trainer.amp=bf16, or auto on CUDA; otherwise a no-op context."""
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def load_demos(cfg: DictConfig, rank: int) -> DemoDataset:
