@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eval.cli import user_errors  # noqa: E402
-from train.bc import _to, build, mixed_precision  # noqa: E402
-from vla.data import ActionTokenDataset, collate  # noqa: E402
+from train.bc import _to, build, make_loader, mixed_precision  # noqa: E402
+from vla.data import ActionTokenDataset  # noqa: E402
 from vla.training import StepSampler, make_optimizer  # noqa: E402
 
 STAGES = ("data wait", "to device", "forward", "backward", "optimizer")
@@ -115,15 +115,8 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
         mark("optimizer")
 
     def loader_batches(batch_size: int) -> Iterator[dict]:
-        loader = torch.utils.data.DataLoader(
-            ActionTokenDataset(demos, tokenizer, train_idx, chunk=config.chunk),
-            batch_size=batch_size,
-            sampler=StepSampler(len(train_idx), cfg.seed),
-            num_workers=cfg.data.num_workers,
-            collate_fn=collate,
-            persistent_workers=cfg.data.num_workers > 0,
-        )
-        return iter(loader)
+        dataset = ActionTokenDataset(demos, tokenizer, train_idx, chunk=config.chunk)
+        return iter(make_loader(cfg, dataset, StepSampler(len(train_idx), cfg.seed), batch_size))
 
     policy.train()
     batches = loader_batches(t.batch_size)

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -81,16 +82,9 @@ def train(cfg: DictConfig) -> dict | None:
         )
 
     per_rank_batch = t.batch_size // world
-    loader = torch.utils.data.DataLoader(
-        ActionTokenDataset(demos, tokenizer, train_idx, chunk=policy_config.chunk),
-        batch_size=per_rank_batch,
-        sampler=StepSampler(len(train_idx), cfg.seed, start_step * t.batch_size, rank, world),
-        num_workers=cfg.data.num_workers,
-        collate_fn=collate,
-        persistent_workers=cfg.data.num_workers > 0,
-        # its own generator: starting the loader must not draw from the global RNG, or a
-        # resumed run's augmentation noise would shift by one draw
-        generator=torch.Generator().manual_seed(cfg.seed),
+    sampler = StepSampler(len(train_idx), cfg.seed, start_step * t.batch_size, rank, world)
+    loader = make_loader(
+        cfg, ActionTokenDataset(demos, tokenizer, train_idx, chunk=policy_config.chunk), sampler, per_rank_batch
     )
     autocast = mixed_precision(t.amp, device)
 
@@ -175,7 +169,9 @@ def train(cfg: DictConfig) -> dict | None:
     return report
 
 
-def build(cfg: DictConfig, rank: int, device: torch.device) -> tuple:
+def build(
+    cfg: DictConfig, rank: int, device: torch.device
+) -> tuple[DemoDataset, ActionTokenizer, VLAPolicy, np.ndarray, np.ndarray]:
     """The demos, the action tokenizer, a freshly initialised policy on ``device``, and the
     training / held-out sample indices (the held-out demos give open-loop accuracy)."""
     demos = load_demos(cfg, rank)
@@ -187,6 +183,22 @@ def build(cfg: DictConfig, rank: int, device: torch.device) -> tuple:
     train_idx, val_idx = split_demos(demos, list(cfg.data.tasks), cfg.data.val_fraction, cfg.seed)
     policy.set_proprio_statistics(*demos.proprio_statistics(train_idx))
     return demos, tokenizer, policy, train_idx, val_idx
+
+
+def make_loader(
+    cfg: DictConfig, dataset: ActionTokenDataset, sampler: StepSampler, batch_size: int
+) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate,
+        persistent_workers=cfg.data.num_workers > 0,
+        # its own generator: starting the loader must not draw from the global RNG, or a
+        # resumed run's augmentation noise would shift by one draw
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
 
 
 def mixed_precision(amp: str, device: torch.device):
