@@ -517,6 +517,11 @@ if [ "$phase" = profile ]; then  # session 16: where a training step's time goes
 fi
 
 if [ "$phase" = poll ]; then  # wait up to WAIT seconds for a detached phase to finish, then report
+  # A poll that lands on a fresh machine (the launch was refused, or the machine was released
+  # in between) would otherwise wait WAIT seconds of device time for runs that do not exist.
+  if [ ! -f outputs/sweep/runs.txt ] && [ ! -d outputs/ppo ]; then
+    echo "poll: no detached run on this machine (a fresh one?): nothing to wait for" >&2; exit 3
+  fi
   for _ in $(seq ${WAIT:-540}); do [ -f outputs/ppo/DONE ] || [ -f outputs/sweep/DONE ] && break; sleep 1; done
   phase=report
 fi
