@@ -22,6 +22,7 @@
 #   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # session 16: r2 + the sentence token (lost: the
 #     machine was released between the two calls)
 #   bash eval/device_bc.sh profile   # session 16: where a training step's time goes (eval/profile_training.py)
+#   bash eval/device_bc.sh loader    # session 17: end to end per loader-worker count and thread setting
 # Grounding caches are named as configs/bc.yaml names them (since session 13 with the
 # instruction split, e.g. scenes_10000_seed0_64px_train.npz), so bc.py finds them rendered.
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM), or
@@ -513,6 +514,22 @@ if [ "$phase" = profile ]; then  # session 16: where a training step's time goes
   python3 eval/profile_training.py $p model=gpu --out outputs/profile/gpu_256x6 --batch-sizes 64,256,1024 2>&1 | grep -v "Loading weights\|profiler_st"
   python3 eval/profile_training.py $p model=gpu model.width=384 model.layers=8 model.sentence_token=true \
     --out outputs/profile/gpu_384x8 --batch-sizes 64,256,1024 2>&1 | grep -v "Loading weights\|profiler_st"
+  tar czf "$out/profile.tgz" outputs/profile
+fi
+
+if [ "$phase" = loader ]; then  # session 17: why bc.py's loop runs ~20 ms a step slower than its stages
+  # The profile of session 16 and 17 timed 70 ms a step end to end but 47 ms stage by stage
+  # (with syncs) and 42 ms on a resident batch: the loop is launch-bound, so CPU taken by the
+  # loader workers or by torch's thread pool may slow it. End to end, as the GPU runs train
+  # (augmented wording, batch 256), per worker count and thread setting.
+  nvidia-smi -L
+  python3 train/collect.py output=data/all100 episodes_per_task=100 workers=15 video=false progress=false | tail -1
+  p="--device cuda --steps 100 --trace-steps 0 --batch-sizes 256 data=five data.path=data/all100 data.instructions=augmented trainer=gpu trainer.progress=false model=gpu"
+  for v in "w2 2" "w6 6" "w12 12" "w6_omp2 6 2" "w6_omp1 6 1"; do
+    set -- $v
+    OMP_NUM_THREADS=${3:-16} python3 eval/profile_training.py $p data.num_workers=$2 --out outputs/profile/loader_$1 > /dev/null 2>&1
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); s=r['stage_ms']; print(sys.argv[2], 'end-to-end %.0f samples/s (%.1f ms/step)' % (r['end_to_end_samples_per_s'], 256e3/r['end_to_end_samples_per_s']), 'stages', {k: round(v, 1) for k, v in s.items()}, 'resident %.1f ms' % r['resident'][0]['ms_per_step'], 'loader %.0f us/sample' % r['loader_us_per_sample'])" outputs/profile/loader_$1/profile.json "$v"
+  done
   tar czf "$out/profile.tgz" outputs/profile
 fi
 

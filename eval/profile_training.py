@@ -13,6 +13,8 @@ Three measurements of train/bc.py's step, on the same model, demos and loader se
    If samples/s rise about in proportion to the batch, a step costs about the same
    whatever its size: it is bound by per-operator overhead (Python and kernel launches),
    not arithmetic. If they stay flat, the arithmetic is the limit.
+4. Loader cost: one DataLoader worker's work (dataset item + collate) per sample, timed in
+   this process. Workers x 1e6 / that is what the loader can feed, to set against 1.
 Then a torch.profiler trace of a few steps (chrome://tracing or https://ui.perfetto.dev)
 and its top operators by self time, to name the costs (L9).
 Results: <out>/profile.json, <out>/profile.md, <out>/trace.json.gz.
@@ -39,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from eval.cli import user_errors  # noqa: E402
 from train.bc import _to, build, make_loader, mixed_precision  # noqa: E402
-from vla.data import ActionTokenDataset  # noqa: E402
+from vla.data import ActionTokenDataset, collate  # noqa: E402
 from vla.training import StepSampler, make_optimizer  # noqa: E402
 
 STAGES = ("data wait", "to device", "forward", "backward", "optimizer")
@@ -114,8 +116,9 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
         optimizer.step()
         mark("optimizer")
 
+    dataset = ActionTokenDataset(demos, tokenizer, train_idx, chunk=config.chunk)
+
     def loader_batches(batch_size: int) -> Iterator[dict]:
-        dataset = ActionTokenDataset(demos, tokenizer, train_idx, chunk=config.chunk)
         return iter(make_loader(cfg, dataset, StepSampler(len(train_idx), cfg.seed), batch_size))
 
     policy.train()
@@ -167,9 +170,21 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
         seconds = (time.perf_counter() - start) / args.steps
         report["resident"].append({"batch_size": size, "ms_per_step": 1000 * seconds, "samples_per_s": size / seconds})
 
+    report["loader_us_per_sample"] = loader_cost(dataset, t.batch_size)
+
     if args.trace_steps:
         report["top_ops"] = trace(step, lambda: _to(next(batches), device), device, args)
     return report
+
+
+def loader_cost(dataset: ActionTokenDataset, batch_size: int, batches: int = 4) -> float:
+    """Microseconds of one worker's work per sample: item reads (instruction re-wording
+    included) and collate, on random indices as the sampler draws them."""
+    indices = torch.randint(len(dataset), (batches, batch_size), generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    for row in indices.tolist():
+        collate([dataset[i] for i in row])
+    return 1e6 * (time.perf_counter() - start) / indices.numel()
 
 
 def trace(step: Callable, next_batch: Callable, device: torch.device, args: argparse.Namespace) -> list[dict]:
@@ -237,7 +252,10 @@ def to_markdown(report: dict) -> str:
     total = sum(report["stage_ms"].values())
     for name, ms in report["stage_ms"].items():
         lines.append(f"| {name} | {ms:.1f} | {100 * ms / total:.0f}% |")
-    lines += [f"| total | {total:.1f} | |", "", "| resident batch | ms per step | samples/s |", "|---|---|---|"]
+    workers, cost = report["loader_workers"], report["loader_us_per_sample"]
+    feed = f", so {workers} workers can feed ~{workers * 1e6 / cost:,.0f} samples/s." if workers else "."
+    lines += [f"| total | {total:.1f} | |", "", f"Loader: {cost:.0f} us of worker time per sample{feed}"]
+    lines += ["", "| resident batch | ms per step | samples/s |", "|---|---|---|"]
     for row in report["resident"]:
         lines.append(f"| {row['batch_size']} | {row['ms_per_step']:.1f} | {row['samples_per_s']:,.0f} |")
     if "top_ops" in report:
