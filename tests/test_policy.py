@@ -359,7 +359,7 @@ def test_minilm_cache_gives_what_encoding_gives_whatever_the_order_it_filled_in(
 
     encoder = MiniLMEncoder()
     device = torch.device("cpu")
-    encoder(INSTRUCTIONS[:1], device)  # the short one first: the table must widen later
+    encoder(INSTRUCTIONS[:1], device)  # one row first: the table must grow (twice) later
     encoder(INSTRUCTIONS[2:], device)
     batch = [INSTRUCTIONS[i] for i in (1, 0, 3, 1, 2)]  # one not cached yet, one repeated
     states, mask = encoder(batch, device)

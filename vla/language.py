@@ -58,9 +58,12 @@ class MiniLMEncoder(nn.Module):
         # The cache is one padded table on the device the policy runs on, one row per
         # distinct instruction: a batch gathers its rows in one indexing op. Padding each
         # sample in a Python loop cost ~6 ms of a 54 ms GPU training step (eval/profile_training.py).
+        # Rows are max_length wide and the table doubles when full: re-worded instructions
+        # (data.instructions=augmented) add ~6,600 rows over a run, and copying the whole
+        # table at every step that met a new wording cost up to ~300 MB of copies a step.
         self._row: dict[str, int] = {}
         self._lengths: list[int] = []
-        self._table = torch.zeros(0, 0, self.out_dim)
+        self._table = torch.zeros(0, max_length, self.out_dim)
 
     def forward(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.trainable:
@@ -82,10 +85,14 @@ class MiniLMEncoder(nn.Module):
         with torch.no_grad():
             states, mask = self._encode(instructions, device)
         states = states * mask[..., None]  # zeros beyond each instruction, as the table keeps them
-        width = max(self._table.shape[1], states.shape[1])
-        table = F.pad(self._table.to(device), (0, 0, 0, width - self._table.shape[1]))
-        states = F.pad(states.float(), (0, 0, 0, width - states.shape[1]))
-        self._table = torch.cat([table, states])
+        states = F.pad(states.float(), (0, 0, 0, self.max_length - states.shape[1]))
+        start, end = len(self._lengths), len(self._lengths) + len(instructions)
+        if end > len(self._table):  # grow by doubling: adding a row costs O(1), amortised
+            grown = self._table.new_zeros(max(end, 2 * len(self._table)), *self._table.shape[1:], device=device)
+            grown[:start] = self._table[:start].to(device)
+            self._table = grown
+        self._table = self._table.to(device)
+        self._table[start:end] = states
         for text, m in zip(instructions, mask, strict=True):
             self._row[text] = len(self._lengths)
             self._lengths.append(int(m.sum()))
