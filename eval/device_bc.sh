@@ -528,7 +528,7 @@ if [ "$phase" = loader ]; then  # session 17: why bc.py's loop runs ~20 ms a ste
   for v in "w2 2" "w6 6" "w12 12" "w6_omp2 6 2" "w6_omp1 6 1"; do
     set -- $v
     OMP_NUM_THREADS=${3:-16} python3 eval/profile_training.py $p data.num_workers=$2 --out outputs/profile/loader_$1 > /dev/null 2>&1
-    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); s=r['stage_ms']; print(sys.argv[2], 'end-to-end %.0f samples/s (%.1f ms/step)' % (r['end_to_end_samples_per_s'], 256e3/r['end_to_end_samples_per_s']), 'stages', {k: round(v, 1) for k, v in s.items()}, 'resident %.1f ms' % r['resident'][0]['ms_per_step'], 'loader %.0f us/sample' % r['loader_us_per_sample'])" outputs/profile/loader_$1/profile.json "$v"
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); s=r['stage_ms']; print(sys.argv[2], 'end-to-end %.0f samples/s (%.1f ms/step), later %.0f' % (r['end_to_end_samples_per_s'], 256e3/r['end_to_end_samples_per_s'], r['end_to_end_later_samples_per_s']), 'stages', {k: round(v, 1) for k, v in s.items()}, 'resident %.1f ms' % r['resident'][0]['ms_per_step'], 'loader %.0f us/sample' % r['loader_us_per_sample'])" outputs/profile/loader_$1/profile.json "$v"
   done
   tar czf "$out/profile.tgz" outputs/profile
 fi

@@ -27,7 +27,7 @@ def test_profile_reports_stages_resident_batches_and_a_trace(tiny_demos, tmp_pat
     assert all(ms >= 0 for ms in report["stage_ms"].values()) and report["stage_ms"]["forward"] > 0
     assert [row["batch_size"] for row in report["resident"]] == [2, 4]
     assert report["end_to_end_samples_per_s"] > 0 and report["top_ops"]
-    assert report["loader_us_per_sample"] > 0
+    assert report["loader_us_per_sample"] > 0 and report["end_to_end_later_samples_per_s"] > 0
     assert any(op["op"].startswith("aten::") for op in report["top_ops"])
     trace = json.loads(gzip.open(out / "trace.json.gz").read())
     assert any(event.get("name") == "train step" for event in trace["traceEvents"])
