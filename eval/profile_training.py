@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -118,12 +120,8 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
         mark("optimizer")
 
     dataset = ActionTokenDataset(demos, tokenizer, train_idx, chunk=config.chunk)
-
-    def loader_batches(batch_size: int) -> Iterator[dict]:
-        return iter(make_loader(cfg, dataset, StepSampler(len(train_idx), cfg.seed), batch_size))
-
     policy.train()
-    batches = loader_batches(t.batch_size)
+    batches = iter(make_loader(cfg, dataset, StepSampler(len(train_idx), cfg.seed), t.batch_size))
     report = {
         "device": (
             torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
@@ -137,14 +135,18 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
         "command": " ".join(sys.argv[1:]),
     }
 
-    def end_to_end() -> float:
-        """Samples/s of bc.py's loop: no synchronisation inside it."""
+    def seconds_per_step(one_step: Callable[[], None]) -> float:
+        """Mean wall time of ``args.steps`` calls, the device synchronised only around them."""
         sync()
         start = time.perf_counter()
         for _ in range(args.steps):
-            step(_to(next(batches), device))
+            one_step()
         sync()
-        return args.steps * t.batch_size / (time.perf_counter() - start)
+        return (time.perf_counter() - start) / args.steps
+
+    def end_to_end() -> float:
+        """Samples/s of bc.py's loop: no synchronisation inside it."""
+        return t.batch_size / seconds_per_step(lambda: step(_to(next(batches), device)))
 
     # 1. end to end, as bc.py runs it, right after start-up (timed again after 2 and 3, when
     # first-seen costs such as new instruction wordings are rarer: the two differ if they matter)
@@ -166,15 +168,12 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
     # 3. one batch resident on the device, per batch size
     report["resident"] = []
     for size in args.batch_sizes or [t.batch_size]:
-        batch = _to(next(loader_batches(size)), device)
+        # the loader's first batch of this size, read here: a worker pool for one batch is waste
+        first = itertools.islice(StepSampler(len(train_idx), cfg.seed), size)
+        batch = _to(collate([dataset[i] for i in first]), device)
         for _ in range(args.warmup):
             step(batch)
-        sync()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            step(batch)
-        sync()
-        seconds = (time.perf_counter() - start) / args.steps
+        seconds = seconds_per_step(partial(step, batch))
         report["resident"].append({"batch_size": size, "ms_per_step": 1000 * seconds, "samples_per_s": size / seconds})
 
     report["end_to_end_later_samples_per_s"] = end_to_end()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -201,7 +201,7 @@ def make_loader(
     )
 
 
-def mixed_precision(amp: str, device: torch.device):
+def mixed_precision(amp: str, device: torch.device) -> AbstractContextManager:
     """bf16 autocast for trainer.amp=bf16, or auto on CUDA; otherwise a no-op context."""
     if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
