@@ -11,6 +11,7 @@ import pytest
 import envs
 from envs.evaluation import evaluate, stage_table
 from envs.milestones import DETOURS, STAGES, MilestoneTracker, describe
+from envs.scene import OBJECT_HALF_SIZE
 from envs.tasks import Task
 
 
@@ -67,6 +68,22 @@ def test_an_episode_that_lifts_another_object_went_to_another_object_first():
     tracker = run_episode("lift", seed=3, act=follow_expert, judge_spec=another_target)
     assert tracker.first_object == "other object"
     assert not tracker.reached["at target"] and not tracker.reached["success"]
+
+
+def test_pushes_that_tip_the_object_up_are_not_lifts():
+    # The push expert's pads tip some objects up by more than a centimetre (which session 15's
+    # test counted as lifted); none of its episodes is a lift.
+    heights = []
+
+    def follow_and_measure(expert, obs):
+        env = expert.env
+        heights.append(env.world.object_pos(env.task.target(env.task_spec))[2] - OBJECT_HALF_SIZE)
+        return expert(obs)
+
+    for seed in range(6):
+        tracker = run_episode("push", seed=seed, act=follow_and_measure)
+        assert tracker.reached["success"] and not tracker.reached["target lifted"], (seed, tracker.reached)
+    assert max(heights) > 0.01, max(heights)  # the seeds include a push that raised its object
 
 
 class StillArm:
