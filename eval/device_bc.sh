@@ -19,8 +19,9 @@
 #   bash eval/device_bc.sh roles; bash eval/device_bc.sh poll   # session 15: keypoint roles on a1 and l2
 #   bash eval/device_bc.sh wide; bash eval/device_bc.sh poll   # r2 alone, its checkpoint brought back (not run yet)
 #   bash eval/device_bc.sh sentence; bash eval/device_bc.sh poll   # r1 + the sentence token (not run yet)
-#   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # session 16: r2 + the sentence token (lost: the
-#     machine was released between the two calls; session 17: refused, not run yet)
+#   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # r2 + the sentence token: lost in session 16
+#     (machine released between the calls), refused in 17, ran in 18 (docs/results.md). Keep
+#     WAIT under ~400: collecting and launching take ~3 min of the call's 600 s before the wait.
 #   bash eval/device_bc.sh profile   # session 16: where a training step's time goes (eval/profile_training.py); re-run in session 17
 #   bash eval/device_bc.sh loader    # session 17: end to end per loader-worker count and thread setting
 # Grounding caches are named as configs/bc.yaml names them (since session 13 with the
