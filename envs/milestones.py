@@ -12,7 +12,7 @@ centre (never within ``NEAR`` of it) is "grasped" without "at target", and one t
 object towards the zone from beside it is "pushed towards zone" without the expert's standoff.
 
 Some behaviours the expert never shows in a task are recorded beside its stages (``DETOURS``):
-a push whose object was lifted off the table was solved as a pick-and-place, which the push's
+a push whose object was held and lifted well off the table was solved as a pick-and-place, which the push's
 success test (object in the zone, resting on the table) accepts.
 
 It also records which object the gripper went to first (``first_object``: the named
@@ -36,11 +36,11 @@ from envs.world import World
 
 NEAR = 0.03  # m: the grip site this close to the object's centre counts as "at" it
 MOVED = 0.02  # m: how much closer to the zone an object must get to count as "pushed"
-# "Lifted": held between the pads with its centre this far above its resting height. A push
-# alone never does that, but it does tip or ride an object up: the push expert's own episodes
-# raise it by up to 1.7 cm (4.9 cm once in 100 with collection noise, pinched between the
-# closed pads), so session 15's 1 cm without the grasp test counted pushes as lifts. A carry
-# holds it some 10 cm up.
+# "Lifted": held between the pads with its centre this far above its resting height. Pushes
+# tip or ride objects up: the push expert's own episodes raise them by up to 1.7 cm (4.9 cm
+# once in 100 with collection noise, pinched between the closed pads), so session 15's 1 cm
+# without the grasp test counted pushes as lifts. A carry holds the object some 10 cm up; a
+# pinch that goes higher still counts (3% of a state-based imitator's pushes, session 18).
 LIFTED = 0.06
 # "Gone to" an object: the grip site this low (travel is at hover height, ~0.11 m; the arm
 # starts at 0.08 m or higher) and within this horizontal distance (pushing stands 0.06 m
