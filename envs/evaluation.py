@@ -75,6 +75,7 @@ def evaluate(
     video_episodes: int = 0,
     frame_text: Callable[[np.ndarray], str] | None = None,
     progress: Callable[[int], None] | None = None,
+    env_wrapper: Callable[[gym.Env], gym.Env] | None = None,
 ) -> tuple[list[TaskResult], list[np.ndarray]]:
     """Run ``episodes`` episodes per task; returns per-task results and video frames.
 
@@ -82,6 +83,8 @@ def evaluate(
     ``swap_target_instruction``, for the language-grounding test); the scene and the
     success criterion stay those of the seed. ``video_episodes`` records
     that many episodes per task with the instruction and ``frame_text(action)`` drawn on.
+    ``env_wrapper`` wraps each env, e.g. to show the policy privileged state
+    (``eval/expert_imitability.py``); the judging reads the unwrapped simulator.
     """
     env_kwargs = dict(env_kwargs or {})
     results, frames = [], []
@@ -98,6 +101,7 @@ def evaluate(
             video_episodes,
             frame_text,
             progress,
+            env_wrapper,
         )
         results.append(result)
         frames += task_frames
@@ -105,7 +109,18 @@ def evaluate(
 
 
 def _evaluate_task(
-    policy, task_id, episodes, split, num_envs, seed, env_kwargs, instruction_fn, video_episodes, frame_text, progress
+    policy,
+    task_id,
+    episodes,
+    split,
+    num_envs,
+    seed,
+    env_kwargs,
+    instruction_fn,
+    video_episodes,
+    frame_text,
+    progress,
+    env_wrapper,
 ) -> tuple[TaskResult, list[np.ndarray]]:
     result, frames = TaskResult(task_id, split), []
     count = min(num_envs, episodes)
@@ -118,6 +133,8 @@ def _evaluate_task(
         )
         for i in range(count)
     ]
+    if env_wrapper is not None:
+        envs = [env_wrapper(env) for env in envs]
     queues = [list(range(i, episodes, count)) for i in range(count)]
     state: list[dict[str, Any] | None] = [None] * count
     trackers = [MilestoneTracker(env.unwrapped.task.name) for env in envs]

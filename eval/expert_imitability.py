@@ -37,8 +37,8 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs.collection import record_expert_episode, resolve_tasks  # noqa: E402
-from envs.evaluation import EVAL_SEED_BASE, wilson_interval  # noqa: E402
-from envs.milestones import MilestoneTracker, describe, first_object_shares, stage_shares  # noqa: E402
+from envs.evaluation import evaluate  # noqa: E402
+from envs.milestones import describe  # noqa: E402
 from eval.closed_loop import task_ids  # noqa: E402
 from vla.tokenizer import ActionTokenizer  # noqa: E402
 
@@ -46,10 +46,23 @@ ACTION_DIM = 7
 IMAGE_SIZE = 32  # frames are rendered but never read: the smallest the env allows keeps it cheap
 
 
-def state_of(obs: dict, info: dict) -> np.ndarray:
+def state_of(proprio: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
     """What the imitator reads: proprio (grip position, orientation, opening) and the true
-    target and destination centres."""
-    return np.concatenate([obs["proprio"], info["key_positions"]]).astype(np.float32)
+    target and destination centres; one step or a stack of them."""
+    return np.concatenate([proprio, key_positions], -1).astype(np.float32)
+
+
+class WithKeyPositions(gym.Wrapper):
+    """Puts the true centres the env reports in ``info`` into each observation, where a
+    policy reads them."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return {**obs, "key_positions": info["key_positions"]}, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return {**obs, "key_positions": info["key_positions"]}, reward, terminated, truncated, info
 
 
 def collect(task: str, demos: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -58,11 +71,11 @@ def collect(task: str, demos: int, noise: float, seed: int) -> tuple[np.ndarray,
     states, labels, successes = [], [], 0
     for i in tqdm(range(demos), desc=f"demos ({task})", leave=False):
         record = record_expert_episode(env, seed + i, noise)
-        states.append(np.concatenate([record.proprio, record.key_positions], 1))
+        states.append(state_of(record.proprio, record.key_positions))
         labels.append(record.actions)
         successes += record.success
     env.close()
-    return np.concatenate(states).astype(np.float32), np.concatenate(labels), successes / demos
+    return np.concatenate(states), np.concatenate(labels), successes / demos
 
 
 class TokenMLP(nn.Module):
@@ -105,35 +118,33 @@ def train(states: np.ndarray, labels: np.ndarray, tokenizer: ActionTokenizer, st
     return model.eval()
 
 
-@torch.no_grad()
+class Imitator:
+    """The trained MLP as a batch policy (``envs.evaluation.BatchPolicy``): greedy tokens."""
+
+    def __init__(self, model: TokenMLP, tokenizer: ActionTokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    @torch.no_grad()
+    def act_batch(self, observations: list[dict]) -> np.ndarray:
+        states = np.stack([state_of(o["proprio"], o["key_positions"]) for o in observations])
+        return self.tokenizer.decode(self.model(torch.as_tensor(states)).argmax(-1).numpy())
+
+
 def closed_loop(model: TokenMLP, tokenizer: ActionTokenizer, task: str, episodes: int) -> dict:
-    env = gym.make(task_ids([task])[0], image_size=IMAGE_SIZE)
-    tracker = MilestoneTracker(task)
-    outcomes, funnels, first_objects = [], [], []
-    for i in tqdm(range(episodes), desc=f"closed loop ({task})", leave=False):
-        obs, info = env.reset(seed=EVAL_SEED_BASE + i)
-        base = env.unwrapped
-        tracker.start(base.world, base.task_spec, base.scene_objects)
-        while True:
-            tokens = model(torch.as_tensor(state_of(obs, info))[None]).argmax(-1).numpy()
-            obs, _, terminated, truncated, info = env.step(tokenizer.decode(tokens)[0])
-            tracker.update(base.world, base.task_spec)
-            if terminated or truncated:
-                break
-        outcomes.append(bool(info["is_success"]))
-        funnels.append(dict(tracker.reached))
-        first_objects.append(tracker.first_object)
-    env.close()
-    k, n = sum(outcomes), len(outcomes)
-    funnel, first = describe(stage_shares(funnels), first_object_shares(first_objects))
-    return {
-        "successes": k,
-        "episodes": n,
-        "success_rate": k / n,
-        "ci95": list(wilson_interval(k, n)),
-        "funnel": funnel,
-        "first_object": first,
-    }
+    """Success on the evaluation seeds (``eval/evaluate.py``'s) and where failures stalled."""
+    with tqdm(total=episodes, desc=f"closed loop ({task})", leave=False) as bar:
+        (result,), _ = evaluate(
+            Imitator(model, tokenizer),
+            task_ids([task]),
+            episodes,
+            env_kwargs={"image_size": IMAGE_SIZE},
+            progress=bar.update,
+            env_wrapper=WithKeyPositions,
+        )
+    summary = result.summary()
+    funnel, first = describe(summary["stages_reached"], summary["first_object"])
+    keys = ("successes", "episodes", "success_rate", "ci95")
+    return {**{k: summary[k] for k in keys}, "funnel": funnel, "first_object": first}
 
 
 def main() -> None:

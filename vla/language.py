@@ -87,11 +87,11 @@ class MiniLMEncoder(nn.Module):
         states = states * mask[..., None]  # zeros beyond each instruction, as the table keeps them
         states = F.pad(states.float(), (0, 0, 0, self.max_length - states.shape[1]))
         start, end = len(self._lengths), len(self._lengths) + len(instructions)
-        if end > len(self._table):  # grow by doubling: adding a row costs O(1), amortised
-            grown = self._table.new_zeros(max(end, 2 * len(self._table)), *self._table.shape[1:], device=device)
-            grown[:start] = self._table[:start].to(device)
-            self._table = grown
         self._table = self._table.to(device)
+        if end > len(self._table):  # grow by doubling: adding a row costs O(1), amortised
+            grown = self._table.new_zeros(max(end, 2 * len(self._table)), *self._table.shape[1:])
+            grown[:start] = self._table[:start]
+            self._table = grown
         self._table[start:end] = states
         for text, m in zip(instructions, mask, strict=True):
             self._row[text] = len(self._lengths)
