@@ -352,6 +352,24 @@ def test_the_sentence_token_is_one_more_text_token_and_is_read():
     assert not torch.allclose(before, policy.action_logits(batch), atol=1e-4)
 
 
+def test_without_vision_tokens_the_scene_reaches_the_decoder_through_the_keypoints_only():
+    policy, batch = make_policy(keypoints=2, keypoint_roles=True, vision_tokens=False), random_batch(4)
+    assert policy.vision is None and not any(k.startswith("vision.") for k in policy.state_dict())
+    assert dict(policy.token_layout(batch))["vision"] == 2
+    assert torch.equal(policy.decode(batch, use_cache=True), policy.decode(batch, use_cache=False))
+    # the image still matters, through where the reader points
+    other_image = {**batch, "image": batch["image"].flip(1)}
+    assert not torch.allclose(policy.action_logits(batch), policy.action_logits(other_image))
+    loss = policy.loss({**batch, "key_uv": torch.zeros(4, 2, 2)}, augment=True)
+    assert torch.isfinite(loss["loss"])
+
+
+@pytest.mark.parametrize("overrides", [{"keypoints": 0}, {"keypoints": 2, "cameras": ["scene", "wrist"]}])
+def test_without_vision_tokens_keypoints_and_the_scene_camera_alone_are_required(overrides):
+    with pytest.raises(ValueError, match="vision_tokens=false .* needs keypoints=2 and cameras=\\[scene\\]"):
+        make_policy(vision_tokens=False, **overrides)
+
+
 def test_minilm_cache_gives_what_encoding_gives_whatever_the_order_it_filled_in():
     """The frozen encoder's cache (one padded table, grown as new instructions arrive)
     returns, for any batch, the states and mask that encoding the batch afresh gives."""

@@ -81,6 +81,11 @@ class PolicyConfig:
     # held-out paraphrases better (eval/language_probe.py: 76.5% vs 68.3%). Off by default.
     sentence_token: bool = False
     augment_pad: int = 4  # random-shift augmentation: pixels of padding (the shift range is +-pad)
+    # False: no ViT; the decoder reads the scene through the keypoint tokens alone (needs
+    # keypoints=2 and the scene camera only). The grounded keypoints carry what the experts act
+    # on (where the target and its destination are), and a step skips the ViT's forward and
+    # backward and a prefix ~2x as long: the CPU's five-task recipe (docs/results.md).
+    vision_tokens: bool = True
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PolicyConfig:
@@ -95,6 +100,11 @@ class PolicyConfig:
             raise ValueError(f"cameras must start with 'scene' and hold only {list(CAMERA_KEYS)}, got {config.cameras}")
         if config.keypoints not in KEYPOINT_COUNTS:
             raise ValueError(f"keypoints must be 0 (off) or 2 (target and destination), got {config.keypoints}")
+        if not config.vision_tokens and (config.keypoints == 0 or config.cameras != ["scene"]):
+            raise ValueError(
+                "vision_tokens=false reads the scene through its keypoints alone: it needs keypoints=2 and "
+                f"cameras=[scene], got keypoints={config.keypoints}, cameras={config.cameras}"
+            )
         if not isinstance(config.chunk, int) or config.chunk < 1:
             raise ValueError(f"chunk must be an integer >= 1 (actions predicted per step), got {config.chunk!r}")
         if config.decoding not in DECODINGS:
@@ -106,7 +116,10 @@ class VLAPolicy(nn.Module):
     def __init__(self, config: PolicyConfig):
         super().__init__()
         self.config = c = config
-        self.vision = ViT(c.image_size, c.patch_size, c.width, c.vision_layers, c.heads, c.vision_pool, c.patch_embed)
+        self.vision = None
+        if c.vision_tokens:
+            vit = (c.image_size, c.patch_size, c.width, c.vision_layers, c.heads, c.vision_pool, c.patch_embed)
+            self.vision = ViT(*vit)
         # One ViT for every camera; a learned embedding per camera tells the decoder which view
         # a token came from.
         self.camera_embed = nn.Parameter(torch.randn(len(c.cameras), c.width) * 0.02)
@@ -151,10 +164,11 @@ class VLAPolicy(nn.Module):
                     f"the policy reads cameras {self.config.cameras} but the observation has no "
                     f"{CAMERA_KEYS[camera]!r} (make the env with cameras={self.config.cameras})"
                 )
-            images = batch[CAMERA_KEYS[camera]]
-            if augment and self.config.augment_pad > 0:
-                images = random_shift(images, self.config.augment_pad)
-            views.append(self.vision(images) + self.camera_embed[i])
+            if self.vision is not None:
+                images = batch[CAMERA_KEYS[camera]]
+                if augment and self.config.augment_pad > 0:
+                    images = random_shift(images, self.config.augment_pad)
+                views.append(self.vision(images) + self.camera_embed[i])
             if self.keypoint_reader is not None and camera == "scene":
                 # un-augmented: the keypoints' labels are the true image coordinates
                 tokens, _, self._keypoint_logits = self.keypoint_reader(batch["image"], text_states.detach(), text_mask)
@@ -185,7 +199,8 @@ class VLAPolicy(nn.Module):
     def token_layout(self, batch: dict[str, Any]) -> list[tuple[str, int]]:
         """(segment name, number of tokens) of one forward pass, for printing (V1)."""
         _, mask = self.prefix(batch)
-        vision_tokens = self.vision.num_tokens * len(self.config.cameras) + self.config.keypoints
+        vit_tokens = self.vision.num_tokens * len(self.config.cameras) if self.vision is not None else 0
+        vision_tokens = vit_tokens + self.config.keypoints
         layout = [("vision", vision_tokens), ("text", mask.shape[1] - vision_tokens)]
         if self.config.use_proprio:
             layout[-1] = ("text", layout[-1][1] - 1)

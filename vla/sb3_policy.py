@@ -100,7 +100,7 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         for model in (vla, self.critic):
             if model is None:
                 continue
-            if freeze_vision:
+            if freeze_vision and model.vision is not None:
                 model.vision.requires_grad_(False)
                 model.camera_embed.requires_grad_(False)
             if freeze_language:
