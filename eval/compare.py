@@ -2,7 +2,9 @@
 
     python eval/compare.py outputs/eval_bc/evaluation.json outputs/eval_ppo/evaluation.json
 
-Both files are eval/evaluate.py outputs. Episodes are matched by (task, split, seed); per
+Both files are eval/evaluate.py outputs, or the per-episode records in docs/outcomes/ (the
+same ``per_episode`` rows, kept in the repository because run directories do not outlive a
+machine: a later run can still be paired with them). Episodes are matched by (task, split, seed); per
 task and split it prints both success rates, how many episodes B solved that A did not
 (gained) and the reverse (lost), and the exact McNemar p-value of that split; then, per
 split with several tasks, the same pooled over all of them (every episode is its own pair).

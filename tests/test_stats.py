@@ -78,3 +78,14 @@ def test_compare_refuses_evaluations_on_different_seeds(tmp_path):
     result = run_compare(a, b)
     assert result.returncode != 0
     assert "different seeds" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("record", sorted((REPO_ROOT / "docs/outcomes").glob("*.json")), ids=lambda p: p.name)
+def test_the_kept_per_episode_records_pair_with_themselves(record):
+    """docs/outcomes/ keeps runs' per-episode results for later pairings: each must read as
+    compare.py reads an evaluation, one result per seed."""
+    rows = json.loads(record.read_text())["per_episode"]
+    assert rows and all(len(r["seeds"]) == len(set(r["seeds"])) == len(r["successes"]) for r in rows)
+    result = run_compare(record, record)
+    assert result.returncode == 0, result.stderr
+    assert "| 0 | 0 | 1 |" in result.stdout.strip().splitlines()[-1]
