@@ -17,7 +17,7 @@
 #   bash eval/device_bc.sh augment; bash eval/device_bc.sh poll   # session 13: instruction augmentation
 #   bash eval/device_bc.sh longer; bash eval/device_bc.sh poll   # session 14: longer, and a larger model
 #   bash eval/device_bc.sh roles; bash eval/device_bc.sh poll   # session 15: keypoint roles on a1 and l2
-#   bash eval/device_bc.sh wide; bash eval/device_bc.sh poll   # r2 alone, its checkpoint brought back (not run yet)
+#   bash eval/device_bc.sh wide; bash eval/device_bc.sh poll   # r2 alone, its checkpoint brought back: ran in session 19
 #   bash eval/device_bc.sh sentence; bash eval/device_bc.sh poll   # r1 + the sentence token (not run yet)
 #   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # r2 + the sentence token: lost in session 16
 #     (machine released between the calls), refused in 17, ran in 18 (docs/results.md). Keep
@@ -28,6 +28,8 @@
 # instruction split, e.g. scenes_10000_seed0_64px_train.npz), so bc.py finds them rendered.
 # Carried: .whl .gl (../shared/tools/device-wheels.sh) and .minilm16 (fp16 copy of MiniLM), or
 # .carry (session 10, eval/device_carry.sh: .minilm16 as an xz tarball, so a checkpoint fits in 64 MiB).
+# On a fresh checkout, inside the venv: bash ../shared/tools/device-wheels.sh; bash eval/device_carry.sh
+# (it builds .minilm16 and drops the mujoco-studio wheel; .whl + .gl + .carry come to ~59 MiB).
 set -uo pipefail
 phase=$1
 [ -f .carry/minilm16.tar.xz ] && [ ! -d .minilm16 ] && mkdir .minilm16 && tar xJf .carry/minilm16.tar.xz -C .minilm16
