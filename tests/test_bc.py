@@ -194,6 +194,29 @@ def test_keypoints_are_grounded_on_rendered_scenes_before_behaviour_cloning(tiny
     assert all(r["keypoint_error_px"] > 0 for r in rows if "loss" in r)
 
 
+def test_keypoints_read_once_after_grounding_train_as_reading_them_every_step_does(tiny_demos, tmp_path):
+    """Without the auxiliary loss the reader gets no gradient in behaviour cloning (its
+    coordinates reach the decoder detached), so reading each demo step once must leave the
+    losses as they were: only the work per step changes."""
+    scenes = tmp_path / "scenes.npz"
+    grounding = ["grounding.scenes=200", "grounding.steps=5", "grounding.batch_size=16", f"grounding.path={scenes}"]
+    model = ["model.keypoints=2", "model.aux_weight=0", "model.keypoint_roles=true", "model.vision_tokens=false"]
+    steps = ["trainer.steps=4"]
+    cached = train(tiny_demos, tmp_path / "cached", *steps, "trainer.cache_keypoints=true", *model, *grounding)
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    assert "[vision 2," in cached.stdout
+    every_step = train(tiny_demos, tmp_path / "every", *steps, *model, *grounding)
+    assert every_step.returncode == 0, every_step.stderr[-3000:]
+    a, b = losses(tmp_path / "cached"), losses(tmp_path / "every")
+    assert sorted(a) == [1, 2, 3, 4] and a == pytest.approx(b, rel=1e-4)
+
+    bad = ["trainer.cache_keypoints=true", "model.keypoints=2", "model.aux_weight=1"]
+    wrong = train(tiny_demos, tmp_path / "bad", *bad)
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    needs = "cache_keypoints=true needs model.keypoints=2, model.aux_weight=0 and data.instructions=train"
+    assert needs in wrong.stderr and "got 2, 1 and train" in wrong.stderr
+
+
 def test_closed_loop_probe_compares_the_policy_with_the_expert_on_its_own_states(trained_run, tmp_path):
     out = tmp_path / "probe.json"
     args = ["--checkpoint", str(trained_run), "--tasks", "reach", "--episodes", "1", "--out", str(out)]

@@ -370,6 +370,32 @@ def test_without_vision_tokens_keypoints_and_the_scene_camera_alone_are_required
         make_policy(vision_tokens=False, **overrides)
 
 
+def test_keypoints_read_once_give_the_decoder_what_reading_them_gives():
+    policy, batch = make_policy(keypoints=2, keypoint_roles=True, vision_tokens=False), random_batch(4)
+    with torch.no_grad():
+        policy.keypoint_reader.roles.normal_()
+        _, coords, _ = policy.keypoint_reader(batch["image"], *policy.text(batch["instruction"], torch.device("cpu")))
+    cached = {**batch, "keypoint_coords": coords}
+    assert torch.allclose(policy.action_logits(batch), policy.action_logits(cached), atol=1e-6)
+    elsewhere = torch.tensor([[-0.8, -0.8], [0.8, 0.8]]).expand(4, 2, 2)  # the decoder reads the coordinates
+    moved = {**batch, "keypoint_coords": elsewhere}
+    assert not torch.allclose(policy.action_logits(cached), policy.action_logits(moved))
+    # nothing left to supervise: the auxiliary loss says so instead of training nothing
+    aux = make_policy(keypoints=2, vision_tokens=False, aux_weight=1.0)
+    with pytest.raises(ValueError, match="model.aux_weight=0"):
+        aux.loss({**cached, "key_uv": coords})
+
+
+def test_freezing_the_reader_stops_its_reading_part_but_not_its_token_embedding():
+    reader = make_policy(keypoints=2, keypoint_roles=True).keypoint_reader
+    reader.freeze_reading()
+    frozen = {n for n, p in reader.named_parameters() if not p.requires_grad}
+    assert {n for n, _ in reader.named_parameters()} - frozen == {
+        n for n, _ in reader.named_parameters() if n.startswith("embed.") or n == "roles"
+    }
+    assert any(n.startswith("features.") for n in frozen) and "questions" in frozen
+
+
 def test_minilm_cache_gives_what_encoding_gives_whatever_the_order_it_filled_in():
     """The frozen encoder's cache (one padded table, grown as new instructions arrive)
     returns, for any batch, the states and mask that encoding the batch afresh gives."""

@@ -31,7 +31,7 @@ from eval.cli import user_errors  # noqa: E402
 from eval.closed_loop import final_evaluation, split_demos, success_rate  # noqa: E402
 from vla.checkpoint import CheckpointError, check_config, load_weights, read_checkpoint, save_checkpoint  # noqa: E402
 from vla.data import ActionTokenDataset, collate  # noqa: E402
-from vla.grounding import heldout_error, heldout_scene_count, pretrain_keypoints  # noqa: E402
+from vla.grounding import heldout_error, heldout_scene_count, pretrain_keypoints, read_demo_keypoints  # noqa: E402
 from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
 from vla.tokenizer import ActionTokenizer  # noqa: E402
 from vla.training import (  # noqa: E402
@@ -81,11 +81,13 @@ def train(cfg: DictConfig) -> dict | None:
             policy, device_ids=[device.index] if device.type == "cuda" else None
         )
 
+    keypoint_coords = None
+    if t.get("cache_keypoints"):  # after DDP has handed rank 0's grounded reader to every rank
+        keypoint_coords = read_demo_keypoints(policy, demos, progress=rank == 0 and t.progress)
     per_rank_batch = t.batch_size // world
     sampler = StepSampler(len(train_idx), cfg.seed, start_step * t.batch_size, rank, world)
-    loader = make_loader(
-        cfg, ActionTokenDataset(demos, tokenizer, train_idx, chunk=policy_config.chunk), sampler, per_rank_batch
-    )
+    dataset = ActionTokenDataset(demos, tokenizer, train_idx, policy_config.chunk, keypoint_coords)
+    loader = make_loader(cfg, dataset, sampler, per_rank_batch)
     autocast = mixed_precision(t.amp, device)
 
     writer = None
@@ -174,6 +176,7 @@ def build(
 ) -> tuple[DemoDataset, ActionTokenizer, VLAPolicy, np.ndarray, np.ndarray]:
     """The demos, the action tokenizer, a freshly initialised policy on ``device``, and the
     training / held-out sample indices (the held-out demos give open-loop accuracy)."""
+    check_keypoint_cache(cfg)
     demos = load_demos(cfg, rank)
     config = PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
     check_dataset_matches(demos, config)
@@ -240,6 +243,19 @@ def load_or_collect(cfg: DictConfig, rank: int) -> DemoDataset:
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
     return DemoDataset(path)
+
+
+def check_keypoint_cache(cfg: DictConfig) -> None:
+    """Keypoints read once must stay right: the reader frozen (no auxiliary loss on it) and
+    each demo step worded as recorded (re-wording would ask the reader a new question)."""
+    if not cfg.trainer.get("cache_keypoints"):
+        return
+    m, wording = cfg.model, cfg.data.instructions
+    if m.keypoints != 2 or m.aux_weight != 0 or wording != "train":
+        raise SystemExit(
+            "error: trainer.cache_keypoints=true needs model.keypoints=2, model.aux_weight=0 and "
+            f"data.instructions=train; got {m.keypoints}, {m.aux_weight} and {wording}"
+        )
 
 
 def check_dataset_matches(demos: DemoDataset, config: PolicyConfig) -> None:

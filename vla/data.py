@@ -20,13 +20,25 @@ class ActionTokenDataset(torch.utils.data.Dataset):
     """``chunk > 1`` makes each target the next ``chunk`` actions of the episode (the demo
     reader's ``actions_from(i, count)`` gives them, with a mask where the episode ended)."""
 
-    def __init__(self, demos: Any, tokenizer: ActionTokenizer, indices: np.ndarray | None = None, chunk: int = 1):
+    def __init__(
+        self,
+        demos: Any,
+        tokenizer: ActionTokenizer,
+        indices: np.ndarray | None = None,
+        chunk: int = 1,
+        keypoint_coords: np.ndarray | None = None,
+    ):
+        """``keypoint_coords`` (one row per demo step): a frozen keypoint reader's coordinates,
+        read once (``vla.grounding.read_demo_keypoints``), handed to the policy with each sample."""
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
+        if keypoint_coords is not None and len(keypoint_coords) != len(demos):
+            raise ValueError(f"keypoint_coords has {len(keypoint_coords)} rows for {len(demos)} demo steps")
         self.demos = demos
         self.tokenizer = tokenizer
         self.indices = np.arange(len(demos)) if indices is None else np.asarray(indices)
         self.chunk = chunk
+        self.keypoint_coords = keypoint_coords
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -47,6 +59,8 @@ class ActionTokenDataset(torch.utils.data.Dataset):
             item["action_bins"] = torch.from_numpy(self.tokenizer.encode(s["action"]))
         if "wrist_image" in s:
             item["wrist_image"] = torch.from_numpy(np.ascontiguousarray(s["wrist_image"]))
+        if self.keypoint_coords is not None:
+            item["keypoint_coords"] = torch.from_numpy(self.keypoint_coords[index])
         for key in ("key_positions", "key_uv"):  # privileged, for the auxiliary loss only
             if key in s:
                 item[key] = torch.from_numpy(np.asarray(s[key], dtype=np.float32))
@@ -54,7 +68,8 @@ class ActionTokenDataset(torch.utils.data.Dataset):
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    names = ("image", "wrist_image", "proprio", "action_bins", "action_valid", "key_positions", "key_uv")
+    names = ("image", "wrist_image", "proprio", "action_bins", "action_valid")
+    names += ("key_positions", "key_uv", "keypoint_coords")
     keys = [k for k in names if k in samples[0]]
     batch: dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in keys}
     batch["instruction"] = [s["instruction"] for s in samples]

@@ -107,3 +107,24 @@ def heldout_error(
         f"{prefix}_median_px": errors.median().item(),
         f"{prefix}_over_2px": (errors > 2).float().mean().item(),
     }
+
+
+@torch.no_grad()
+def read_demo_keypoints(policy: Any, demos: Any, batch_size: int = 512, progress: bool = True) -> np.ndarray:
+    """Freeze the policy's keypoint reader and read its coordinates (N, K, 2) for every demo
+    step, once (``trainer.cache_keypoints``). Behaviour cloning then hands them to the decoder
+    instead of running the reader's conv map forward and backward at every step: on two CPU
+    cores the reader was most of a keypoints-only step (docs/results.md, "Session 19")."""
+    reader, device = policy.keypoint_reader, policy.proprio_mean.device
+    if reader is None:
+        raise ValueError("trainer.cache_keypoints needs a policy with keypoints (model.keypoints=2)")
+    reader.freeze_reading()
+    coords = np.empty((len(demos), reader.keypoints, 2), dtype=np.float32)
+    starts = range(0, len(demos), batch_size)
+    for start in tqdm(starts, desc="reading keypoints", disable=not progress):
+        samples = [demos.sample(i) for i in range(start, min(start + batch_size, len(demos)))]
+        images = torch.from_numpy(np.stack([s["image"] for s in samples])).to(device)
+        text_states, text_mask = policy.text([s["instruction"] for s in samples], device)
+        _, read, _ = reader(images, text_states, text_mask)
+        coords[start : start + len(samples)] = read.float().cpu().numpy()
+    return coords

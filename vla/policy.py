@@ -170,8 +170,11 @@ class VLAPolicy(nn.Module):
                     images = random_shift(images, self.config.augment_pad)
                 views.append(self.vision(images) + self.camera_embed[i])
             if self.keypoint_reader is not None and camera == "scene":
-                # un-augmented: the keypoints' labels are the true image coordinates
-                tokens, _, self._keypoint_logits = self.keypoint_reader(batch["image"], text_states.detach(), text_mask)
+                if "keypoint_coords" in batch:  # read once by a frozen reader (trainer.cache_keypoints)
+                    tokens, self._keypoint_logits = self.keypoint_reader.tokens(batch["keypoint_coords"]), None
+                else:  # un-augmented: the keypoints' labels are the true image coordinates
+                    reader = self.keypoint_reader
+                    tokens, _, self._keypoint_logits = reader(batch["image"], text_states.detach(), text_mask)
                 views.append(tokens + self.camera_embed[i])
         vision = torch.cat(views, 1) + self.type_embed[0]
         device = vision.device
@@ -299,6 +302,8 @@ class VLAPolicy(nn.Module):
         if self.keypoint_reader is not None and self.config.aux_weight > 0:
             if "key_uv" not in batch:
                 raise ValueError("model.aux_weight > 0 needs demos that record key_positions (collect them anew)")
+            if self._keypoint_logits is None:
+                raise ValueError("cached keypoint coordinates leave no heatmaps to supervise: set model.aux_weight=0")
             aux, error_px = self.keypoint_reader.heatmap_loss(self._keypoint_logits, batch["key_uv"])
             out.update(aux_loss=aux, keypoint_error_px=error_px.detach())
             out["loss"] = action_loss + self.config.aux_weight * aux

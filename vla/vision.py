@@ -180,11 +180,22 @@ class TextQueriedKeypoints(nn.Module):
         (B, K, 2), and the heatmap logits (B, K, cells) for ``heatmap_loss``."""
         logits, cells = self.heatmaps(images, text_states, text_mask)
         coords = logits.float().softmax(-1) @ cells
-        code = coords.detach()
+        return self.tokens(coords), coords, logits
+
+    def tokens(self, coords: torch.Tensor) -> torch.Tensor:
+        """Keypoint tokens (B, K, width) from image coordinates (B, K, 2), read detached."""
+        code = coords.detach().float()
         angles = code[..., None] * self.frequencies  # (B, K, 2, F)
         code = torch.cat([code, angles.sin().flatten(2), angles.cos().flatten(2)], -1)
-        tokens = self.embed(code) if self.roles is None else self.embed(code) + self.roles
-        return tokens, coords, logits
+        return self.embed(code) if self.roles is None else self.embed(code) + self.roles
+
+    def freeze_reading(self) -> None:
+        """Stop training the part that reads the image (conv map, text queries): its
+        coordinates of a demo step then never change and can be read once. The token
+        embedding and the roles go on learning from the action loss."""
+        for part in (self.features, self.text_proj, self.read_text, self.query):
+            part.requires_grad_(False)
+        self.questions.requires_grad_(False)
 
     def heatmap_loss(self, logits: torch.Tensor, target_uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the heatmaps against a Gaussian around each true point (std one
