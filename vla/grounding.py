@@ -113,8 +113,9 @@ def heldout_error(
 def read_demo_keypoints(policy: Any, demos: Any, batch_size: int = 512, progress: bool = True) -> np.ndarray:
     """Freeze the policy's keypoint reader and read its coordinates (N, K, 2) for every demo
     step, once (``trainer.cache_keypoints``). Behaviour cloning then hands them to the decoder
-    instead of running the reader's conv map forward and backward at every step: on two CPU
-    cores the reader was most of a keypoints-only step (docs/results.md, "Session 19")."""
+    instead of running the reader's conv map on every sample of every step; without the
+    auxiliary loss the reader gets no gradient there anyway, as its coordinates reach the
+    decoder detached (docs/results.md, "Session 19")."""
     reader, device = policy.keypoint_reader, policy.proprio_mean.device
     if reader is None:
         raise ValueError("trainer.cache_keypoints needs a policy with keypoints (model.keypoints=2)")
