@@ -217,6 +217,21 @@ def test_keypoints_read_once_after_grounding_train_as_reading_them_every_step_do
     assert needs in wrong.stderr and "got 2, 1 and train" in wrong.stderr
 
 
+def test_the_five_task_cpu_recipe_composes_to_the_measured_settings():
+    from hydra import compose, initialize_config_dir
+
+    from train.bc import check_keypoint_cache
+    from vla.policy import PolicyConfig
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        cfg = compose("bc", ["data=five", "model=cpu_keypoints", "trainer=cpu_keypoints"])
+    config = PolicyConfig.from_dict(dict(cfg.model))
+    assert (config.vision_tokens, config.width, config.layers, config.keypoints) == (False, 64, 2, 2)
+    assert cfg.trainer.cache_keypoints and (cfg.trainer.batch_size, cfg.trainer.steps) == (256, 8000)
+    assert cfg.trainer.lr == 1e-3 and cfg.model.image_size == 64  # the rest is the CPU default's
+    check_keypoint_cache(cfg)  # no error: the two groups fit together
+
+
 def test_closed_loop_probe_compares_the_policy_with_the_expert_on_its_own_states(trained_run, tmp_path):
     out = tmp_path / "probe.json"
     args = ["--checkpoint", str(trained_run), "--tasks", "reach", "--episodes", "1", "--out", str(out)]
