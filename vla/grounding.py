@@ -92,15 +92,13 @@ def heldout_error(
 ) -> dict[str, float]:
     """Mean and median keypoint error in pixels, and the share off by more than 2 pixels
     (about 2 cm on the table at 64 px), over the scenes ``indices``; keys start ``prefix``."""
-    reader, device = policy.keypoint_reader, policy.proprio_mean.device
     index = torch.as_tensor(list(indices))
     errors = []
     for chunk in index.split(256):
-        text_states, text_mask = policy.text([str(scenes["instructions"][i]) for i in chunk.tolist()], device)
-        images = torch.from_numpy(scenes["images"][chunk.numpy()]).to(device)
-        _, coords, _ = reader(images, text_states, text_mask)
-        truth = torch.from_numpy(scenes["key_uv"][chunk.numpy()]).to(device)
-        errors.append((coords.float() - truth).norm(dim=-1).flatten() * images.shape[1] / 2)
+        images = scenes["images"][chunk.numpy()]
+        coords = read_keypoints(policy, images, [str(scenes["instructions"][i]) for i in chunk.tolist()])
+        truth = torch.from_numpy(scenes["key_uv"][chunk.numpy()]).to(coords.device)
+        errors.append((coords - truth).norm(dim=-1).flatten() * images.shape[1] / 2)
     errors = torch.cat(errors)
     return {
         f"{prefix}_error_px": errors.mean().item(),
@@ -116,7 +114,7 @@ def read_demo_keypoints(policy: Any, demos: Any, batch_size: int = 512, progress
     instead of running the reader's conv map on every sample of every step; without the
     auxiliary loss the reader gets no gradient there anyway, as its coordinates reach the
     decoder detached (docs/results.md, "Session 19")."""
-    reader, device = policy.keypoint_reader, policy.proprio_mean.device
+    reader = policy.keypoint_reader
     if reader is None:
         raise ValueError("trainer.cache_keypoints needs a policy with keypoints (model.keypoints=2)")
     reader.freeze_reading()
@@ -124,8 +122,17 @@ def read_demo_keypoints(policy: Any, demos: Any, batch_size: int = 512, progress
     starts = range(0, len(demos), batch_size)
     for start in tqdm(starts, desc="reading keypoints", disable=not progress):
         samples = [demos.sample(i) for i in range(start, min(start + batch_size, len(demos)))]
-        images = torch.from_numpy(np.stack([s["image"] for s in samples])).to(device)
-        text_states, text_mask = policy.text([s["instruction"] for s in samples], device)
-        _, read, _ = reader(images, text_states, text_mask)
-        coords[start : start + len(samples)] = read.float().cpu().numpy()
+        images = np.stack([s["image"] for s in samples])
+        read = read_keypoints(policy, images, [s["instruction"] for s in samples])
+        coords[start : start + len(samples)] = read.cpu().numpy()
     return coords
+
+
+@torch.no_grad()
+def read_keypoints(policy: Any, images: np.ndarray, instructions: list[str]) -> torch.Tensor:
+    """Where the policy's keypoint reader points in ``images`` (B, H, W, 3) when asked
+    ``instructions``: (B, K, 2) image coordinates in [-1, 1], float32 on the policy's device."""
+    device = policy.proprio_mean.device
+    text_states, text_mask = policy.text(instructions, device)
+    _, coords, _ = policy.keypoint_reader(torch.from_numpy(images).to(device), text_states, text_mask)
+    return coords.float()
