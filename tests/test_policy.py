@@ -67,7 +67,11 @@ def test_parallel_decoding_is_one_pass_and_deterministic():
     assert policy.decode(batch).shape == (4, 7)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"sentence_token": True}], ids=["word tokens", "with sentence token"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"sentence_token": True}, {"sentence_token": True, "word_tokens": False}],
+    ids=["word tokens", "with sentence token", "sentence token alone"],
+)
 def test_padding_is_invisible_to_each_sample(overrides):
     """V8: a sample's action logits do not depend on how long the *other* instructions are."""
     policy = make_policy(**overrides)
@@ -350,6 +354,28 @@ def test_the_sentence_token_is_one_more_text_token_and_is_read():
     with torch.no_grad():
         policy.sentence_proj.weight.mul_(3.0)
     assert not torch.allclose(before, policy.action_logits(batch), atol=1e-4)
+
+
+def test_without_word_tokens_the_sentence_token_is_the_decoders_only_text_token():
+    batch = random_batch(4)
+    policy = make_policy(sentence_token=True, word_tokens=False)
+    assert dict(policy.token_layout(batch))["text"] == 1 and policy.text_proj is None
+    assert torch.equal(policy.decode(batch, use_cache=True), policy.decode(batch, use_cache=False))
+    # the instruction still reaches the actions, through the sentence embedding
+    reworded = {**batch, "instruction": batch["instruction"][::-1]}
+    assert not torch.allclose(policy.action_logits(batch), policy.action_logits(reworded), atol=1e-4)
+    with pytest.raises(ValueError, match="word_tokens=false .* needs sentence_token=true, got sentence_token=False"):
+        make_policy(word_tokens=False)
+
+
+def test_cached_keypoints_without_a_vit_need_no_image_but_a_vit_does():
+    batch = random_batch(4)
+    coords = {"keypoint_coords": torch.zeros(4, 2, 2)}
+    no_image = {k: v for k, v in batch.items() if k != "image"}
+    policy = make_policy(keypoints=2, keypoint_roles=True, vision_tokens=False)
+    assert torch.equal(policy.action_logits({**no_image, **coords}), policy.action_logits({**batch, **coords}))
+    with pytest.raises(ValueError, match="has no 'image'"):
+        make_policy(keypoints=2).action_logits({**no_image, **coords})
 
 
 def test_without_vision_tokens_the_scene_reaches_the_decoder_through_the_keypoints_only():

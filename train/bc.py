@@ -86,7 +86,8 @@ def train(cfg: DictConfig) -> dict | None:
         keypoint_coords = read_demo_keypoints(policy, demos, progress=rank == 0 and t.progress)
     per_rank_batch = t.batch_size // world
     sampler = StepSampler(len(train_idx), cfg.seed, start_step * t.batch_size, rank, world)
-    dataset = ActionTokenDataset(demos, tokenizer, train_idx, policy_config.chunk, keypoint_coords)
+    reads_pixels = policy.vision is not None or keypoint_coords is None
+    dataset = ActionTokenDataset(demos, tokenizer, train_idx, policy_config.chunk, keypoint_coords, reads_pixels)
     loader = make_loader(cfg, dataset, sampler, per_rank_batch)
     autocast = mixed_precision(t.amp, device)
 

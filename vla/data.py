@@ -27,9 +27,12 @@ class ActionTokenDataset(torch.utils.data.Dataset):
         indices: np.ndarray | None = None,
         chunk: int = 1,
         keypoint_coords: np.ndarray | None = None,
+        images: bool = True,
     ):
         """``keypoint_coords`` (one row per demo step): a frozen keypoint reader's coordinates,
-        read once (``vla.grounding.read_demo_keypoints``), handed to the policy with each sample."""
+        read once (``vla.grounding.read_demo_keypoints``), handed to the policy with each sample.
+        ``images=False`` leaves the camera images out of the samples, for a policy that reads
+        the scene through those coordinates alone (no ViT): nothing to copy and stack."""
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         if keypoint_coords is not None and len(keypoint_coords) != len(demos):
@@ -39,6 +42,7 @@ class ActionTokenDataset(torch.utils.data.Dataset):
         self.indices = np.arange(len(demos)) if indices is None else np.asarray(indices)
         self.chunk = chunk
         self.keypoint_coords = keypoint_coords
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -47,17 +51,18 @@ class ActionTokenDataset(torch.utils.data.Dataset):
         index = int(self.indices[i])
         s = self.demos.sample(index)
         item = {
-            "image": torch.from_numpy(np.ascontiguousarray(s["image"])),
             "proprio": torch.from_numpy(np.asarray(s["proprio"], dtype=np.float32)),
             "instruction": s["instruction"],
         }
+        if self.images:
+            item["image"] = torch.from_numpy(np.ascontiguousarray(s["image"]))
         if self.chunk > 1:
             actions, valid = self.demos.actions_from(index, self.chunk)
             item["action_bins"] = torch.from_numpy(self.tokenizer.encode(actions).reshape(-1))
             item["action_valid"] = torch.from_numpy(valid)
         else:
             item["action_bins"] = torch.from_numpy(self.tokenizer.encode(s["action"]))
-        if "wrist_image" in s:
+        if self.images and "wrist_image" in s:
             item["wrist_image"] = torch.from_numpy(np.ascontiguousarray(s["wrist_image"]))
         if self.keypoint_coords is not None:
             item["keypoint_coords"] = torch.from_numpy(self.keypoint_coords[index])

@@ -86,6 +86,11 @@ class PolicyConfig:
     # on (where the target and its destination are), and a step skips the ViT's forward and
     # backward and a prefix ~2x as long: the CPU's five-task recipe (docs/results.md).
     vision_tokens: bool = True
+    # False: the decoder reads the instruction through the sentence token alone (needs
+    # sentence_token=true), not through its ~13 word states; the keypoint reader still reads
+    # every word. The prefix shrinks from ~24 to ~11 tokens, about 2x the decoder's step rate
+    # on 2 cores, for the CPU's five-task recipe (docs/results.md, "Session 20").
+    word_tokens: bool = True
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PolicyConfig:
@@ -104,6 +109,11 @@ class PolicyConfig:
             raise ValueError(
                 "vision_tokens=false reads the scene through its keypoints alone: it needs keypoints=2 and "
                 f"cameras=[scene], got keypoints={config.keypoints}, cameras={config.cameras}"
+            )
+        if not config.word_tokens and not config.sentence_token:
+            raise ValueError(
+                "word_tokens=false leaves the sentence token as the decoder's only text token: it needs "
+                f"sentence_token=true, got sentence_token={config.sentence_token}"
             )
         if not isinstance(config.chunk, int) or config.chunk < 1:
             raise ValueError(f"chunk must be an integer >= 1 (actions predicted per step), got {config.chunk!r}")
@@ -124,7 +134,7 @@ class VLAPolicy(nn.Module):
         # a token came from.
         self.camera_embed = nn.Parameter(torch.randn(len(c.cameras), c.width) * 0.02)
         self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length)
-        self.text_proj = nn.Linear(self.text.out_dim, c.width)
+        self.text_proj = nn.Linear(self.text.out_dim, c.width) if c.word_tokens else None
         self.keypoint_reader = None
         if c.keypoints:
             self.keypoint_reader = TextQueriedKeypoints(
@@ -156,10 +166,11 @@ class VLAPolicy(nn.Module):
     def prefix(self, batch: dict[str, Any], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens and key mask of [vision | text | proprio]: (B, P, W), (B, P) bool."""
         text_states, text_mask = self.text(batch["instruction"], batch["proprio"].device)
-        text = self.text_proj(text_states)
         views = []
+        # Cached keypoints and no ViT: the decoder never looks at the pixels.
+        reads_pixels = self.vision is not None or "keypoint_coords" not in batch
         for i, camera in enumerate(self.config.cameras):
-            if CAMERA_KEYS[camera] not in batch:
+            if reads_pixels and CAMERA_KEYS[camera] not in batch:
                 raise ValueError(
                     f"the policy reads cameras {self.config.cameras} but the observation has no "
                     f"{CAMERA_KEYS[camera]!r} (make the env with cameras={self.config.cameras})"
@@ -178,8 +189,7 @@ class VLAPolicy(nn.Module):
                 views.append(tokens + self.camera_embed[i])
         vision = torch.cat(views, 1) + self.type_embed[0]
         device = vision.device
-        if self.sentence_proj is not None:
-            text, text_mask = self._with_sentence_token(text, text_states, text_mask)
+        text, text_mask = self._text_tokens(text_states, text_mask)
         text = text + self.type_embed[1]
         parts, masks = [vision, text], [torch.ones(vision.shape[:2], dtype=torch.bool, device=device), text_mask]
         if self.config.use_proprio:
@@ -188,16 +198,21 @@ class VLAPolicy(nn.Module):
             masks.append(torch.ones(len(vision), 1, dtype=torch.bool, device=device))
         return torch.cat(parts, 1), torch.cat(masks, 1)
 
-    def _with_sentence_token(
-        self, text: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """[sentence | word tokens] and their mask; the mean runs over real tokens only, so
-        padding stays invisible (V8)."""
-        real = text_mask.unsqueeze(-1).float()
-        sentence = (text_states.float() * real).sum(1) / real.sum(1).clamp(min=1.0)
-        token = self.sentence_proj(F.normalize(sentence, dim=-1)).unsqueeze(1).to(text.dtype)
-        always = torch.ones(len(text_mask), 1, dtype=torch.bool, device=text_mask.device)
-        return torch.cat([token, text], 1), torch.cat([always, text_mask], 1)
+    def _text_tokens(self, text_states: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's text tokens and their mask: [sentence | words], [words] without the
+        sentence token, or [sentence] without the words. The sentence mean runs over real
+        tokens only, so padding stays invisible (V8)."""
+        parts, masks = [], []
+        if self.sentence_proj is not None:
+            real = text_mask.unsqueeze(-1).float()
+            sentence = (text_states.float() * real).sum(1) / real.sum(1).clamp(min=1.0)
+            parts.append(self.sentence_proj(F.normalize(sentence, dim=-1)).unsqueeze(1))
+            masks.append(torch.ones(len(text_mask), 1, dtype=torch.bool, device=text_mask.device))
+        if self.config.word_tokens:
+            parts.append(self.text_proj(text_states))
+            masks.append(text_mask)
+        dtype = parts[-1].dtype
+        return torch.cat([part.to(dtype) for part in parts], 1), torch.cat(masks, 1)
 
     def token_layout(self, batch: dict[str, Any]) -> list[tuple[str, int]]:
         """(segment name, number of tokens) of one forward pass, for printing (V1)."""

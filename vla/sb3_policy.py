@@ -105,7 +105,8 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
                 model.camera_embed.requires_grad_(False)
             if freeze_language:
                 model.text.requires_grad_(False)
-                model.text_proj.requires_grad_(False)
+                if model.text_proj is not None:  # None when the decoder reads no word tokens
+                    model.text_proj.requires_grad_(False)
         if not critic_lr_scale > 0:
             raise ValueError(f"critic_lr_scale must be > 0, got {critic_lr_scale}")
         self.optimizer = self.optimizer_class(
