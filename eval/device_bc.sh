@@ -18,7 +18,7 @@
 #   bash eval/device_bc.sh longer; bash eval/device_bc.sh poll   # session 14: longer, and a larger model
 #   bash eval/device_bc.sh roles; bash eval/device_bc.sh poll   # session 15: keypoint roles on a1 and l2
 #   bash eval/device_bc.sh wide; bash eval/device_bc.sh poll   # r2 alone, its checkpoint brought back: ran in session 19
-#   bash eval/device_bc.sh sentence; bash eval/device_bc.sh poll   # r1 + the sentence token (not run yet)
+#   bash eval/device_bc.sh sentence; bash eval/device_bc.sh poll   # r1 + the sentence token: ran in session 20 (s1)
 #   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # r2 + the sentence token: lost in session 16
 #     (machine released between the calls), refused in 17, ran in 18 (docs/results.md). Keep
 #     WAIT under ~400: collecting and launching take ~3 min of the call's 600 s before the wait.
@@ -486,7 +486,7 @@ if [ "$phase" = wide ]; then  # next session, detached: session 15's r2 alone, t
   sleep ${WAIT:-300}; phase=report
 fi
 
-if [ "$phase" = sentence ]; then  # next session, detached: r1 + model.sentence_token, paired with r1
+if [ "$phase" = sentence ]; then  # session 20, detached: r1 + model.sentence_token (s1; docs/results.md)
   # On held-out paraphrases r1 went to another object first in 12-15% of episodes and failed
   # whole wordings ("hoist the block into the air" 7%); a task classifier on MiniLM's sentence
   # embedding reads those wordings better than one over its token states (language_probe.py).
