@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eval.cli import user_errors  # noqa: E402
-from train.bc import _to, build, make_loader, mixed_precision  # noqa: E402
+from train.bc import _to, build, make_dataset, make_loader, mixed_precision  # noqa: E402
 from vla.data import ActionTokenDataset, collate  # noqa: E402
 from vla.training import StepSampler, make_optimizer  # noqa: E402
 
@@ -119,7 +119,7 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
         optimizer.step()
         mark("optimizer")
 
-    dataset = ActionTokenDataset(demos, tokenizer, train_idx, chunk=config.chunk)
+    dataset = make_dataset(cfg, policy, demos, tokenizer, train_idx, progress=False)  # as bc.py builds it
     policy.train()
     batches = iter(make_loader(cfg, dataset, StepSampler(len(train_idx), cfg.seed), t.batch_size))
     report = {

@@ -81,13 +81,10 @@ def train(cfg: DictConfig) -> dict | None:
             policy, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    keypoint_coords = None
-    if t.get("cache_keypoints"):  # after DDP has handed rank 0's grounded reader to every rank
-        keypoint_coords = read_demo_keypoints(policy, demos, progress=rank == 0 and t.progress)
+    # after DDP has handed rank 0's grounded reader to every rank (the keypoint cache reads it)
+    dataset = make_dataset(cfg, policy, demos, tokenizer, train_idx, progress=rank == 0 and t.progress)
     per_rank_batch = t.batch_size // world
     sampler = StepSampler(len(train_idx), cfg.seed, start_step * t.batch_size, rank, world)
-    reads_pixels = policy.vision is not None or keypoint_coords is None
-    dataset = ActionTokenDataset(demos, tokenizer, train_idx, policy_config.chunk, keypoint_coords, reads_pixels)
     loader = make_loader(cfg, dataset, sampler, per_rank_batch)
     autocast = mixed_precision(t.amp, device)
 
@@ -187,6 +184,23 @@ def build(
     train_idx, val_idx = split_demos(demos, list(cfg.data.tasks), cfg.data.val_fraction, cfg.seed)
     policy.set_proprio_statistics(*demos.proprio_statistics(train_idx))
     return demos, tokenizer, policy, train_idx, val_idx
+
+
+def make_dataset(
+    cfg: DictConfig,
+    policy: VLAPolicy,
+    demos: DemoDataset,
+    tokenizer: ActionTokenizer,
+    indices: np.ndarray,
+    progress: bool,
+) -> ActionTokenDataset:
+    """The training samples as the step sees them: with ``trainer.cache_keypoints`` the frozen
+    reader's keypoints are read once here, and the images stay out when nothing reads them."""
+    keypoint_coords = None
+    if cfg.trainer.get("cache_keypoints"):
+        keypoint_coords = read_demo_keypoints(policy, demos, progress=progress)
+    images = policy.reads_pixels(cached_keypoints=keypoint_coords is not None)
+    return ActionTokenDataset(demos, tokenizer, indices, policy.config.chunk, keypoint_coords, images)
 
 
 def make_loader(

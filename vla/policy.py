@@ -167,8 +167,7 @@ class VLAPolicy(nn.Module):
         """Tokens and key mask of [vision | text | proprio]: (B, P, W), (B, P) bool."""
         text_states, text_mask = self.text(batch["instruction"], batch["proprio"].device)
         views = []
-        # Cached keypoints and no ViT: the decoder never looks at the pixels.
-        reads_pixels = self.vision is not None or "keypoint_coords" not in batch
+        reads_pixels = self.reads_pixels(cached_keypoints="keypoint_coords" in batch)
         for i, camera in enumerate(self.config.cameras):
             if reads_pixels and CAMERA_KEYS[camera] not in batch:
                 raise ValueError(
@@ -197,6 +196,11 @@ class VLAPolicy(nn.Module):
             parts.append(self.proprio_proj(proprio).unsqueeze(1) + self.type_embed[2])
             masks.append(torch.ones(len(vision), 1, dtype=torch.bool, device=device))
         return torch.cat(parts, 1), torch.cat(masks, 1)
+
+    def reads_pixels(self, cached_keypoints: bool) -> bool:
+        """Whether a forward pass needs the camera images: not when the keypoints arrive read
+        (``batch["keypoint_coords"]``) and there is no ViT."""
+        return self.vision is not None or not cached_keypoints
 
     def _text_tokens(self, text_states: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's text tokens and their mask: [sentence | words], [words] without the
