@@ -52,3 +52,9 @@ def test_bad_task_is_one_clear_error():
     command = [sys.executable, "eval/expert_imitability.py", "--tasks", "fly"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "unknown task 'fly'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_negative_label_sigma_is_one_clear_error():
+    command = [sys.executable, "eval/expert_imitability.py", "--label-sigma", "-2"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--label-sigma must be >= 0 bins" in done.stderr

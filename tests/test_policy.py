@@ -99,6 +99,22 @@ def test_loss_falls_on_a_tiny_dataset():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_soft_labels_change_the_loss_and_still_teach_the_labelled_bins():
+    batch = random_batch(16, seed=3)
+    hard, soft = make_policy(), make_policy(label_sigma=4.0)
+    assert not torch.isclose(hard.loss(batch, augment=False)["loss"], soft.loss(batch, augment=False)["loss"])
+    soft.train()
+    optimizer = torch.optim.AdamW([p for p in soft.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(80):
+        out = soft.loss(batch, augment=False)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+    # the argmax lands on (or next to) the labelled bin, which one-hot accuracy counts
+    logits = soft.eval().action_logits(batch)
+    assert (logits.argmax(-1) - batch["action_bins"]).abs().float().mean() < 2.0
+
+
 def test_runner_acts_on_env_observations(tmp_path):
     from vla.checkpoint import save_checkpoint
     from vla.inference import load_policy
@@ -132,6 +148,7 @@ def test_a_run_directory_without_best_loads_its_latest_checkpoint(tmp_path):
         ("colour", 1, "unknown policy config"),
         ("cameras", ["wrist"], "cameras must start with 'scene'"),
         ("cameras", ["scene", "thermal"], "cameras must start with 'scene'"),
+        ("label_sigma", -0.5, "label_sigma must be >= 0 bins"),
     ],
 )
 def test_bad_policy_config_names_the_valid_values(key, value, message):

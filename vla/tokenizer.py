@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 BINNINGS = ("uniform", "quantile")
 
@@ -81,3 +82,24 @@ class ActionTokenizer:
             state["token_offset"],
             state["action_dim"],
         )
+
+
+def soft_bin_targets(bins: torch.Tensor, num_bins: int, sigma: float) -> torch.Tensor:
+    """Gaussian label distributions over the bins (HL-Gauss, Farebrother et al. 2024).
+
+    Cross-entropy against a one-hot bin treats bin 120 as no closer to bin 121 than to bin 0;
+    the model has to learn the bins' order from data. Spreading each label as a Gaussian of
+    std ``sigma`` bins around its bin centre (mass of each bin = the Gaussian's integral over
+    it, renormalised to the range) tells it the order for free. ``bins`` (...) of indices ->
+    (..., num_bins) probabilities; ``sigma`` 0 gives the one-hot labels.
+    """
+    if sigma < 0:
+        raise ValueError(f"label sigma must be >= 0 bins, got {sigma}")
+    if sigma == 0:
+        return torch.nn.functional.one_hot(bins, num_bins).float()
+    # float64: the far bins' masses are differences of CDF values near 1
+    edges = torch.arange(num_bins + 1, device=bins.device, dtype=torch.float64)
+    centre = bins.double().unsqueeze(-1) + 0.5
+    cdf = torch.special.ndtr((edges - centre) / sigma)
+    mass = cdf[..., 1:] - cdf[..., :-1]
+    return (mass / mass.sum(-1, keepdim=True)).float()
