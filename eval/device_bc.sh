@@ -19,6 +19,8 @@
 #   bash eval/device_bc.sh roles; bash eval/device_bc.sh poll   # session 15: keypoint roles on a1 and l2
 #   bash eval/device_bc.sh wide; bash eval/device_bc.sh poll   # r2 alone, its checkpoint brought back: ran in session 19
 #   bash eval/device_bc.sh sentence; bash eval/device_bc.sh poll   # r1 + the sentence token: ran in session 20 (s1)
+#   bash eval/device_bc.sh soft; bash eval/device_bc.sh poll   # s1 + Gaussian action labels (model.label_sigma): session 21
+#   STEPS=5000 SPLITS=[train] bash eval/device_bc.sh softpar; bash eval/device_bc.sh poll   # the same, parallel decoding: session 21
 #   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # r2 + the sentence token: lost in session 16
 #     (machine released between the calls), refused in 17, ran in 18 (docs/results.md). Keep
 #     WAIT under ~400: collecting and launching take ~3 min of the call's 600 s before the wait.
@@ -493,6 +495,27 @@ if [ "$phase" = sentence ]; then  # session 20, detached: r1 + model.sentence_to
   export WORKERS=6
   collect_augmented
   echo "s1_aug_roles_sentence $(m1_recipe 10000 true) data.instructions=augmented model.sentence_token=true" | launch_runs "$keep_best"
+  sleep ${WAIT:-300}; phase=report
+fi
+
+if [ "$phase" = soft ]; then  # session 21, detached: s1 + model.label_sigma (g1; docs/results.md)
+  # One-hot labels leave the bins' order to be learnt from data; the one-step imitator
+  # (eval/expert_imitability.py, 750 steps) went from 27.5% to 82% on the four hard tasks with
+  # labels spread as a Gaussian of 24 bins. Same seeds as s1: pair them with eval/compare.py.
+  export WORKERS=6
+  collect_augmented
+  echo "g1_aug_roles_sentence_sigma${SIGMA:-24} $(m1_recipe 10000 true) data.instructions=augmented model.sentence_token=true model.label_sigma=${SIGMA:-24}" | launch_runs "$keep_best"
+  sleep ${WAIT:-300}; phase=report
+fi
+
+if [ "$phase" = softpar ]; then  # session 21, detached: g1 with parallel decoding (g2), STEPS steps
+  # g1's lift and stack collapsed: its dz token had learnt to read "dx is exactly bin 128" as
+  # the cue to lift, which its own smoothed dx misses by a bin (eval/exposure_bias.py). With
+  # parallel decoding no token reads another. STEPS < 10000 fits what is left of a session's
+  # device time; the evaluation then covers the training wordings (SPLITS to change it).
+  export WORKERS=6
+  collect_augmented
+  echo "g2_sigma${SIGMA:-24}_parallel_${STEPS:-10000} $(m1_recipe ${STEPS:-10000} true) data.instructions=augmented model.sentence_token=true model.label_sigma=${SIGMA:-24} model.decoding=parallel eval.every_steps=0 eval.splits=${SPLITS:-[train,heldout]}" | launch_runs true
   sleep ${WAIT:-300}; phase=report
 fi
 
