@@ -37,12 +37,21 @@ INSTRUCTIONS = ["pick up the red cube and put it in the orange zone", "stack the
 
 def make_policies(args: argparse.Namespace) -> tuple[VLAPolicy, VLAPolicy]:
     if args.checkpoint:
-        policy, _ = build_policy(read_checkpoint(args.checkpoint))
+        trained, _ = build_policy(read_checkpoint(args.checkpoint))
+        values, weights = trained.config_dict(), trained.state_dict()
     else:
         values = yaml.safe_load((REPO / "configs" / "model" / f"{args.model}.yaml").read_text())
-        policy = VLAPolicy(PolicyConfig.from_dict(values))
-    parallel = VLAPolicy(PolicyConfig.from_dict({**policy.config_dict(), "decoding": "parallel"}))
-    parallel.load_state_dict(policy.state_dict())
+        weights = None
+    # The same weights both ways, whichever decoding the config trained with: the KV cache
+    # only exists for autoregressive decoding.
+    policy, parallel = (
+        VLAPolicy(PolicyConfig.from_dict({**values, "decoding": decoding}))
+        for decoding in ("autoregressive", "parallel")
+    )
+    if weights is None:
+        weights = policy.state_dict()
+    policy.load_state_dict(weights)
+    parallel.load_state_dict(weights)
     return policy.eval(), parallel.eval()
 
 
