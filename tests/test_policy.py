@@ -99,6 +99,12 @@ def test_loss_falls_on_a_tiny_dataset():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_parallel_decoding_leaves_the_action_embedding_out_of_training():
+    """It is never read; a trainable weight without gradient stops DistributedDataParallel."""
+    assert not any(p.requires_grad for p in make_policy(decoding="parallel").action_embed.parameters())
+    assert all(p.requires_grad for p in make_policy().action_embed.parameters())
+
+
 def test_soft_labels_change_the_loss_and_still_teach_the_labelled_bins():
     batch = random_batch(16, seed=3)
     hard, soft = make_policy(), make_policy(label_sigma=4.0)

@@ -159,6 +159,9 @@ class VLAPolicy(nn.Module):
         self.register_buffer("proprio_std", torch.ones(c.proprio_dim))
         self.type_embed = nn.Parameter(torch.randn(4, c.width) * 0.02)  # vision, text, proprio, action
         self.action_embed = nn.Embedding(c.bins, c.width)  # the reserved action-token block
+        # Parallel decoding never feeds earlier tokens back in: the embedding gets no gradient,
+        # and DistributedDataParallel refuses trainable weights that take no part in the loss.
+        self.action_embed.requires_grad_(c.decoding == "autoregressive")
         self.action_position = nn.Parameter(torch.randn(c.chunk * c.action_dim, c.width) * 0.02)
         self.start = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
         self.blocks = nn.ModuleList(Block(c.width, c.heads, dropout=c.dropout) for _ in range(c.layers))
