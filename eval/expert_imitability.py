@@ -111,9 +111,10 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
+    label_rows = soft_bin_targets(torch.arange(tokenizer.bins), tokenizer.bins, label_sigma)  # one per bin
     for _ in tqdm(range(steps), desc="train", leave=False):
         batch = torch.randint(len(x), (256,), generator=generator)
-        target = soft_bin_targets(y[batch].flatten(), tokenizer.bins, label_sigma)
+        target = label_rows[y[batch].flatten()]
         loss = nn.functional.cross_entropy(model(x[batch]).flatten(0, 1), target)
         optimizer.zero_grad()
         loss.backward()

@@ -52,10 +52,10 @@ def expert_states(env: gym.Env, episodes: int, grasped_only: bool) -> tuple[list
     for episode in tqdm(range(episodes), desc="expert episodes", leave=False):
         obs, _ = env.reset(seed=SEED_BASE + episode)
         expert = make_expert(env, seed=episode)
+        target = base.task.target(base.task_spec)
         done = False
         while not done:
             action = expert(obs)
-            target = base.task.target(base.task_spec)
             held_low = base.world.is_grasped(target) and base.world.grip_pos()[2] < GRASP_HEIGHT
             if held_low or not grasped_only:
                 observations.append(obs)

@@ -162,6 +162,10 @@ class VLAPolicy(nn.Module):
         # Parallel decoding never feeds earlier tokens back in: the embedding gets no gradient,
         # and DistributedDataParallel refuses trainable weights that take no part in the loss.
         self.action_embed.requires_grad_(c.decoding == "autoregressive")
+        # Gaussian labels depend on the label's bin alone: one row per bin, made once, looked up
+        # by the loss (not saved: the config re-makes it).
+        table = soft_bin_targets(torch.arange(c.bins), c.bins, c.label_sigma) if c.label_sigma > 0 else None
+        self.register_buffer("soft_labels", table, persistent=False)
         self.action_position = nn.Parameter(torch.randn(c.chunk * c.action_dim, c.width) * 0.02)
         self.start = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
         self.blocks = nn.ModuleList(Block(c.width, c.heads, dropout=c.dropout) for _ in range(c.layers))
@@ -323,8 +327,8 @@ class VLAPolicy(nn.Module):
         logits = self.head(states)
         target = batch["action_bins"]
         labels = target.reshape(-1)
-        if self.config.label_sigma > 0:
-            labels = soft_bin_targets(labels, self.config.bins, self.config.label_sigma)
+        if self.soft_labels is not None:
+            labels = self.soft_labels[labels]
         token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, reduction="none")
         if "action_valid" in batch:  # a chunk running past the episode's end: no label there
             weight = batch["action_valid"].repeat_interleave(self.config.action_dim, 1).reshape(-1).float()
