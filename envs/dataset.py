@@ -6,7 +6,8 @@ Layout of a dataset directory (see docs/data_format.md for the full description)
       episodes/<task>/<task>-s<seed>.h5   one successful episode each, robomimic-like:
           /obs/image          (T, H, W, 3) uint8   scene camera, observation *before* action t
           /obs/wrist_image    (T, H, W, 3) uint8   only if the wrist camera was recorded
-          /obs/proprio        (T, 8) float32       see envs.PROPRIO_NAMES
+          /obs/proprio        (T, 9) float32       see envs.PROPRIO_NAMES (8 before session 22:
+                                                   no gripper opening velocity)
           /actions            (T, 7) float32       the expert's action label for obs t
           /executed_actions   (T, 7) float32       what was sent to the env (label + noise)
           /rewards            (T,) float32         dense reward after action t
@@ -312,6 +313,13 @@ class DemoDataset:
     @property
     def num_episodes(self) -> int:
         return len(self.episodes)
+
+    @property
+    def proprio_width(self) -> int:
+        """Proprio elements per step (the leading ``envs.PROPRIO_NAMES``; older datasets hold fewer)."""
+        if self._memory is not None:
+            return int(self._memory["proprio"].shape[1])
+        return int(self._file(0)["obs/proprio"].shape[1])
 
     def locate(self, index: int) -> tuple[int, int]:
         """(episode number, step within it) of a global sample index."""

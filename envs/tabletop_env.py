@@ -13,8 +13,10 @@ left, z up; the table top is z = 0.
 Observation (gymnasium Dict):
     image        uint8 (H, W, 3) from the fixed ``scene`` camera, shadows/multisampling off
     wrist_image  uint8 (H, W, 3) from the wrist camera (only if ``cameras`` includes it)
-    proprio      float32 (8,): grip-site position x, y, z (m); grip-site orientation as a
-                 unit quaternion w, x, y, z (w >= 0); gripper opening between pads (m)
+    proprio      float32 (9,): grip-site position x, y, z (m); grip-site orientation as a
+                 unit quaternion w, x, y, z (w >= 0); gripper opening between pads (m); its
+                 rate of change (m/s, the finger joints' velocity: what a real gripper's
+                 joint state reports; about 0 once the pads press on an object)
     instruction  str (gymnasium Text)
 
 Control runs at 1 / (PHYSICS_TIMESTEP x CONTROL_SUBSTEPS) = 20 Hz.
@@ -53,7 +55,10 @@ CAMERAS = ("scene", "wrist")
 # progress: the per-step change of that closeness + bonus per solved step
 REWARD_TYPES = ("dense", "sparse", "progress")
 ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
-PROPRIO_NAMES = ("ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz", "gripper_opening")
+PROPRIO_NAMES = (
+    *("ee_x", "ee_y", "ee_z", "ee_qw", "ee_qx", "ee_qy", "ee_qz"),
+    *("gripper_opening", "gripper_opening_velocity"),
+)
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.:;'-!?"
 MAX_INSTRUCTION_LENGTH = 256
 IMAGE_SIZE_RANGE = (16, 512)
@@ -297,7 +302,8 @@ class TabletopEnv(gym.Env):
         quat = np.empty(4)
         mujoco.mju_mat2Quat(quat, self.data.site_xmat[self.world.grip_site])
         quat *= np.sign(quat[0]) or 1.0
-        proprio = np.concatenate([self.data.site_xpos[self.world.grip_site], quat, [self.world.gripper_opening()]])
+        gripper = [self.world.gripper_opening(), self.world.gripper_opening_velocity()]
+        proprio = np.concatenate([self.data.site_xpos[self.world.grip_site], quat, gripper])
         obs["proprio"] = proprio.astype(np.float32)
         obs["instruction"] = self.instruction
         return obs

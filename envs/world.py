@@ -25,6 +25,7 @@ class World:
         self.data = data
         self.grip_site = model.site("grip_site").id
         self.finger_qpos = np.array([model.jnt_qposadr[model.joint(j).id] for j in FINGER_JOINTS])
+        self.finger_dof = np.array([model.jnt_dofadr[model.joint(j).id] for j in FINGER_JOINTS])
         self.gripper_geoms = frozenset(model.geom(g).id for g in GRIPPER_GEOMS)
         self.left_pad = model.geom("finger_left_pad").id
         self.right_pad = model.geom("finger_right_pad").id
@@ -45,6 +46,11 @@ class World:
     def gripper_opening(self) -> float:
         """Distance between the inner faces of the two pads, in metres."""
         return float(self.data.qpos[self.finger_qpos].sum() + _CLOSED_PAD_GAP)
+
+    def gripper_opening_velocity(self) -> float:
+        """Rate of change of ``gripper_opening`` in m/s: negative while closing, about zero
+        once the pads have stopped (open, shut, or pressed on an object)."""
+        return float(self.data.qvel[self.finger_dof].sum())
 
     def object_pos(self, name: str) -> np.ndarray:
         return self.data.xpos[self.object_body[name]].copy()

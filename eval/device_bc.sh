@@ -21,6 +21,7 @@
 #   bash eval/device_bc.sh sentence; bash eval/device_bc.sh poll   # r1 + the sentence token: ran in session 20 (s1)
 #   bash eval/device_bc.sh soft; bash eval/device_bc.sh poll   # s1 + Gaussian action labels (model.label_sigma): session 21
 #   STEPS=5000 SPLITS=[train] bash eval/device_bc.sh softpar; bash eval/device_bc.sh poll   # the same, parallel decoding: session 21
+#   bash eval/device_bc.sh gripvel; bash eval/device_bc.sh poll   # g2 longer, and + the gripper velocity: session 22
 #   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # r2 + the sentence token: lost in session 16
 #     (machine released between the calls), refused in 17, ran in 18 (docs/results.md). Keep
 #     WAIT under ~400: collecting and launching take ~3 min of the call's 600 s before the wait.
@@ -517,6 +518,19 @@ if [ "$phase" = softpar ]; then  # session 21, detached: g1 with parallel decodi
   export WORKERS=6
   collect_augmented
   echo "g2_sigma${SIGMA:-24}_parallel_${STEPS:-10000} $(m1_recipe ${STEPS:-10000} true) data.instructions=augmented model.sentence_token=true model.label_sigma=${SIGMA:-24} model.decoding=parallel eval.every_steps=0 eval.splits=${SPLITS:-[train,heldout]}" | launch_runs true
+  sleep ${WAIT:-300}; phase=report
+fi
+
+if [ "$phase" = gripvel ]; then  # session 22, detached, side by side: g2 for STEPS steps, and with the gripper velocity
+  # g2 lost lift (92 -> 71%) after the grasp: the policy closed on a badly centred object and
+  # then sat on it, reading "opening 6 cm" as "still closing" (the expert lifts only once both
+  # pads touch). proprio_dim=9 adds the opening's velocity: ~0 once the pads have stopped.
+  # The demos are collected by this checkout's env, so both runs train on the same 9-element
+  # proprio; g3 reads the first 8 of it (what g2 read). Same seeds as g2 and s1: paired.
+  export WORKERS=6
+  collect_augmented
+  g2="$(m1_recipe ${STEPS:-8000} true) data.instructions=augmented model.sentence_token=true model.label_sigma=24 model.decoding=parallel eval.every_steps=0"
+  printf '%s\n' "g3_sigma24_parallel_${STEPS:-8000} $g2" "g4_sigma24_parallel_gripvel_${STEPS:-8000} $g2 model.proprio_dim=9" | launch_runs "$keep_best"
   sleep ${WAIT:-300}; phase=report
 fi
 

@@ -39,10 +39,12 @@ MODES = ("camera", "oracle")
 MODEL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "model" / "cpu.yaml"
 
 
-def with_oracle(batch: dict, key_positions: torch.Tensor, oracle: bool) -> dict:
-    """The oracle policy reads the privileged centres as extra proprio elements."""
+def with_oracle(batch: dict, key_positions: torch.Tensor, oracle: bool, proprio_dim: int) -> dict:
+    """The oracle policy reads the privileged centres as extra proprio elements, right after
+    the ``proprio_dim`` env elements the camera policy reads."""
     if oracle:
-        batch["proprio"] = torch.cat([batch["proprio"], key_positions.to(batch["proprio"])], -1)
+        env_part = batch["proprio"][..., :proprio_dim]
+        batch["proprio"] = torch.cat([env_part, key_positions.to(env_part)], -1)
     return batch
 
 
@@ -57,7 +59,10 @@ def train_policy(demos: DemoDataset, indices: np.ndarray, oracle: bool, steps: i
     policy = VLAPolicy(PolicyConfig.from_dict(values))
     tokenizer = ActionTokenizer(policy.config.bins)
     rows = [demos.sample(int(i)) for i in indices[:: max(1, len(indices) // 5000)]]
-    inputs = np.stack([np.concatenate([r["proprio"], r["key_positions"]]) if oracle else r["proprio"] for r in rows])
+    env_part = [r["proprio"][:proprio_dim] for r in rows]
+    if oracle:
+        env_part = [np.concatenate([p, r["key_positions"]]) for p, r in zip(env_part, rows, strict=True)]
+    inputs = np.stack(env_part)
     policy.set_proprio_statistics(inputs.mean(0), inputs.std(0))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, min(100, steps // 10), steps))
@@ -71,7 +76,7 @@ def train_policy(demos: DemoDataset, indices: np.ndarray, oracle: bool, steps: i
     step, bar = 0, tqdm(total=steps, desc=f"train ({'oracle' if oracle else 'camera'})")
     while step < steps:
         for batch in loader:
-            out = policy.loss(with_oracle(batch, batch["key_positions"], oracle), augment=False)
+            out = policy.loss(with_oracle(batch, batch["key_positions"], oracle, proprio_dim), augment=False)
             optimizer.zero_grad()
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -100,7 +105,7 @@ def closed_loop(
         while True:
             batch = observations_to_batch([obs], torch.device("cpu"))
             positions = torch.as_tensor(info["key_positions"] + error, dtype=torch.float32)[None]
-            batch = with_oracle(batch, positions, oracle)
+            batch = with_oracle(batch, positions, oracle, policy.config.proprio_dim - oracle * KEY_POSITION_DIM)
             action = tokenizer.decode(policy.decode(batch).numpy())[0]
             obs, _, terminated, truncated, info = env.step(action)
             if terminated or truncated:

@@ -22,7 +22,8 @@ from envs.tabletop_env import INSTRUCTION_CHARSET, MAX_INSTRUCTION_LENGTH
 from ros2_bridge.ros import CAMERA_FRAME, WORLD_FRAME
 from ros2_bridge.safety import CONTROL_DT, MAX_ROTATION, MAX_TRANSLATION
 
-GRIPPER_JOINT = "gripper"  # in joint_states: opening between the pads (m); in cmd/gripper: -1 open .. +1 closed
+# in joint_states: opening between the pads (m), velocity in m/s; in cmd/gripper: -1 open .. +1 closed
+GRIPPER_JOINT = "gripper"
 _ALLOWED = frozenset(INSTRUCTION_CHARSET)
 
 
@@ -85,14 +86,18 @@ def joint_state_msg(names: list[str], positions: np.ndarray, velocities: np.ndar
 
 
 def proprio_from_msgs(pose: PoseStamped, joints: JointState) -> np.ndarray:
-    """The env's proprio vector (float32, 8): grip-site xyz, quaternion wxyz, gripper opening."""
+    """The env's proprio vector (float32, 9): grip-site xyz, quaternion wxyz, gripper opening
+    and its velocity (``envs.PROPRIO_NAMES``)."""
     if GRIPPER_JOINT not in joints.name:
         raise MalformedMessage(f"joint_states has no {GRIPPER_JOINT!r} entry (names: {list(joints.name)[:10]})")
     if len(joints.position) != len(joints.name):
         raise MalformedMessage(f"joint_states has {len(joints.name)} names but {len(joints.position)} positions")
+    if len(joints.velocity) != len(joints.name):
+        raise MalformedMessage(f"joint_states has {len(joints.name)} names but {len(joints.velocity)} velocities")
     p, q = pose.pose.position, pose.pose.orientation
-    opening = joints.position[list(joints.name).index(GRIPPER_JOINT)]
-    proprio = np.array([p.x, p.y, p.z, q.w, q.x, q.y, q.z, opening], dtype=np.float64)
+    gripper = list(joints.name).index(GRIPPER_JOINT)
+    opening, opening_velocity = joints.position[gripper], joints.velocity[gripper]
+    proprio = np.array([p.x, p.y, p.z, q.w, q.x, q.y, q.z, opening, opening_velocity], dtype=np.float64)
     if not np.all(np.isfinite(proprio)):
         raise MalformedMessage(f"robot state has non-finite values: {proprio.tolist()}")
     return proprio.astype(np.float32)

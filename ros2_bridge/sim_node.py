@@ -348,7 +348,7 @@ class SimNode(Node):
         qpos_idx = [*env.ik.qpos_idx, *env.world.finger_qpos]
         dof_idx = [*env.ik.dof_idx, *(env.model.jnt_dofadr[env.model.joint(j).id] for j in FINGER_JOINTS)]
         positions = [*env.data.qpos[qpos_idx], float(self.obs["proprio"][7])]
-        velocities = [*env.data.qvel[dof_idx], 0.0]
+        velocities = [*env.data.qvel[dof_idx], float(self.obs["proprio"][8])]
         with self._cond:
             self._obs_key = key
             self._sent[key] = time.monotonic()

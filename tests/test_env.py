@@ -285,3 +285,23 @@ def test_the_expert_succeeds_from_wide_starts():
             if terminated or truncated:
                 break
         assert info["is_success"], seed
+
+
+def test_gripper_velocity_tells_closing_from_pressed_on_the_object():
+    """The last proprio element is the opening's rate: large and negative while the pads
+    close, about zero once they press on the object (the lift expert's grasp)."""
+    env = gym.make("VLASandbox/Lift-v0")
+    obs, _ = env.reset(seed=3)
+    expert = envs.make_expert(env)
+    world, name = env.unwrapped.world, env.unwrapped.task.target(env.unwrapped.task_spec)
+    opening = envs.PROPRIO_NAMES.index("gripper_opening")
+    velocity = envs.PROPRIO_NAMES.index("gripper_opening_velocity")
+    closing, held = [], []
+    for _ in range(40):
+        obs, *_ = env.step(expert(obs))
+        grasped = world.is_grasped(name)
+        (held if grasped else closing).append(obs["proprio"][velocity])
+        assert obs["proprio"][velocity] == pytest.approx(world.gripper_opening_velocity())
+    assert held and min(closing) < -0.1  # the pads moved at > 10 cm/s while closing
+    assert abs(np.median(held)) < 0.005 and obs["proprio"][opening] < 0.06
+    env.close()

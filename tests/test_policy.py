@@ -190,6 +190,21 @@ def test_proprio_is_standardised_with_the_demo_statistics_and_saved(tmp_path):
         policy.set_proprio_statistics(torch.zeros(3), torch.ones(3))
 
 
+def test_a_policy_reads_the_leading_proprio_elements_it_was_built_for():
+    """An 8-element model (pose, opening) ignores the gripper velocity the env now appends;
+    a 9-element one reads it, and is refused 8-element observations with a clear error."""
+    batch = random_batch(4)
+    longer = {**batch, "proprio": torch.cat([batch["proprio"], torch.randn(4, 1)], -1)}
+    eight = make_policy()
+    assert torch.equal(eight.action_logits(batch), eight.action_logits(longer))
+    nine = make_policy(proprio_dim=9)
+    faster = {**longer, "proprio": longer["proprio"].clone()}
+    faster["proprio"][:, 8] += 1.0
+    assert not torch.allclose(nine.action_logits(longer), nine.action_logits(faster))
+    with pytest.raises(ValueError, match="reads 9 proprio elements but the observation has 8"):
+        nine.action_logits(batch)
+
+
 def test_the_auxiliary_loss_regresses_where_the_instruction_points():
     policy = make_policy(aux_weight=1.0).train()
     batch = {**random_batch(8), "key_positions": torch.rand(8, 6) * 0.4 - 0.2}

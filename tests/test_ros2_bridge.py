@@ -32,6 +32,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
+import envs  # noqa: E402
 from envs.evaluation import EVAL_SEED_BASE  # noqa: E402
 from ros2_bridge import messages as m  # noqa: E402
 from ros2_bridge import ros  # noqa: E402
@@ -115,6 +116,19 @@ def observation_msgs(stamp, image: np.ndarray):
     proprio = np.array([0.0, 0.0, 0.2, 1.0, 0.0, 0.0, 0.0, 0.096], dtype=np.float32)
     joints = m.joint_state_msg([m.GRIPPER_JOINT], [float(proprio[7])], [0.0], stamp)
     return m.image_msg(image, stamp), m.pose_msg(proprio, stamp), joints
+
+
+def test_robot_state_messages_carry_the_env_proprio_exactly():
+    """Pose + joint_states -> the env's proprio (envs.PROPRIO_NAMES), the gripper opening's
+    velocity included; a joint state without velocities is refused, naming what is missing."""
+    stamp = m.Time(sec=1, nanosec=0)
+    proprio = np.array([0.1, -0.05, 0.2, 1.0, 0.0, 0.0, 0.0, 0.07, -0.31], dtype=np.float32)
+    joints = m.joint_state_msg(["arm_1", m.GRIPPER_JOINT], [0.3, float(proprio[7])], [0.0, float(proprio[8])], stamp)
+    assert np.array_equal(m.proprio_from_msgs(m.pose_msg(proprio, stamp), joints), proprio)
+    assert len(proprio) == len(envs.PROPRIO_NAMES)
+    joints.velocity = []
+    with pytest.raises(m.MalformedMessage, match="2 names but 0 velocities"):
+        m.proprio_from_msgs(m.pose_msg(proprio, stamp), joints)
 
 
 def test_publish_subscribe_round_trip_through_the_policy_node(lockstep):

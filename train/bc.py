@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 
 from envs.dataset import DemoDataset  # noqa: E402
 from envs.instructions import TRAINING_SPLITS  # noqa: E402
+from envs.tabletop_env import PROPRIO_NAMES  # noqa: E402
 from envs.vocabulary import check_name  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
 from eval.closed_loop import final_evaluation, split_demos, success_rate  # noqa: E402
@@ -182,7 +183,8 @@ def build(
     seed_everything(cfg.seed)
     policy = VLAPolicy(config).to(device)
     train_idx, val_idx = split_demos(demos, list(cfg.data.tasks), cfg.data.val_fraction, cfg.seed)
-    policy.set_proprio_statistics(*demos.proprio_statistics(train_idx))
+    mean, std = demos.proprio_statistics(train_idx)
+    policy.set_proprio_statistics(mean[: config.proprio_dim], std[: config.proprio_dim])
     return demos, tokenizer, policy, train_idx, val_idx
 
 
@@ -274,7 +276,7 @@ def check_keypoint_cache(cfg: DictConfig) -> None:
 
 
 def check_dataset_matches(demos: DemoDataset, config: PolicyConfig) -> None:
-    """The demos must carry the images the model reads, at its size."""
+    """The demos must carry the images and proprio elements the model reads, images at its size."""
     size = demos.env_config.get("image_size", config.image_size)
     if size != config.image_size:
         raise SystemExit(f"error: the dataset has {size}px images but model.image_size={config.image_size}")
@@ -284,6 +286,13 @@ def check_dataset_matches(demos: DemoDataset, config: PolicyConfig) -> None:
         raise SystemExit(
             f"error: model.cameras={config.cameras} but the dataset at {demos.root} recorded only {recorded}; "
             f"collect one with `python train/collect.py output=<dir> cameras=[{','.join(config.cameras)}]`"
+        )
+    recorded_proprio = demos.proprio_width
+    if config.use_proprio and recorded_proprio < config.proprio_dim:
+        raise SystemExit(
+            f"error: model.proprio_dim={config.proprio_dim} but the dataset at {demos.root} recorded "
+            f"{recorded_proprio} proprio elements ({', '.join(PROPRIO_NAMES[:recorded_proprio])}); "
+            "collect it again with `python train/collect.py` to record the gripper velocity"
         )
 
 

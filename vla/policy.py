@@ -55,6 +55,10 @@ class PolicyConfig:
     use_proprio: bool = True
     bins: int = 256
     action_dim: int = 7
+    # The leading env proprio elements read (envs.PROPRIO_NAMES): 8 is pose and gripper
+    # opening; 9 adds the opening's velocity, which tells "pads still closing" from "pads
+    # stopped on the object" in one frame (session 22: a policy that closed on a badly
+    # centred object sat on it, waiting for a closure that had already ended).
     proprio_dim: int = 8
     decoding: str = "autoregressive"  # autoregressive | parallel
     chunk: int = 1  # future actions per training target (the first is executed; see the module doc)
@@ -210,7 +214,7 @@ class VLAPolicy(nn.Module):
         text = text + self.type_embed[1]
         parts, masks = [vision, text], [torch.ones(vision.shape[:2], dtype=torch.bool, device=device), text_mask]
         if self.config.use_proprio:
-            proprio = (batch["proprio"] - self.proprio_mean) / self.proprio_std
+            proprio = self._read_proprio(batch["proprio"])
             parts.append(self.proprio_proj(proprio).unsqueeze(1) + self.type_embed[2])
             masks.append(torch.ones(len(vision), 1, dtype=torch.bool, device=device))
         return torch.cat(parts, 1), torch.cat(masks, 1)
@@ -256,6 +260,17 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"proprio statistics must have {self.config.proprio_dim} elements, got {mean.shape}")
         self.proprio_mean.copy_(mean)
         self.proprio_std.copy_(std.clamp_min(1e-2))
+
+    def _read_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
+        """The first ``proprio_dim`` elements, standardised: a model trained before the env
+        reported more elements still reads what it was trained on."""
+        d = self.config.proprio_dim
+        if proprio.shape[-1] < d:
+            raise ValueError(
+                f"the model reads {d} proprio elements but the observation has {proprio.shape[-1]} "
+                "(demos collected before the gripper velocity was recorded? collect them again)"
+            )
+        return (proprio[..., :d] - self.proprio_mean) / self.proprio_std
 
     # --- action inputs and masks ----------------------------------------------------------
     def _action_inputs(self, bins: torch.Tensor | None, batch_size: int, count: int) -> torch.Tensor:
