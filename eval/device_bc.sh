@@ -48,8 +48,9 @@ out=${OUT:-outputs/device}; mkdir -p "$out" outputs/sweep
 legacy="model.keypoints=0 model.aux_weight=0"
 suite="data=five eval.language_swap=false trainer.progress=false eval.num_envs=10 data.collect_if_missing=false"
 # Every phase before session 14 ran before keypoint roles existed (model.keypoint_roles), and
-# with one-hot labels and autoregressive decoding (the CPU default since session 21 is not).
-common="$suite model.keypoint_roles=false model.label_sigma=0 model.decoding=autoregressive"
+# with one-hot labels and autoregressive decoding (the CPU default since session 21 is not),
+# reading 8 proprio elements (the CPU default reads 9 since session 22).
+common="$suite model.keypoint_roles=false model.label_sigma=0 model.decoding=autoregressive model.proprio_dim=8"
 
 if [ "$phase" = setup ]; then  # demos with both cameras: scene-only models read the same files
   nvidia-smi -L; nproc
