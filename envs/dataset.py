@@ -298,6 +298,11 @@ class DemoDataset:
                 parts.setdefault("action", []).append(f["actions"][:])
                 if "key_positions" in f:
                     parts.setdefault("key_positions", []).append(f["key_positions"][:])
+        widths = {p.shape[1] for p in parts.get("proprio", [])}
+        if len(widths) > 1:  # episodes from before and after the gripper velocity was recorded
+            raise ValueError(
+                f"{self.root} mixes episodes with {sorted(widths)} proprio elements: collect it again in one go"
+            )
         if len(parts.get("key_positions", [])) != len(self.episodes):  # older files lack them
             parts.pop("key_positions", None)
         self._memory = {k: np.concatenate(v) for k, v in parts.items()}

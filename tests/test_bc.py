@@ -164,6 +164,11 @@ def test_a_model_camera_the_demos_lack_is_one_clear_error(tiny_demos, tmp_path):
     assert_one_clear_error(result, "recorded only ['scene']", "cameras=[scene,wrist]")
 
 
+def test_a_model_reading_more_proprio_than_the_demos_hold_is_one_clear_error(tiny_demos, tmp_path):
+    result = train(tiny_demos, tmp_path / "r", "trainer.steps=2", "model.proprio_dim=10")
+    assert_one_clear_error(result, "model.proprio_dim=10", "recorded 9 proprio elements", "gripper_opening_velocity")
+
+
 def test_auxiliary_key_position_loss_trains_from_the_recorded_demos(tiny_demos, tmp_path):
     result = train(tiny_demos, tmp_path / "aux", "trainer.steps=3", "model.aux_weight=1.0")
     assert result.returncode == 0, result.stderr[-3000:]

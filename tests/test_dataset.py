@@ -17,7 +17,7 @@ from envs.dataset import (
 )
 
 
-def make_record(task="lift", seed=0, steps=5, wrist=False):
+def make_record(task="lift", seed=0, steps=5, wrist=False, proprio_width=9):
     rng = np.random.default_rng(seed)
     return EpisodeRecord(
         task=task,
@@ -27,7 +27,7 @@ def make_record(task="lift", seed=0, steps=5, wrist=False):
         split="train",
         task_spec={"task": task, "target_colour": "red", "target_shape": "cube"},
         images=rng.integers(0, 255, (steps, 16, 16, 3), dtype=np.uint8),
-        proprio=rng.normal(size=(steps, 8)).astype(np.float32),
+        proprio=rng.normal(size=(steps, proprio_width)).astype(np.float32),
         actions=rng.uniform(-1, 1, (steps, 7)).astype(np.float32),
         executed_actions=rng.uniform(-1, 1, (steps, 7)).astype(np.float32),
         rewards=rng.uniform(0, 1, steps).astype(np.float32),
@@ -99,6 +99,18 @@ def test_reworded_instructions_vary_per_step_name_the_same_object_and_repeat_per
     assert all("red " in text and text.split("red ")[1].split()[0] in ("cube", "box") for text in first)
     assert wordings(seed=0) == first  # resumes and workers see the same words
     assert wordings(seed=1) != first
+
+
+def test_older_episodes_report_their_proprio_width_and_mixed_widths_are_refused(tmp_path):
+    """Demos from before the gripper velocity hold 8 proprio elements: the width is reported
+    (train/bc.py refuses a model that reads more), and a dataset mixing 8 and 9 says so."""
+    write_episode(tmp_path, make_record(seed=0, proprio_width=8))
+    build_index(tmp_path, {"image_size": 16})
+    assert DemoDataset(tmp_path).proprio_width == 8
+    write_episode(tmp_path, make_record(seed=1, proprio_width=9))
+    build_index(tmp_path, {"image_size": 16})
+    with pytest.raises(ValueError, match=r"mixes episodes with \[8, 9\] proprio elements"):
+        DemoDataset(tmp_path).preload(progress=False)
 
 
 def test_index_is_a_robomimic_style_view(tmp_path):
