@@ -47,10 +47,15 @@ ACTION_DIM = 7
 IMAGE_SIZE = 32  # frames are rendered but never read: the smallest the env allows keeps it cheap
 
 
+# The imitator reads the proprio elements it read when docs/results.md's imitability numbers
+# were measured (sessions 18-21): pose and gripper opening, not the velocity added in session 22.
+IMITATOR_PROPRIO = 8
+
+
 def state_of(proprio: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
     """What the imitator reads: proprio (grip position, orientation, opening) and the true
     target and destination centres; one step or a stack of them."""
-    return np.concatenate([proprio, key_positions], -1).astype(np.float32)
+    return np.concatenate([proprio[..., :IMITATOR_PROPRIO], key_positions], -1).astype(np.float32)
 
 
 class WithKeyPositions(gym.Wrapper):
