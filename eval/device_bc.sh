@@ -22,6 +22,7 @@
 #   bash eval/device_bc.sh soft; bash eval/device_bc.sh poll   # s1 + Gaussian action labels (model.label_sigma): session 21
 #   STEPS=5000 SPLITS=[train] bash eval/device_bc.sh softpar; bash eval/device_bc.sh poll   # the same, parallel decoding: session 21
 #   bash eval/device_bc.sh gripvel; bash eval/device_bc.sh poll   # g2 longer, and + the gripper velocity: session 22
+#   SEED=1 WAIT=0 bash eval/device_bc.sh gripvel_seed; bash eval/device_bc.sh poll   # g4 on another seed: session 22
 #   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # r2 + the sentence token: lost in session 16
 #     (machine released between the calls), refused in 17, ran in 18 (docs/results.md). Keep
 #     WAIT under ~400: collecting and launching take ~3 min of the call's 600 s before the wait.
@@ -532,6 +533,14 @@ if [ "$phase" = gripvel ]; then  # session 22, detached, side by side: g2 for ST
   collect_augmented
   g2="$(m1_recipe ${STEPS:-8000} true) data.instructions=augmented model.sentence_token=true model.label_sigma=24 model.decoding=parallel eval.every_steps=0"
   printf '%s\n' "g3_sigma24_parallel_${STEPS:-8000} $g2" "g4_sigma24_parallel_gripvel_${STEPS:-8000} $g2 model.proprio_dim=9" | launch_runs "$keep_best"
+  sleep ${WAIT:-300}; phase=report
+fi
+
+if [ "$phase" = gripvel_seed ]; then  # session 22, detached: g4 alone on another seed (SEED), training wordings
+  export WORKERS=8
+  collect_augmented
+  g4="$(m1_recipe ${STEPS:-6000} true) data.instructions=augmented model.sentence_token=true model.label_sigma=24 model.decoding=parallel eval.every_steps=0 model.proprio_dim=9"
+  echo "g4_seed${SEED:-1}_${STEPS:-6000} $g4 seed=${SEED:-1} eval.splits=${SPLITS:-[train]}" | launch_runs true
   sleep ${WAIT:-300}; phase=report
 fi
 
