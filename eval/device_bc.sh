@@ -540,7 +540,8 @@ if [ "$phase" = gripvel_seed ]; then  # session 22, detached: g4 alone on anothe
   export WORKERS=8
   collect_augmented
   g4="$(m1_recipe ${STEPS:-6000} true) data.instructions=augmented model.sentence_token=true model.label_sigma=24 model.decoding=parallel eval.every_steps=0 model.proprio_dim=9"
-  echo "g4_seed${SEED:-1}_${STEPS:-6000} $g4 seed=${SEED:-1} eval.splits=${SPLITS:-[train]}" | launch_runs true
+  # the grounding scenes collect_augmented rendered (seed 0): a new training seed, the same data
+  echo "g4_seed${SEED:-1}_${STEPS:-6000} $g4 seed=${SEED:-1} eval.splits=${SPLITS:-[train]} grounding.path=data/grounding/scenes_30000_seed0_64px_augmented.npz" | launch_runs true
   sleep ${WAIT:-300}; phase=report
 fi
 
