@@ -523,6 +523,10 @@ if [ "$phase" = softpar ]; then  # session 21, detached: g1 with parallel decodi
   sleep ${WAIT:-300}; phase=report
 fi
 
+g2_recipe() {  # session 21's g2 for $1 steps: s1 + Gaussian labels of 24 bins + parallel decoding, no mid-run evaluation
+  echo "$(m1_recipe $1 true) data.instructions=augmented model.sentence_token=true model.label_sigma=24 model.decoding=parallel eval.every_steps=0"
+}
+
 if [ "$phase" = gripvel ]; then  # session 22, detached, side by side: g2 for STEPS steps, and with the gripper velocity
   # g2 lost lift (92 -> 71%) after the grasp: the policy closed on a badly centred object and
   # then sat on it, reading "opening 6 cm" as "still closing" (the expert lifts only once both
@@ -531,7 +535,7 @@ if [ "$phase" = gripvel ]; then  # session 22, detached, side by side: g2 for ST
   # proprio; g3 reads the first 8 of it (what g2 read). Same seeds as g2 and s1: paired.
   export WORKERS=6
   collect_augmented
-  g2="$(m1_recipe ${STEPS:-8000} true) data.instructions=augmented model.sentence_token=true model.label_sigma=24 model.decoding=parallel eval.every_steps=0"
+  g2="$(g2_recipe ${STEPS:-8000})"
   printf '%s\n' "g3_sigma24_parallel_${STEPS:-8000} $g2" "g4_sigma24_parallel_gripvel_${STEPS:-8000} $g2 model.proprio_dim=9" | launch_runs "$keep_best"
   sleep ${WAIT:-300}; phase=report
 fi
@@ -539,7 +543,7 @@ fi
 if [ "$phase" = gripvel_seed ]; then  # session 22, detached: g4 alone on another seed (SEED), training wordings
   export WORKERS=8
   collect_augmented
-  g4="$(m1_recipe ${STEPS:-6000} true) data.instructions=augmented model.sentence_token=true model.label_sigma=24 model.decoding=parallel eval.every_steps=0 model.proprio_dim=9"
+  g4="$(g2_recipe ${STEPS:-6000}) model.proprio_dim=9"
   # the grounding scenes collect_augmented rendered (seed 0): a new training seed, the same data
   echo "g4_seed${SEED:-1}_${STEPS:-6000} $g4 seed=${SEED:-1} eval.splits=${SPLITS:-[train]} grounding.path=data/grounding/scenes_30000_seed0_64px_augmented.npz" | launch_runs true
   sleep ${WAIT:-300}; phase=report

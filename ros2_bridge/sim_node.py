@@ -346,7 +346,7 @@ class SimNode(Node):
         env = self.env.unwrapped
         names = [*ARM_JOINTS, *FINGER_JOINTS, m.GRIPPER_JOINT]
         qpos_idx = [*env.ik.qpos_idx, *env.world.finger_qpos]
-        dof_idx = [*env.ik.dof_idx, *(env.model.jnt_dofadr[env.model.joint(j).id] for j in FINGER_JOINTS)]
+        dof_idx = [*env.ik.dof_idx, *env.world.finger_dof]
         positions = [*env.data.qpos[qpos_idx], float(self.obs["proprio"][7])]
         velocities = [*env.data.qvel[dof_idx], float(self.obs["proprio"][8])]
         with self._cond:
