@@ -43,7 +43,8 @@ import h5py
 import numpy as np
 
 from envs.camera import key_image_coordinates
-from envs.instructions import make_instruction
+from envs.instructions import TRAINING_SPLITS, make_instruction
+from envs.vocabulary import check_name
 
 INDEX_FILE = "index.h5"
 EPISODES_DIR = "episodes"
@@ -267,15 +268,18 @@ class DemoDataset:
         self._memory: dict[str, np.ndarray] | None = None
         self._task_specs: list[dict[str, Any]] | None = None
         self._reword_seed: int | None = None
+        self._reword_split = "augmented"
 
-    def reword_instructions(self, seed: int) -> DemoDataset:
-        """From now on every sample's instruction is a fresh ``augmented``-split wording of
-        its episode's task (instruction augmentation). Each sample index keeps one wording,
-        drawn from ``seed`` and the index, so the samples of one episode read differently
-        while a resumed run and every DataLoader worker see the same words."""
+    def reword_instructions(self, seed: int, split: str = "augmented") -> DemoDataset:
+        """From now on every sample's instruction is a fresh wording of its episode's task
+        from ``split`` (instruction augmentation: ``augmented`` or ``augmented_large``). Each
+        sample index keeps one wording, drawn from ``seed`` and the index, so the samples of
+        one episode read differently while a resumed run and every DataLoader worker see the
+        same words."""
+        check_name("instruction split to re-word with", split, [s for s in TRAINING_SPLITS if s != "train"])
         if self._task_specs is None:  # preload reads them on its pass; otherwise one pass here
             self._task_specs = [json.loads(self._file(e).attrs["task_spec"]) for e in range(self.num_episodes)]
-        self._reword_seed = seed
+        self._reword_seed, self._reword_split = seed, split
         return self
 
     def preload(self, progress: bool = True) -> DemoDataset:
@@ -348,7 +352,7 @@ class DemoDataset:
         instruction = self.episodes[episode].instruction
         if self._reword_seed is not None:
             rng = np.random.default_rng([self._reword_seed, index])
-            instruction = make_instruction(self._task_specs[episode], "augmented", rng)
+            instruction = make_instruction(self._task_specs[episode], self._reword_split, rng)
         item.update(
             instruction=instruction,
             task=self.episodes[episode].task,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.instructions import TRAINING_SPLITS
+from envs.instructions import TRAINING_SPLITS, split_fingerprint
 
 GROUNDING_SEED_BASE = 50_000_000  # collection uses 0+, evaluation 20,000,000+ and 30,000,000+
 GROUNDING_SEED_STRIDE = 1_000_000  # scene sets with different seeds never share a layout
@@ -43,7 +43,7 @@ def render_scenes(
 ) -> dict[str, np.ndarray]:
     """``count`` scenes, cycling through the five tasks: ``images`` (N, H, W, 3) uint8,
     ``instructions`` (N,) str, ``key_positions`` (N, 6) metres, ``key_uv`` (N, 2, 2) image
-    coordinates of the target and destination (``envs.camera``).
+    coordinates of the target and destination (``envs.camera``), ``tasks`` (N,) task names.
 
     ``split`` picks the instruction templates; the env draws the instruction after the
     layout, so the same ``seed`` gives the same scenes on either split, only worded anew
@@ -79,23 +79,34 @@ def load_or_render_scenes(
 ) -> dict[str, np.ndarray]:
     """The scenes cached at ``path`` (an .npz), rendered and saved there first if missing
     or made with other settings. Written to a temporary file and renamed: a crash never
-    leaves half a cache behind. ``split``: ``train`` or ``augmented`` wordings; grounding
+    leaves half a cache behind. ``split``: a training split's wordings (never ``heldout``): grounding
     on ``heldout`` ones would leak the paraphrases the evaluation holds out."""
     if split not in TRAINING_SPLITS:
-        raise ValueError(f"grounding scenes are worded from the train or augmented split, got {split!r}")
+        splits = ", ".join(TRAINING_SPLITS)
+        raise ValueError(f"grounding scenes are worded from a training split ({splits}), got {split!r}")
     path = Path(path)
-    wanted = {"count": count, "seed": seed, "image_size": image_size, "split": split}
+    # the wording fingerprint: a split whose templates or nouns changed since the cache was
+    # rendered must not hand grounding its old words
+    wanted = {
+        "count": count,
+        "seed": seed,
+        "image_size": image_size,
+        "split": split,
+        "wording": split_fingerprint(split),
+    }
     if path.exists():
         with np.load(path) as cached:
             found = {k: int(cached[k]) for k in ("count", "seed", "image_size")}
             found["split"] = str(cached["split"]) if "split" in cached else "train"  # older caches
+            found["wording"] = str(cached["wording"]) if "wording" in cached else None
             if found == wanted:
                 return {k: cached[k] for k in ("images", "instructions", "key_positions", "key_uv")}
     scenes = render_scenes(count, seed, image_size, workers, progress, split)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
     os.close(fd)
-    np.savez(tmp, **scenes, **{k: np.int64(v) for k, v in wanted.items() if k != "split"}, split=np.array(split))
+    numbers = {k: np.int64(wanted[k]) for k in ("count", "seed", "image_size")}
+    np.savez(tmp, **scenes, **numbers, split=np.array(split), wording=np.array(wanted["wording"]))
     os.replace(tmp, path)
     return scenes
 
@@ -108,13 +119,15 @@ def _render_chunk(first_seed: int, count: int, image_size: int, split: str) -> d
 
     options = {"image_size": image_size, "start_spread": GROUNDING_START_SPREAD, "instruction_split": split}
     task_envs = [gym.make(t, **options).unwrapped for t in TASKS]
-    images, instructions, key_positions = [], [], []
+    images, instructions, key_positions, tasks = [], [], [], []
     for i in range(count):
         seed = first_seed + i
-        obs, info = task_envs[seed % len(task_envs)].reset(seed=seed)
+        env = task_envs[seed % len(task_envs)]
+        obs, info = env.reset(seed=seed)
         images.append(obs["image"])
         instructions.append(obs["instruction"])
         key_positions.append(info["key_positions"])
+        tasks.append(env.task.name)
     for env in task_envs:
         env.close()
     key_positions = np.stack(key_positions).astype(np.float32)
@@ -123,4 +136,5 @@ def _render_chunk(first_seed: int, count: int, image_size: int, split: str) -> d
         "instructions": np.array(instructions),
         "key_positions": key_positions,
         "key_uv": key_image_coordinates(key_positions),
+        "tasks": np.array(tasks),
     }

@@ -11,6 +11,13 @@ Three splits per task:
   robot-learning datasets do with language models). None of its words is a held-out word
   that training lacks (a test), so the held-out split stays unseen: what it measures is
   whether more varied training language carries over to wordings nobody wrote for training.
+- ``augmented_large``: ``augmented`` plus about twice as many paraphrases again (new verbs,
+  word orders that name the destination first, polite and "your job is" framings) and more
+  nouns per shape and zone (8 for cube, 14 for cylinder, 9 for zone: ``brick``, ``tin``, ``rug``,
+  ...), under the same rule:
+  no word, and no word piece, that only the held-out split uses. Written in session 23 after
+  the held-out results of earlier sessions were known, so it is not blind to them; it keeps
+  to generic variety rather than copying held-out constructions (docs/results.md, "Session 23").
 
 Templates use ``{target}``, ``{zone}`` and ``{base}`` slots; the noun phrases that fill
 them are split-specific too (see ``_SHAPE_WORDS`` and ``_ZONE_WORDS``).
@@ -18,6 +25,8 @@ them are split-specific too (see ``_SHAPE_WORDS`` and ``_ZONE_WORDS``).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import re
 from typing import Any
@@ -26,15 +35,39 @@ import numpy as np
 
 from envs.vocabulary import OBJECT_COLOURS, ZONE_COLOURS, check_name
 
-INSTRUCTION_SPLITS = ("train", "heldout", "augmented")
-TRAINING_SPLITS = ("train", "augmented")  # what a policy may learn from: never heldout
+INSTRUCTION_SPLITS = ("train", "heldout", "augmented", "augmented_large")
+TRAINING_SPLITS = ("train", "augmented", "augmented_large")  # what a policy may learn from: never heldout
 
 _SHAPE_WORDS = {
     "train": {"cube": ("cube",), "cylinder": ("cylinder",)},
     "heldout": {"cube": ("block",), "cylinder": ("can",)},
     "augmented": {"cube": ("cube", "box"), "cylinder": ("cylinder", "tube")},
+    "augmented_large": {
+        "cube": ("cube", "box", "brick", "crate", "chunk", "slab", "dice", "cuboid"),
+        "cylinder": (
+            "cylinder",
+            "tube",
+            "pipe",
+            "barrel",
+            "drum",
+            "tin",
+            "jar",
+            "roller",
+            "bottle",
+            "cup",
+            "mug",
+            "pillar",
+            "column",
+            "spool",
+        ),  # fmt: skip
+    },
 }
-_ZONE_WORDS = {"train": ("zone",), "heldout": ("mat", "area"), "augmented": ("zone", "pad", "square")}
+_ZONE_WORDS = {
+    "train": ("zone",),
+    "heldout": ("mat", "area"),
+    "augmented": ("zone", "pad", "square"),
+    "augmented_large": ("zone", "pad", "square", "region", "spot", "patch", "rug", "carpet", "tile"),
+}
 
 TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
     "reach": {
@@ -162,8 +195,101 @@ _EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {  # the augmented split's own pa
         "stack up the {target} on the {base}",
     ),
 }
+_LARGE_EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {  # augmented_large's own, on top of augmented's
+    "reach": (
+        "reach out to the {target}",
+        "find the {target} and touch it",
+        "locate the {target} and put the gripper on it",
+        "press the gripper against the {target}",
+        "pat the {target}",
+        "brush the {target} lightly",
+        "touch the {target} gently",
+        "move the gripper next to the {target} and touch it",
+        "your job is to touch the {target}",
+        "please touch the {target}",
+        "the {target}: touch it",
+        "tag the {target}",
+        "go for the {target} and touch it",
+        "aim for the {target}",
+        "put your fingers on the {target}",
+        "reach toward the {target} and touch it",
+    ),
+    "push": (
+        "push the {target} so it ends up in the {zone}",
+        "scoot the {target} into the {zone}",
+        "glide the {target} across the table into the {zone}",
+        "drive the {target} into the {zone}",
+        "shift the {target} into the {zone} by pushing",
+        "keep the {target} on the table and move it into the {zone}",
+        "do not pick up the {target}; push it to the {zone}",
+        "the {target} goes to the {zone}: push it there",
+        "push the {target} all the way to the {zone}",
+        "please push the {target} into the {zone}",
+        "your job is to push the {target} to the {zone}",
+        "steer the {target} into the {zone} along the table",
+        "into the {zone}, push the {target}",
+        "move the {target} into the {zone}, sliding it",
+        "herd the {target} into the {zone}",
+        "roll the {target} along the table to the {zone}",
+    ),
+    "lift": (
+        "pick up the {target} and keep it up",
+        "raise the {target} up",
+        "heave the {target} up",
+        "lift the {target} off the table and keep it raised",
+        "grasp the {target} and raise it off the table",
+        "pull the {target} up off the table",
+        "boost the {target} upward",
+        "keep the {target} in the gripper, raised",
+        "your job is to lift the {target}",
+        "please lift the {target}",
+        "lift the {target} clear of the table",
+        "grasp the {target} and bring it up",
+        "pluck the {target} off the table",
+        "snatch the {target} up",
+        "scoop up the {target}",
+        "lift and keep the {target} in the gripper",
+    ),
+    "pick_place": (
+        "move the {target} into the {zone} by picking it up",
+        "pick up the {target}, move it to the {zone}, and release it",
+        "put the {target} into the {zone}",
+        "bring the {target} across to the {zone} and let it go",
+        "lift the {target} and lower it onto the {zone}",
+        "place the {target} onto the {zone}",
+        "your job is to put the {target} in the {zone}",
+        "please place the {target} in the {zone}",
+        "ferry the {target} to the {zone}",
+        "haul the {target} to the {zone}",
+        "pick the {target} up and leave it on the {zone}",
+        "deposit the {target} in the {zone}",
+        "park the {target} on the {zone}",
+        "store the {target} in the {zone}",
+        "the {target} belongs in the {zone}: put it there",
+        "into the {zone}, place the {target}",
+    ),
+    "stack": (
+        "stack the {target} upon the {base}",
+        "lift the {target} onto the {base}",
+        "position the {target} on top of the {base}",
+        "pile the {target} onto the {base}",
+        "mount the {target} on the {base}",
+        "perch the {target} on the {base}",
+        "the {target} goes on the {base}",
+        "your job is to stack the {target} on the {base}",
+        "please put the {target} on top of the {base}",
+        "pick up the {target} and lay it on the {base}",
+        "cover the {base} by stacking the {target} on it",
+        "on the {base}, stack the {target}",
+        "onto the {base}, place the {target}",
+        "the {base} is the bottom: stack the {target} on it",
+        "stack the {target} up on the {base}",
+        "lift the {target} and rest it on top of the {base}",
+    ),
+}
 for _task, _extra in _EXTRA_TEMPLATES.items():
     TEMPLATES[_task]["augmented"] = TEMPLATES[_task]["train"] + _extra
+    TEMPLATES[_task]["augmented_large"] = TEMPLATES[_task]["augmented"] + _LARGE_EXTRA_TEMPLATES[_task]
 
 
 def _pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
@@ -197,6 +323,7 @@ def make_instruction(task_spec: dict[str, Any], split: str, rng: np.random.Gener
     return template.format(**slots)
 
 
+@functools.cache  # template_of meets each template once per instruction: compile it once
 def _template_pattern(template: str) -> re.Pattern[str]:
     # each slot is a noun phrase ("red cube", "green zone"); the words between are the template's
     slot = r"[a-z]+ [a-z]+"
@@ -228,6 +355,14 @@ def all_instructions(task: str, split: str) -> list[str]:
             if target[:2] != base[:2]:  # a stack's target and base are two objects
                 texts.append(template.format(target=target[2], zone=zone, base=base[2]))
     return list(dict.fromkeys(texts))
+
+
+def split_fingerprint(split: str) -> str:
+    """A short hash of everything that words ``split`` (its templates and nouns): caches of
+    worded scenes compare it, so editing a split re-renders them instead of reusing old words."""
+    check_name("instruction split", split, INSTRUCTION_SPLITS)
+    wording = [{task: TEMPLATES[task][split] for task in TEMPLATES}, _SHAPE_WORDS[split], _ZONE_WORDS[split]]
+    return hashlib.sha256(repr(wording).encode()).hexdigest()[:16]
 
 
 def heldout_only_words() -> set[str]:

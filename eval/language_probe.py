@@ -39,11 +39,18 @@ TASKS = tuple(TEMPLATES)
 READERS = ("attention", "linear")
 
 
+MAX_WORDINGS_PER_TASK = 3000  # augmented_large has up to 68k per task: a fixed sample of them
+
+
 def encode_split(encoder: MiniLMEncoder, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token states (N, L, 384), their mask (N, L) and task labels (N,) of every instruction."""
+    """Token states (N, L, 384), their mask (N, L) and task labels (N,) of every instruction
+    (of a fixed random ``MAX_WORDINGS_PER_TASK`` of a task's, where it has more)."""
     texts, labels = [], []
     for label, task in enumerate(TASKS):
         wordings = all_instructions(task, split)
+        if len(wordings) > MAX_WORDINGS_PER_TASK:
+            keep = np.random.default_rng(label).choice(len(wordings), MAX_WORDINGS_PER_TASK, replace=False)
+            wordings = [wordings[i] for i in sorted(keep)]
         texts += wordings
         labels += [label] * len(wordings)
     states, masks = [], []
@@ -141,7 +148,7 @@ def balanced_accuracy(table: np.ndarray) -> float:
 
 def run_probe(train_split: str, steps: int, seeds: int) -> dict:
     if train_split not in TRAINING_SPLITS:
-        raise ValueError(f"--train-split must be train or augmented, got {train_split!r}")
+        raise ValueError(f"--train-split must be one of {', '.join(TRAINING_SPLITS)}, got {train_split!r}")
     if steps < 1 or seeds < 1:
         raise ValueError(f"--steps and --seeds must be at least 1, got {steps} and {seeds}")
     encoder = MiniLMEncoder()
@@ -193,7 +200,7 @@ def print_report(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-split", default="train", help="train | augmented (default: train)")
+    parser.add_argument("--train-split", default="train", help=" | ".join(TRAINING_SPLITS) + " (default: train)")
     parser.add_argument("--steps", type=int, default=300, help="training steps (batches of 512) per reader")
     parser.add_argument("--seeds", type=int, default=3, help="readers trained per kind")
     parser.add_argument("--output", type=Path, default=Path("outputs/language_probe.json"))

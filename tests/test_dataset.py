@@ -101,6 +101,17 @@ def test_reworded_instructions_vary_per_step_name_the_same_object_and_repeat_per
     assert wordings(seed=1) != first
 
 
+def test_rewording_from_the_large_split_uses_its_nouns_and_refuses_other_splits(tmp_path):
+    write_episode(tmp_path, make_record(steps=60))
+    build_index(tmp_path)
+    ds = DemoDataset(tmp_path).reword_instructions(0, "augmented_large")
+    nouns = {ds.sample(i)["instruction"].split("red ")[1].split()[0] for i in range(len(ds))}
+    assert nouns <= {"cube", "box", "brick", "crate", "chunk"} and len(nouns) >= 4
+    for split in ("heldout", "train"):  # never the evaluation's words; "train" is the recorded wording
+        with pytest.raises(ValueError, match=f"'{split}'.*augmented, augmented_large"):
+            DemoDataset(tmp_path).reword_instructions(0, split)
+
+
 def test_older_episodes_report_their_proprio_width_and_mixed_widths_are_refused(tmp_path):
     """Demos from before the gripper velocity hold 8 proprio elements: the width is reported
     (train/bc.py refuses a model that reads more), and a dataset mixing 8 and 9 says so."""

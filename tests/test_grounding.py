@@ -12,7 +12,7 @@ import envs  # noqa: F401  (registers the tasks)
 from envs.camera import scene_image_coordinates
 from envs.grounding import load_or_render_scenes, render_scenes
 from envs.vocabulary import OBJECT_COLOURS
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, tiny_model_overrides
 from vla.grounding import heldout_error, pretrain_keypoints
 from vla.policy import PolicyConfig, VLAPolicy
 
@@ -67,8 +67,22 @@ def test_augmented_scenes_are_cached_apart_and_heldout_wording_is_refused(tmp_pa
     stamp = path.stat().st_mtime_ns
     again = load_or_render_scenes(path, **small, split="augmented")
     assert path.stat().st_mtime_ns == stamp and again["instructions"].tolist() == augmented["instructions"].tolist()
-    with pytest.raises(ValueError, match="train or augmented split, got 'heldout'"):
+    with pytest.raises(ValueError, match=r"training split \(train, augmented, augmented_large\), got 'heldout'"):
         load_or_render_scenes(path, count=10, split="heldout")
+
+
+def test_a_cache_worded_before_its_split_changed_is_rendered_again(tmp_path, monkeypatch):
+    import envs.grounding
+
+    path = tmp_path / "scenes.npz"
+    small = {"count": 10, "seed": 0, "image_size": 32, "workers": 1, "progress": False, "split": "augmented_large"}
+    load_or_render_scenes(path, **small)
+    stamp = path.stat().st_mtime_ns
+    load_or_render_scenes(path, **small)
+    assert path.stat().st_mtime_ns == stamp
+    monkeypatch.setattr(envs.grounding, "split_fingerprint", lambda split: "templates edited")
+    load_or_render_scenes(path, **small)
+    assert path.stat().st_mtime_ns != stamp
 
 
 def test_the_held_out_split_rewords_the_same_scenes(tmp_path):
@@ -125,3 +139,32 @@ def test_text_dropout_hides_instruction_tokens_from_the_reader_in_training():
     assert train(0.5)["train_loss"] != plain["train_loss"]
     with pytest.raises(ValueError, match=r"text_dropout must be in \[0, 1\), got 1.0"):
         train(1.0)
+
+
+def test_the_grounding_probe_breaks_paraphrase_errors_down_by_template_and_noun(tmp_path):
+    from eval.grounding_probe import load_config, markdown, noun_of, probe
+
+    overrides = [
+        *tiny_model_overrides(),
+        "model.keypoints=2",
+        "model.keypoint_channels=16",
+        "model.text_encoder=minilm",
+        "grounding.scenes=300",
+        "grounding.steps=5",
+        "grounding.batch_size=32",
+        "grounding.workers=2",
+        f"grounding.path={tmp_path}/scenes.npz",
+        "data.instructions=augmented_large",
+        "device=cpu",
+    ]
+    report = probe(load_config(overrides), progress=False)
+    assert report["split"] == "augmented_large" and report["kept_out_scenes"] == 30
+    rows = report["target_by_template"]
+    assert sum(r["scenes"] for r in rows) == 30 and {r["group"][0] for r in rows} >= {"reach", "push", "stack"}
+    assert all(0 <= r["missed"] <= r["scenes"] and r["mean_px"] >= 0 for r in rows)
+    assert {r["group"][1] for r in report["target_by_noun"]} <= {"block", "can"}
+    assert "| held-out template |" in markdown(report)
+    assert noun_of("destination", "build a tower: blue can over red block") == "block"
+    assert noun_of("destination", "tap the red block") == "block"  # reach: the target is the destination
+    with pytest.raises(ValueError, match="model.keypoints=2, got 0"):
+        probe(load_config([*tiny_model_overrides(), "device=cpu"]), progress=False)

@@ -8,7 +8,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs.instructions import TEMPLATES, all_instructions, heldout_only_words, make_instruction, template_of
+from envs.instructions import (
+    INSTRUCTION_SPLITS,
+    TEMPLATES,
+    all_instructions,
+    heldout_only_words,
+    make_instruction,
+    template_of,
+)
 from envs.tasks import TASK_CLASSES
 
 
@@ -35,7 +42,7 @@ def test_heldout_synonyms_never_occur_in_training_instructions():
     assert heldout_only_words() and not heldout_only_words() & train_words
 
 
-@pytest.mark.parametrize("split", ["train", "heldout", "augmented"])
+@pytest.mark.parametrize("split", INSTRUCTION_SPLITS)
 def test_gym_make_picks_the_split(split):
     env = gym.make("VLASandbox/PickPlace-v0", instruction_split=split)
     texts = {env.reset(seed=s)[0]["instruction"] for s in range(30)}
@@ -68,22 +75,49 @@ def test_train_and_heldout_wordings_of_a_seed_never_change():
     ]
 
 
-def test_augmented_split_adds_wordings_but_no_heldout_word():
+@pytest.mark.parametrize(
+    ("split", "smaller", "new_nouns"),
+    [
+        ("augmented", "train", {"box", "tube", "pad", "square"}),
+        ("augmented_large", "augmented", {"brick", "pipe", "tin", "rug", "region"}),
+    ],
+)
+def test_augmented_splits_add_wordings_but_no_heldout_word(split, smaller, new_nouns):
     rng = np.random.default_rng(0)
-    split_words = {"train": set(), "heldout": set(), "augmented": set()}
+    split_words = {"train": set(), "heldout": set(), split: set()}
     for task, cls in TASK_CLASSES.items():
-        assert set(TEMPLATES[task]["train"]) < set(TEMPLATES[task]["augmented"])
-        assert len(TEMPLATES[task]["augmented"]) >= 2 * len(TEMPLATES[task]["train"])
-        for split, found in split_words.items():
+        assert set(TEMPLATES[task][smaller]) < set(TEMPLATES[task][split])
+        assert len(TEMPLATES[task][split]) >= 2 * len(TEMPLATES[task][smaller]) - len(TEMPLATES[task]["train"])
+        for name, found in split_words.items():
             for _ in range(300):
-                found |= words(make_instruction(cls().sample_spec(rng), split, rng))
+                found |= words(make_instruction(cls().sample_spec(rng), name, rng))
     heldout_only = split_words["heldout"] - split_words["train"]
     assert heldout_only >= heldout_only_words()
-    assert not split_words["augmented"] & heldout_only
-    assert {"box", "tube", "pad", "square"} <= split_words["augmented"] - split_words["train"]
+    assert not split_words[split] & heldout_only
+    assert new_nouns <= split_words[split] - split_words["train"]
 
 
-@pytest.mark.parametrize("split", ["train", "heldout", "augmented"])
+def test_augmented_large_has_no_word_piece_of_a_heldout_word():
+    # "canister" would pass a word check but reaches MiniLM as "can" + "##ister": the held-out
+    # "can" would then be a word the policy trained on.
+    from vla.language import load_wordpiece_tokenizer
+
+    tokenizer = load_wordpiece_tokenizer()
+    heldout_only = set().union(*(words(t) for task in TEMPLATES for t in TEMPLATES[task]["heldout"]))
+    heldout_only = (heldout_only | heldout_only_words()) - set().union(
+        *(words(t) for task in TEMPLATES for t in TEMPLATES[task]["train"])
+    )
+    rng = np.random.default_rng(0)
+    training_words = set().union(*(words(t) for task in TEMPLATES for t in TEMPLATES[task]["augmented_large"]))
+    for cls in TASK_CLASSES.values():  # and the nouns that fill the slots
+        for _ in range(300):
+            training_words |= words(make_instruction(cls().sample_spec(rng), "augmented_large", rng))
+    pieces = {piece for word in training_words for piece in tokenizer.tokenize(word)}
+    assert not pieces & heldout_only
+    assert tokenizer.tokenize("canister")[0] == "can"  # the check would catch such a word
+
+
+@pytest.mark.parametrize("split", INSTRUCTION_SPLITS)
 def test_all_instructions_lists_every_wording_a_split_can_give(split):
     rng = np.random.default_rng(0)
     for task, cls in TASK_CLASSES.items():
@@ -92,7 +126,7 @@ def test_all_instructions_lists_every_wording_a_split_can_give(split):
         assert drawn <= every and len(every) >= len(TEMPLATES[task][split])
 
 
-@pytest.mark.parametrize("split", ["train", "heldout", "augmented"])
+@pytest.mark.parametrize("split", INSTRUCTION_SPLITS)
 def test_every_instruction_names_the_template_it_was_phrased_from(split):
     for task, templates in TEMPLATES.items():
         for template in templates[split]:

@@ -32,7 +32,12 @@ from eval.cli import user_errors  # noqa: E402
 from eval.closed_loop import final_evaluation, split_demos, success_rate  # noqa: E402
 from vla.checkpoint import CheckpointError, check_config, load_weights, read_checkpoint, save_checkpoint  # noqa: E402
 from vla.data import ActionTokenDataset, collate  # noqa: E402
-from vla.grounding import heldout_error, heldout_scene_count, pretrain_keypoints, read_demo_keypoints  # noqa: E402
+from vla.grounding import (  # noqa: E402
+    heldout_error,
+    paraphrased_heldout_scenes,
+    pretrain_keypoints,
+    read_demo_keypoints,
+)
 from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
 from vla.tokenizer import ActionTokenizer  # noqa: E402
 from vla.training import (  # noqa: E402
@@ -234,8 +239,8 @@ def load_demos(cfg: DictConfig, rank: int) -> DemoDataset:
     demos = load_or_collect(cfg, rank)
     if cfg.data.preload:
         demos.preload(progress=rank == 0 and cfg.trainer.progress)
-    if cfg.data.instructions == "augmented":
-        demos.reword_instructions(cfg.seed)
+    if cfg.data.instructions != "train":
+        demos.reword_instructions(cfg.seed, cfg.data.instructions)
     return demos
 
 
@@ -299,7 +304,7 @@ def check_dataset_matches(demos: DemoDataset, config: PolicyConfig) -> None:
 def ground(cfg: DictConfig, policy: VLAPolicy, run_dir: Path, progress: bool) -> None:
     """Grounding pretraining of the keypoint reader on rendered scenes (vla/grounding.py);
     its held-out error goes to <run dir>/grounding.json."""
-    from envs.grounding import load_or_render_scenes, render_scenes
+    from envs.grounding import load_or_render_scenes
 
     g = cfg.grounding
     scenes = load_or_render_scenes(
@@ -308,11 +313,8 @@ def ground(cfg: DictConfig, policy: VLAPolicy, run_dir: Path, progress: bool) ->
     result = pretrain_keypoints(
         policy, scenes, g.steps, g.batch_size, g.lr, seed=cfg.seed, progress=progress, text_dropout=g.text_dropout
     )
-    # The same held-out layouts, worded with the held-out paraphrases ("block", "can", "mat"):
-    # does the pointing survive words grounding never saw?
-    count = heldout_scene_count(g.scenes)
-    reworded = render_scenes(count, cfg.seed, cfg.model.image_size, g.workers, False, "heldout", g.scenes - count)
-    result |= heldout_error(policy, reworded, range(count), prefix="paraphrase")
+    reworded = paraphrased_heldout_scenes(g.scenes, cfg.seed, cfg.model.image_size, g.workers)
+    result |= heldout_error(policy, reworded, range(len(reworded["images"])), prefix="paraphrase")
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {"scenes": g.scenes, "steps": g.steps, "text_dropout": g.text_dropout, "split": cfg.data.instructions}
     (run_dir / "grounding.json").write_text(json.dumps({**settings, **result}, indent=2))

@@ -86,25 +86,44 @@ def heldout_scene_count(count: int, heldout: int = HELDOUT_SCENES) -> int:
     return min(heldout, count // 10)
 
 
+def paraphrased_heldout_scenes(
+    count: int, seed: int = 0, image_size: int = 64, workers: int = 2
+) -> dict[str, np.ndarray]:
+    """The scenes grounding keeps out of a set of ``count`` (its last ``heldout_scene_count``),
+    the same layouts worded with the held-out paraphrases ("block", "can", "mat"): does the
+    pointing survive words it never saw?"""
+    from envs.grounding import render_scenes
+
+    kept_out = heldout_scene_count(count)
+    return render_scenes(kept_out, seed, image_size, workers, False, "heldout", count - kept_out)
+
+
 @torch.no_grad()
 def heldout_error(
     policy: Any, scenes: dict[str, np.ndarray], indices: Any, prefix: str = "heldout"
 ) -> dict[str, float]:
     """Mean and median keypoint error in pixels, and the share off by more than 2 pixels
     (about 2 cm on the table at 64 px), over the scenes ``indices``; keys start ``prefix``."""
+    errors = keypoint_errors(policy, scenes, indices).flatten()
+    return {
+        f"{prefix}_error_px": errors.mean().item(),
+        f"{prefix}_median_px": errors.median().item(),
+        f"{prefix}_over_2px": (errors > 2).float().mean().item(),
+    }
+
+
+@torch.no_grad()
+def keypoint_errors(policy: Any, scenes: dict[str, np.ndarray], indices: Any) -> torch.Tensor:
+    """Distance in pixels (N, K) of each keypoint the reader puts on the scenes ``indices``
+    from the truth (keypoint 0: the target, 1: its destination)."""
     index = torch.as_tensor(list(indices))
     errors = []
     for chunk in index.split(256):
         images = scenes["images"][chunk.numpy()]
         coords = read_keypoints(policy, images, [str(scenes["instructions"][i]) for i in chunk.tolist()])
         truth = torch.from_numpy(scenes["key_uv"][chunk.numpy()]).to(coords.device)
-        errors.append((coords - truth).norm(dim=-1).flatten() * images.shape[1] / 2)
-    errors = torch.cat(errors)
-    return {
-        f"{prefix}_error_px": errors.mean().item(),
-        f"{prefix}_median_px": errors.median().item(),
-        f"{prefix}_over_2px": (errors > 2).float().mean().item(),
-    }
+        errors.append((coords - truth).norm(dim=-1).cpu() * images.shape[1] / 2)
+    return torch.cat(errors)
 
 
 @torch.no_grad()
