@@ -24,6 +24,7 @@
 #   bash eval/device_bc.sh gripvel; bash eval/device_bc.sh poll   # g2 longer, and + the gripper velocity: session 22
 #   SEED=1 WAIT=0 bash eval/device_bc.sh gripvel_seed; bash eval/device_bc.sh poll   # g4 on another seed: session 22
 #   G6="..." G6_NAME=... WAIT=0 bash eval/device_bc.sh large; bash eval/device_bc.sh poll   # g4 on augmented_large: session 23
+#   SEED=1 SPLITS=[heldout] WAIT=0 bash eval/device_bc.sh large_seed; bash eval/device_bc.sh poll   # g6 on another seed: session 23
 #   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # r2 + the sentence token: lost in session 16
 #     (machine released between the calls), refused in 17, ran in 18 (docs/results.md). Keep
 #     WAIT under ~400: collecting and launching take ~3 min of the call's 600 s before the wait.
@@ -561,6 +562,17 @@ if [ "$phase" = large ]; then  # session 23, detached, side by side: g4 on the a
   collect_augmented augmented_large
   g5="$(g2_recipe ${STEPS:-6000}) model.proprio_dim=9 data.instructions=augmented_large"
   printf '%s\n' "g5_large_${STEPS:-6000} $g5" "g6_large_${G6_NAME:-variant}_${STEPS:-6000} $g5 ${G6:-}" | launch_runs true
+  sleep ${WAIT:-300}; phase=report
+fi
+
+if [ "$phase" = large_seed ]; then  # session 23, detached: g6 alone on another training seed (SEED), SPLITS
+  export WORKERS=8
+  nvidia-smi -L; nproc --all
+  python3 train/collect.py output=data/all2000 episodes_per_task=2000 workers=15 video=false progress=false | tail -1
+  scenes=data/grounding/scenes_30000_seed${SEED:-1}_64px_augmented_large.npz  # the path bc.py names for this seed
+  python3 -c "from envs.grounding import load_or_render_scenes as r; r('$scenes', 30000, seed=${SEED:-1}, workers=15, progress=False, split='augmented_large')"
+  g6="$(g2_recipe ${STEPS:-6000}) model.proprio_dim=9 data.instructions=augmented_large model.word_tokens=false"
+  echo "g6_seed${SEED:-1}_${STEPS:-6000} $g6 seed=${SEED:-1} eval.splits=${SPLITS:-[heldout]}" | launch_runs true
   sleep ${WAIT:-300}; phase=report
 fi
 

@@ -11,7 +11,8 @@ the held-out paraphrases ("block", "can", "mat", "hoist ..."). The paraphrase ro
 error down by held-out template and by the noun that names the target or the destination,
 so a reader that fails one word ("can") or one sentence shape ("build a tower: X over Y")
 shows it. No demos and no behaviour cloning: ~5 minutes on a 2-core CPU at the defaults.
-Writes ``<run_dir>/grounding_probe.json`` and prints a markdown table.
+Writes ``grounding_probe.json`` to the run directory (``run_dir``, with its ``outputs/bc/``
+made ``outputs/grounding_probe/``) and prints the tables as markdown.
 """
 
 from __future__ import annotations

@@ -239,6 +239,20 @@ def test_the_five_task_cpu_recipe_composes_to_the_measured_settings():
     check_keypoint_cache(cfg)  # no error: the two groups fit together
 
 
+def test_the_best_gpu_model_composes_to_the_measured_g6_settings():
+    from hydra import compose, initialize_config_dir
+
+    from vla.policy import PolicyConfig
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        cfg = compose("bc", ["data=five", "model=gpu_best", "trainer=gpu", "data.instructions=augmented_large"])
+    config = PolicyConfig.from_dict(dict(cfg.model))
+    assert (config.width, config.layers, config.keypoints, config.keypoint_roles) == (256, 6, 2, True)
+    assert config.sentence_token and not config.word_tokens and config.proprio_dim == 9
+    assert (config.label_sigma, config.decoding) == (24.0, "parallel")
+    assert cfg.grounding.path.endswith("_augmented_large.npz")  # its own grounding scenes
+
+
 def test_closed_loop_probe_compares_the_policy_with_the_expert_on_its_own_states(trained_run, tmp_path):
     out = tmp_path / "probe.json"
     args = ["--checkpoint", str(trained_run), "--tasks", "reach", "--episodes", "1", "--out", str(out)]
