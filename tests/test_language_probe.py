@@ -37,4 +37,4 @@ def test_probe_reports_balanced_accuracy_and_confusion_on_every_heldout_wording(
 def test_probing_on_heldout_wordings_is_one_clear_error(tmp_path):
     result = run_probe("--train-split", "heldout", "--output", str(tmp_path / "p.json"))
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "--train-split must be train or augmented, got 'heldout'" in result.stderr
+    assert "--train-split must be one of train, augmented, augmented_large, got 'heldout'" in result.stderr
