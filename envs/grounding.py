@@ -43,7 +43,8 @@ def render_scenes(
 ) -> dict[str, np.ndarray]:
     """``count`` scenes, cycling through the five tasks: ``images`` (N, H, W, 3) uint8,
     ``instructions`` (N,) str, ``key_positions`` (N, 6) metres, ``key_uv`` (N, 2, 2) image
-    coordinates of the target and destination (``envs.camera``), ``tasks`` (N,) task names.
+    coordinates of the target and destination (``envs.camera``), ``tasks`` (N,) task names,
+    ``key_kinds`` (N, 2) what each of the two names (``KEY_KINDS``: cube, cylinder, zone).
 
     ``split`` picks the instruction templates; the env draws the instruction after the
     layout, so the same ``seed`` gives the same scenes on either split, only worded anew
@@ -99,8 +100,8 @@ def load_or_render_scenes(
             found = {k: int(cached[k]) for k in ("count", "seed", "image_size")}
             found["split"] = str(cached["split"]) if "split" in cached else "train"  # older caches
             found["wording"] = str(cached["wording"]) if "wording" in cached else None
-            if found == wanted:
-                return {k: cached[k] for k in ("images", "instructions", "key_positions", "key_uv")}
+            if found == wanted and "key_kinds" in cached:  # caches from before session 23 lack the kinds
+                return {k: cached[k] for k in ("images", "instructions", "key_positions", "key_uv", "key_kinds")}
     scenes = render_scenes(count, seed, image_size, workers, progress, split)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
@@ -119,7 +120,7 @@ def _render_chunk(first_seed: int, count: int, image_size: int, split: str) -> d
 
     options = {"image_size": image_size, "start_spread": GROUNDING_START_SPREAD, "instruction_split": split}
     task_envs = [gym.make(t, **options).unwrapped for t in TASKS]
-    images, instructions, key_positions, tasks = [], [], [], []
+    images, instructions, key_positions, tasks, key_kinds = [], [], [], [], []
     for i in range(count):
         seed = first_seed + i
         env = task_envs[seed % len(task_envs)]
@@ -128,6 +129,7 @@ def _render_chunk(first_seed: int, count: int, image_size: int, split: str) -> d
         instructions.append(obs["instruction"])
         key_positions.append(info["key_positions"])
         tasks.append(env.task.name)
+        key_kinds.append(key_kinds_of(info["task_spec"]))
     for env in task_envs:
         env.close()
     key_positions = np.stack(key_positions).astype(np.float32)
@@ -137,4 +139,19 @@ def _render_chunk(first_seed: int, count: int, image_size: int, split: str) -> d
         "key_positions": key_positions,
         "key_uv": key_image_coordinates(key_positions),
         "tasks": np.array(tasks),
+        "key_kinds": np.array(key_kinds, dtype=np.int64),
     }
+
+
+KEY_KINDS = ("cube", "cylinder", "zone")  # what a keypoint names, for grounding.kind_weight
+
+
+def key_kinds_of(task_spec: dict[str, Any]) -> tuple[int, int]:
+    """Indices into ``KEY_KINDS`` of what the target and the destination keypoints name (reach
+    and lift: the destination is the target; stack: the base object; push, pick_place: the zone)."""
+    target = KEY_KINDS.index(task_spec["target_shape"])
+    if "zone_colour" in task_spec:
+        return target, KEY_KINDS.index("zone")
+    if "base_shape" in task_spec:
+        return target, KEY_KINDS.index(task_spec["base_shape"])
+    return target, target

@@ -85,7 +85,15 @@ def probe(cfg: DictConfig, progress: bool = True) -> dict:
     split = cfg.data.instructions
     scenes = load_or_render_scenes(g.path, g.scenes, cfg.seed, config.image_size, g.workers, progress, split=split)
     result = pretrain_keypoints(
-        policy, scenes, g.steps, g.batch_size, g.lr, seed=cfg.seed, progress=progress, text_dropout=g.text_dropout
+        policy,
+        scenes,
+        g.steps,
+        g.batch_size,
+        g.lr,
+        seed=cfg.seed,
+        progress=progress,
+        text_dropout=g.text_dropout,
+        kind_weight=g.kind_weight,
     )
     reworded = paraphrased_heldout_scenes(g.scenes, cfg.seed, config.image_size, g.workers)
     count = len(reworded["images"])
@@ -99,6 +107,7 @@ def probe(cfg: DictConfig, progress: bool = True) -> dict:
         "split": split,
         "scenes": g.scenes,
         "steps": g.steps,
+        "kind_weight": g.kind_weight,
         "kept_out_scenes": heldout_scene_count(g.scenes),
         **result,
         "target_by_template": error_rows(errors[:, 0], by_template),

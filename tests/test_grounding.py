@@ -141,6 +141,40 @@ def test_text_dropout_hides_instruction_tokens_from_the_reader_in_training():
         train(1.0)
 
 
+def test_scenes_label_what_each_keypoint_names():
+    from envs.grounding import KEY_KINDS
+
+    scenes = render_scenes(10, seed=0, image_size=32, workers=1, progress=False)  # two of each task
+    for task, text, (target, destination) in zip(
+        scenes["tasks"], scenes["instructions"], scenes["key_kinds"], strict=True
+    ):
+        assert KEY_KINDS[target] in text  # train wording: "the red cube", "the blue cylinder"
+        if task in ("push", "pick_place"):
+            assert KEY_KINDS[destination] == "zone"
+        elif task == "stack":
+            assert text.endswith(KEY_KINDS[destination])  # "... on the green cylinder"
+        else:
+            assert destination == target
+
+
+def test_the_kind_loss_asks_the_reader_what_each_keypoint_names():
+    scenes = synthetic_scenes()
+    scenes["key_kinds"] = np.random.default_rng(1).integers(0, 3, (len(scenes["images"]), 2))
+
+    def train(kind_weight: float, scenes=scenes) -> dict[str, float]:
+        return pretrain_keypoints(
+            keypoint_policy(), scenes, steps=3, batch_size=32, progress=False, kind_weight=kind_weight
+        )
+
+    plain = train(0.0)
+    assert train(1.0)["train_loss"] > plain["train_loss"]  # the heatmap loss plus a cross-entropy
+    with pytest.raises(ValueError, match="kind_weight must be 0 or more, got -1"):
+        train(-1.0)
+    without = {k: v for k, v in scenes.items() if k != "key_kinds"}
+    with pytest.raises(ValueError, match="needs scenes with key_kinds"):
+        train(1.0, without)
+
+
 def test_the_grounding_probe_breaks_paraphrase_errors_down_by_template_and_noun(tmp_path):
     from eval.grounding_probe import load_config, markdown, noun_of, probe
 

@@ -311,12 +311,21 @@ def ground(cfg: DictConfig, policy: VLAPolicy, run_dir: Path, progress: bool) ->
         g.path, g.scenes, cfg.seed, cfg.model.image_size, g.workers, progress, split=cfg.data.instructions
     )
     result = pretrain_keypoints(
-        policy, scenes, g.steps, g.batch_size, g.lr, seed=cfg.seed, progress=progress, text_dropout=g.text_dropout
+        policy,
+        scenes,
+        g.steps,
+        g.batch_size,
+        g.lr,
+        seed=cfg.seed,
+        progress=progress,
+        text_dropout=g.text_dropout,
+        kind_weight=g.kind_weight,
     )
     reworded = paraphrased_heldout_scenes(g.scenes, cfg.seed, cfg.model.image_size, g.workers)
     result |= heldout_error(policy, reworded, range(len(reworded["images"])), prefix="paraphrase")
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"scenes": g.scenes, "steps": g.steps, "text_dropout": g.text_dropout, "split": cfg.data.instructions}
+    settings = {"scenes": g.scenes, "steps": g.steps, "text_dropout": g.text_dropout, "kind_weight": g.kind_weight}
+    settings["split"] = cfg.data.instructions
     (run_dir / "grounding.json").write_text(json.dumps({**settings, **result}, indent=2))
     print(
         f"grounding: keypoints {result['heldout_error_px']:.2f} px mean / {result['heldout_median_px']:.2f} px "

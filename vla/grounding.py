@@ -29,6 +29,7 @@ def pretrain_keypoints(
     seed: int = 0,
     progress: bool = True,
     text_dropout: float = 0.0,
+    kind_weight: float = 0.0,
 ) -> dict[str, float]:
     """Train ``policy.keypoint_reader`` to put its heatmaps on the true image coordinates
     (``scenes["key_uv"]``) of the scenes' targets and destinations. The last ``heldout``
@@ -38,9 +39,17 @@ def pretrain_keypoints(
     ``text_dropout`` hides that share of each instruction's word-piece tokens from the reader
     in training (never the first, [CLS]): with five templates per task it otherwise keys on
     exact words, and points ~4x worse when a paraphrase says "block" for "cube"
-    (docs/results.md, "Session 12")."""
+    (docs/results.md, "Session 12").
+
+    ``kind_weight`` > 0 adds a cross-entropy loss of that weight on what each keypoint's
+    question names (``scenes["key_kinds"]``: cube, cylinder or zone), read by a linear head
+    that is dropped after grounding. The heatmap alone needs the shape only where the
+    target's same-colour sibling is on the table (about 2 scenes in 7); this asks for it in
+    every scene, so that a new noun ("can") must land on a shape's side of the question."""
     if not 0.0 <= text_dropout < 1.0:
         raise ValueError(f"text_dropout must be in [0, 1), got {text_dropout}")
+    if kind_weight < 0:
+        raise ValueError(f"kind_weight must be 0 or more, got {kind_weight}")
     reader = policy.keypoint_reader
     if reader is None:
         raise ValueError("grounding pretraining needs a policy with keypoints (model.keypoints=2)")
@@ -54,6 +63,12 @@ def pretrain_keypoints(
     instructions = [str(s) for s in scenes["instructions"]]
     train_count = count - heldout
     use_bf16 = device.type == "cuda"
+    kind_head, key_kinds = None, None
+    if kind_weight > 0:
+        if "key_kinds" not in scenes:
+            raise ValueError("grounding.kind_weight > 0 needs scenes with key_kinds (render them again)")
+        key_kinds = torch.from_numpy(scenes["key_kinds"]).long()
+        kind_head = torch.nn.Linear(reader.text_proj.out_features, int(key_kinds.max()) + 1).to(device)
 
     def heatmap_loss(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
@@ -64,9 +79,15 @@ def pretrain_keypoints(
             text_mask = text_mask & ~hidden.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits, _ = reader.heatmaps(images[index].to(device), text_states, text_mask)
-        return reader.heatmap_loss(logits, key_uv[index].to(device))
+            kinds = kind_head(reader.ask(text_states, text_mask)) if kind_head is not None else None
+        loss, error_px = reader.heatmap_loss(logits, key_uv[index].to(device))
+        if kinds is not None:
+            labels = key_kinds[index].to(device)
+            loss = loss + kind_weight * torch.nn.functional.cross_entropy(kinds.float().flatten(0, 1), labels.flatten())
+        return loss, error_px
 
-    optimizer = torch.optim.AdamW(reader.parameters(), lr=lr, weight_decay=1e-4)
+    parameters = list(reader.parameters()) + (list(kind_head.parameters()) if kind_head is not None else [])
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, min(100, steps // 10), steps))
     generator = torch.Generator().manual_seed(seed)
     reader.train()

@@ -165,13 +165,16 @@ class TextQueriedKeypoints(nn.Module):
         b, h, w, _ = images.shape
         x = (images.permute(0, 3, 1, 2).float() / 255.0 - _MEAN) / _STD
         features = self.features(torch.cat([x, _pixel_grid(b, h, w, x.device)], 1))
-        text = self.text_proj(text_states.float())
-        questions, _ = self.read_text(
-            self.questions.expand(b, -1, -1), text, text, key_padding_mask=~text_mask, need_weights=False
-        )
-        logits = self.query(questions) @ features.flatten(2) / self.channels**0.5
+        logits = self.query(self.ask(text_states, text_mask)) @ features.flatten(2) / self.channels**0.5
         cells = _pixel_grid(1, *features.shape[2:], x.device)[0].flatten(1).T
         return logits, cells
+
+    def ask(self, text_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Each keypoint's question (B, K, width), read from the instruction's token states."""
+        text = self.text_proj(text_states.float())
+        questions = self.questions.expand(len(text), -1, -1)
+        asked, _ = self.read_text(questions, text, text, key_padding_mask=~text_mask, need_weights=False)
+        return asked
 
     def forward(
         self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor
