@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from envs.instructions import TRAINING_SPLITS, split_fingerprint
+from envs.vocabulary import OBJECT_SHAPES, object_name
 
 GROUNDING_SEED_BASE = 50_000_000  # collection uses 0+, evaluation 20,000,000+ and 30,000,000+
 GROUNDING_SEED_STRIDE = 1_000_000  # scene sets with different seeds never share a layout
@@ -44,7 +45,8 @@ def render_scenes(
     """``count`` scenes, cycling through the five tasks: ``images`` (N, H, W, 3) uint8,
     ``instructions`` (N,) str, ``key_positions`` (N, 6) metres, ``key_uv`` (N, 2, 2) image
     coordinates of the target and destination (``envs.camera``), ``tasks`` (N,) task names,
-    ``key_kinds`` (N, 2) what each of the two names (``KEY_KINDS``: cube, cylinder, zone).
+    ``key_kinds`` (N, 2) what each of the two names (``KEY_KINDS``: cube, cylinder, zone),
+    ``target_sibling`` (N,) whether the target's same-colour sibling is on the table.
 
     ``split`` picks the instruction templates; the env draws the instruction after the
     layout, so the same ``seed`` gives the same scenes on either split, only worded anew
@@ -120,7 +122,7 @@ def _render_chunk(first_seed: int, count: int, image_size: int, split: str) -> d
 
     options = {"image_size": image_size, "start_spread": GROUNDING_START_SPREAD, "instruction_split": split}
     task_envs = [gym.make(t, **options).unwrapped for t in TASKS]
-    images, instructions, key_positions, tasks, key_kinds = [], [], [], [], []
+    images, instructions, key_positions, tasks, key_kinds, siblings = [], [], [], [], [], []
     for i in range(count):
         seed = first_seed + i
         env = task_envs[seed % len(task_envs)]
@@ -130,6 +132,7 @@ def _render_chunk(first_seed: int, count: int, image_size: int, split: str) -> d
         key_positions.append(info["key_positions"])
         tasks.append(env.task.name)
         key_kinds.append(key_kinds_of(info["task_spec"]))
+        siblings.append(has_sibling(info["task_spec"], env.scene_objects))
     for env in task_envs:
         env.close()
     key_positions = np.stack(key_positions).astype(np.float32)
@@ -140,7 +143,15 @@ def _render_chunk(first_seed: int, count: int, image_size: int, split: str) -> d
         "key_uv": key_image_coordinates(key_positions),
         "tasks": np.array(tasks),
         "key_kinds": np.array(key_kinds, dtype=np.int64),
+        "target_sibling": np.array(siblings),
     }
+
+
+def has_sibling(task_spec: dict[str, Any], scene_objects: list[str]) -> bool:
+    """Whether the target's same-colour sibling (the red cylinder for the red cube) is on the
+    table: there, and only there, the colour alone cannot tell which object is meant."""
+    other = next(s for s in OBJECT_SHAPES if s != task_spec["target_shape"])
+    return object_name(task_spec["target_colour"], other) in scene_objects
 
 
 KEY_KINDS = ("cube", "cylinder", "zone")  # what a keypoint names, for grounding.kind_weight

@@ -8,7 +8,8 @@ Runs only the grounding pretraining of ``train/bc.py`` (the same Hydra config an
 for the wordings it learns from), then measures how far each keypoint lands from the truth
 on the scenes grounding kept out, once in the training split's words and once re-worded with
 the held-out paraphrases ("block", "can", "mat", "hoist ..."). The paraphrase rows break the
-error down by held-out template and by the noun that names the target or the destination,
+error down by held-out template, by whether the target's same-colour sibling is on the table
+(where the colour alone cannot tell), and by the noun that names the target or the destination,
 so a reader that fails one word ("can") or one sentence shape ("build a tower: X over Y")
 shows it. No demos and no behaviour cloning: ~5 minutes on a 2-core CPU at the defaults.
 Writes ``grounding_probe.json`` to the run directory (``run_dir``, with its ``outputs/bc/``
@@ -112,6 +113,13 @@ def probe(cfg: DictConfig, progress: bool = True) -> dict:
         **result,
         "target_by_template": error_rows(errors[:, 0], by_template),
         "destination_by_template": error_rows(errors[:, 1], by_template),
+        "target_by_sibling": error_rows(
+            errors[:, 0],
+            [
+                (t, "sibling on the table" if on else "no sibling")
+                for t, on in zip(tasks, reworded["target_sibling"], strict=True)
+            ],
+        ),
         **{
             f"{keypoint}_by_noun": error_rows(
                 errors[:, k], [(t, noun_of(keypoint, x)) for t, x in zip(tasks, texts, strict=True)]
@@ -137,6 +145,14 @@ def markdown(report: dict) -> str:
             f"| {task} | {template} | {n} | {target['mean_px']:.2f} | {format_rate(target['missed'], n)} | "
             f"{destination['mean_px']:.2f} | {format_rate(destination['missed'], n)} |"
         )
+    lines += [
+        "",
+        "| task | target's same-colour sibling | scenes | target px | missed (>2 px) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in report["target_by_sibling"]:
+        (task, sibling), n = row["group"], row["scenes"]
+        lines.append(f"| {task} | {sibling} | {n} | {row['mean_px']:.2f} | {format_rate(row['missed'], n)} |")
     lines += ["", "| task | keypoint | held-out noun | scenes | px | missed (>2 px) |", "|---|---|---|---|---|---|"]
     for keypoint in ("target", "destination"):
         for row in report[f"{keypoint}_by_noun"]:

@@ -155,6 +155,11 @@ def test_scenes_label_what_each_keypoint_names():
             assert text.endswith(KEY_KINDS[destination])  # "... on the green cylinder"
         else:
             assert destination == target
+    assert scenes["target_sibling"].dtype == bool and len(scenes["target_sibling"]) == 10
+    from envs.grounding import has_sibling
+
+    spec = {"target_colour": "red", "target_shape": "cube"}
+    assert has_sibling(spec, ["blue_cube", "red_cylinder"]) and not has_sibling(spec, ["red_cube", "blue_cylinder"])
 
 
 def test_the_kind_loss_asks_the_reader_what_each_keypoint_names():
@@ -197,6 +202,9 @@ def test_the_grounding_probe_breaks_paraphrase_errors_down_by_template_and_noun(
     assert sum(r["scenes"] for r in rows) == 30 and {r["group"][0] for r in rows} >= {"reach", "push", "stack"}
     assert all(0 <= r["missed"] <= r["scenes"] and r["mean_px"] >= 0 for r in rows)
     assert {r["group"][1] for r in report["target_by_noun"]} <= {"block", "can"}
+    by_sibling = report["target_by_sibling"]
+    assert sum(r["scenes"] for r in by_sibling) == 30
+    assert {r["group"][1] for r in by_sibling} <= {"sibling on the table", "no sibling"}
     assert "| held-out template |" in markdown(report)
     assert noun_of("destination", "build a tower: blue can over red block") == "block"
     assert noun_of("destination", "tap the red block") == "block"  # reach: the target is the destination
