@@ -29,16 +29,12 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from envs.grounding import load_or_render_scenes  # noqa: E402
 from envs.instructions import heldout_only_words, template_of  # noqa: E402
 from envs.stats import format_rate  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
 from vla.grounding import (  # noqa: E402
-    heldout_error,
+    ground_and_measure,
     heldout_scene_count,
-    keypoint_errors,
-    paraphrased_heldout_scenes,
-    pretrain_keypoints,
 )
 from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
 from vla.training import seed_everything  # noqa: E402
@@ -84,22 +80,8 @@ def probe(cfg: DictConfig, progress: bool = True) -> dict:
     seed_everything(cfg.seed)
     policy = VLAPolicy(config).to(device)
     split = cfg.data.instructions
-    scenes = load_or_render_scenes(g.path, g.scenes, cfg.seed, config.image_size, g.workers, progress, split=split)
-    result = pretrain_keypoints(
-        policy,
-        scenes,
-        g.steps,
-        g.batch_size,
-        g.lr,
-        seed=cfg.seed,
-        progress=progress,
-        text_dropout=g.text_dropout,
-        kind_weight=g.kind_weight,
-    )
-    reworded = paraphrased_heldout_scenes(g.scenes, cfg.seed, config.image_size, g.workers)
-    count = len(reworded["images"])
-    result |= heldout_error(policy, reworded, range(count), prefix="paraphrase")
-    errors = keypoint_errors(policy, reworded, range(count))  # (N, 2): target, destination
+    result, reworded, errors = ground_and_measure(policy, g, cfg.seed, config.image_size, split, progress)
+    # errors (N, 2): target, destination on the kept-out scenes worded as held-out paraphrases
     tasks = [str(t) for t in reworded["tasks"]]
     texts = [str(t) for t in reworded["instructions"]]
     templates = [template_of(task, "heldout", text) for task, text in zip(tasks, texts, strict=True)]

@@ -33,9 +33,7 @@ from eval.closed_loop import final_evaluation, split_demos, success_rate  # noqa
 from vla.checkpoint import CheckpointError, check_config, load_weights, read_checkpoint, save_checkpoint  # noqa: E402
 from vla.data import ActionTokenDataset, collate  # noqa: E402
 from vla.grounding import (  # noqa: E402
-    heldout_error,
-    paraphrased_heldout_scenes,
-    pretrain_keypoints,
+    ground_and_measure,
     read_demo_keypoints,
 )
 from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
@@ -304,28 +302,10 @@ def check_dataset_matches(demos: DemoDataset, config: PolicyConfig) -> None:
 def ground(cfg: DictConfig, policy: VLAPolicy, run_dir: Path, progress: bool) -> None:
     """Grounding pretraining of the keypoint reader on rendered scenes (vla/grounding.py);
     its held-out error goes to <run dir>/grounding.json."""
-    from envs.grounding import load_or_render_scenes
-
     g = cfg.grounding
-    scenes = load_or_render_scenes(
-        g.path, g.scenes, cfg.seed, cfg.model.image_size, g.workers, progress, split=cfg.data.instructions
-    )
-    result = pretrain_keypoints(
-        policy,
-        scenes,
-        g.steps,
-        g.batch_size,
-        g.lr,
-        seed=cfg.seed,
-        progress=progress,
-        text_dropout=g.text_dropout,
-        kind_weight=g.kind_weight,
-    )
-    reworded = paraphrased_heldout_scenes(g.scenes, cfg.seed, cfg.model.image_size, g.workers)
-    result |= heldout_error(policy, reworded, range(len(reworded["images"])), prefix="paraphrase")
+    result, _, _ = ground_and_measure(policy, g, cfg.seed, cfg.model.image_size, cfg.data.instructions, progress)
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"scenes": g.scenes, "steps": g.steps, "text_dropout": g.text_dropout, "kind_weight": g.kind_weight}
-    settings["split"] = cfg.data.instructions
+    settings = {k: g[k] for k in ("scenes", "steps", "text_dropout", "kind_weight")} | {"split": cfg.data.instructions}
     (run_dir / "grounding.json").write_text(json.dumps({**settings, **result}, indent=2))
     print(
         f"grounding: keypoints {result['heldout_error_px']:.2f} px mean / {result['heldout_median_px']:.2f} px "

@@ -78,8 +78,9 @@ def pretrain_keypoints(
             hidden[:, 0] = False
             text_mask = text_mask & ~hidden.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits, _ = reader.heatmaps(images[index].to(device), text_states, text_mask)
-            kinds = kind_head(reader.ask(text_states, text_mask)) if kind_head is not None else None
+            questions = reader.ask(text_states, text_mask)
+            logits, _ = reader.heatmaps_for(images[index].to(device), questions)
+            kinds = kind_head(questions) if kind_head is not None else None
         loss, error_px = reader.heatmap_loss(logits, key_uv[index].to(device))
         if kinds is not None:
             labels = key_kinds[index].to(device)
@@ -107,6 +108,34 @@ def heldout_scene_count(count: int, heldout: int = HELDOUT_SCENES) -> int:
     return min(heldout, count // 10)
 
 
+def ground_and_measure(
+    policy: Any, grounding: Any, seed: int, image_size: int, split: str, progress: bool = True
+) -> tuple[dict[str, float], dict[str, np.ndarray], torch.Tensor]:
+    """Grounding pretraining as ``configs/bc.yaml``'s ``grounding`` group sets it (``grounding``:
+    scenes, steps, batch_size, lr, text_dropout, kind_weight, workers, path), on scenes worded
+    from ``split``. Returns ``pretrain_keypoints``' result plus the ``paraphrase_*`` errors on the
+    kept-out scenes worded as held-out paraphrases, those scenes, and their per-keypoint errors
+    (N, 2) in pixels. ``train/bc.py`` and ``eval/grounding_probe.py`` both ground through it."""
+    from envs.grounding import load_or_render_scenes
+
+    g = grounding
+    scenes = load_or_render_scenes(g.path, g.scenes, seed, image_size, g.workers, progress, split=split)
+    result = pretrain_keypoints(
+        policy,
+        scenes,
+        g.steps,
+        g.batch_size,
+        g.lr,
+        seed=seed,
+        progress=progress,
+        text_dropout=g.text_dropout,
+        kind_weight=g.kind_weight,
+    )
+    reworded = paraphrased_heldout_scenes(g.scenes, seed, image_size, g.workers)
+    errors = keypoint_errors(policy, reworded, range(len(reworded["images"])))
+    return result | summarise_errors(errors, "paraphrase"), reworded, errors
+
+
 def paraphrased_heldout_scenes(
     count: int, seed: int = 0, image_size: int = 64, workers: int = 2
 ) -> dict[str, np.ndarray]:
@@ -125,7 +154,12 @@ def heldout_error(
 ) -> dict[str, float]:
     """Mean and median keypoint error in pixels, and the share off by more than 2 pixels
     (about 2 cm on the table at 64 px), over the scenes ``indices``; keys start ``prefix``."""
-    errors = keypoint_errors(policy, scenes, indices).flatten()
+    return summarise_errors(keypoint_errors(policy, scenes, indices), prefix)
+
+
+def summarise_errors(errors: torch.Tensor, prefix: str) -> dict[str, float]:
+    """``heldout_error``'s summary of keypoint errors in pixels (any shape)."""
+    errors = errors.flatten()
     return {
         f"{prefix}_error_px": errors.mean().item(),
         f"{prefix}_median_px": errors.median().item(),

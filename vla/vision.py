@@ -162,10 +162,14 @@ class TextQueriedKeypoints(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Heatmap logits (B, K, cells) over the half-resolution map and each cell's centre
         (cells, 2) in image coordinates [-1, 1] (u right, v down)."""
+        return self.heatmaps_for(images, self.ask(text_states, text_mask))
+
+    def heatmaps_for(self, images: torch.Tensor, questions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``heatmaps`` for questions already read from the instruction (``ask``)."""
         b, h, w, _ = images.shape
         x = (images.permute(0, 3, 1, 2).float() / 255.0 - _MEAN) / _STD
         features = self.features(torch.cat([x, _pixel_grid(b, h, w, x.device)], 1))
-        logits = self.query(self.ask(text_states, text_mask)) @ features.flatten(2) / self.channels**0.5
+        logits = self.query(questions) @ features.flatten(2) / self.channels**0.5
         cells = _pixel_grid(1, *features.shape[2:], x.device)[0].flatten(1).T
         return logits, cells
 
