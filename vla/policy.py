@@ -35,6 +35,7 @@ DECODINGS = ("autoregressive", "parallel")
 KEY_POSITION_SCALE = 0.1  # metres -> units of the auxiliary regression (the table spans ~+-0.2 m)
 KEY_POSITION_DIM = 6
 KEYPOINT_COUNTS = (0, 2)  # off, or one per key position: the target and its destination
+KEYPOINT_VALUES = ("contextual", "phrases")  # what the keypoint reader reads from a word
 # Camera name -> the observation key holding its image (the env's contract).
 CAMERA_KEYS = {"scene": "image", "wrist": "wrist_image"}
 
@@ -79,6 +80,13 @@ class PolicyConfig:
     # and lift, whose two keypoints coincide). False only for checkpoints from before session 14;
     # the model configs switch it on.
     keypoint_roles: bool = False
+    # What the keypoint reader takes from the word it attends to: "contextual", its MiniLM
+    # state (what the whole sentence makes of the word), or "phrases", MiniLM's embedding of
+    # the short phrase the word ends, encoded alone ("the red can"). Either way the contextual
+    # states choose which word each keypoint attends to. A held-out noun's contextual state
+    # carries its shape badly ("can" read as a cube), its phrase well (docs/results.md,
+    # "Session 24"). Needs MiniLM.
+    keypoint_values: str = "contextual"
     # One more text token: the instruction's sentence embedding (the mean of the text states
     # over its real tokens, unit length; for MiniLM the vector it was trained to make alike for
     # paraphrases), projected to the width. The decoder otherwise learns the task from the word
@@ -128,6 +136,12 @@ class PolicyConfig:
                 "word_tokens=false leaves the sentence token as the decoder's only text token: it needs "
                 f"sentence_token=true, got sentence_token={config.sentence_token}"
             )
+        if config.keypoint_values not in KEYPOINT_VALUES:
+            raise ValueError(
+                f"unknown keypoint_values {config.keypoint_values!r}; valid values are: {', '.join(KEYPOINT_VALUES)}"
+            )
+        if config.keypoint_values == "phrases" and not config.keypoints:
+            raise ValueError("keypoint_values=phrases sets what the keypoint reader reads: it needs keypoints=2")
         if not isinstance(config.chunk, int) or config.chunk < 1:
             raise ValueError(f"chunk must be an integer >= 1 (actions predicted per step), got {config.chunk!r}")
         if config.decoding not in DECODINGS:
@@ -148,12 +162,18 @@ class VLAPolicy(nn.Module):
         # One ViT for every camera; a learned embedding per camera tells the decoder which view
         # a token came from.
         self.camera_embed = nn.Parameter(torch.randn(len(c.cameras), c.width) * 0.02)
-        self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length)
+        phrase_values = c.keypoint_values == "phrases"
+        self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length, phrases=phrase_values)
         self.text_proj = nn.Linear(self.text.out_dim, c.width) if c.word_tokens else None
         self.keypoint_reader = None
         if c.keypoints:
             self.keypoint_reader = TextQueriedKeypoints(
-                c.width, self.text.out_dim, c.keypoints, c.keypoint_channels, roles=c.keypoint_roles
+                c.width,
+                self.text.out_dim,
+                c.keypoints,
+                c.keypoint_channels,
+                roles=c.keypoint_roles,
+                value_dim=self.text.out_dim if phrase_values else 0,
             )
         self.proprio_proj = nn.Sequential(nn.Linear(c.proprio_dim, c.width), nn.LayerNorm(c.width))
         # Proprio arrives in metres and quaternion units: positions vary by ~0.1 while the
@@ -210,7 +230,8 @@ class VLAPolicy(nn.Module):
                 views.append(tokens + self.camera_embed[i])
         vision = torch.cat(views, 1) + self.type_embed[0]
         device = vision.device
-        text, text_mask = self._text_tokens(text_states, text_mask)
+        # the decoder reads the contextual states (phrase embeddings, if any, follow them)
+        text, text_mask = self._text_tokens(text_states[..., : self.text.out_dim], text_mask)
         text = text + self.type_embed[1]
         parts, masks = [vision, text], [torch.ones(vision.shape[:2], dtype=torch.bool, device=device), text_mask]
         if self.config.use_proprio:
