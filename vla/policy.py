@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla.language import make_text_encoder
+from vla.language import make_text_encoder, sentence_embedding
 from vla.tokenizer import soft_bin_targets
 from vla.transformer import Block, KVCache
 from vla.vision import TextQueriedKeypoints, ViT, random_shift
@@ -35,7 +35,6 @@ DECODINGS = ("autoregressive", "parallel")
 KEY_POSITION_SCALE = 0.1  # metres -> units of the auxiliary regression (the table spans ~+-0.2 m)
 KEY_POSITION_DIM = 6
 KEYPOINT_COUNTS = (0, 2)  # off, or one per key position: the target and its destination
-KEYPOINT_VALUES = ("contextual", "phrases")  # what the keypoint reader reads from a word
 # Camera name -> the observation key holding its image (the env's contract).
 CAMERA_KEYS = {"scene": "image", "wrist": "wrist_image"}
 
@@ -80,13 +79,13 @@ class PolicyConfig:
     # and lift, whose two keypoints coincide). False only for checkpoints from before session 14;
     # the model configs switch it on.
     keypoint_roles: bool = False
-    # What the keypoint reader takes from the word it attends to: "contextual", its MiniLM
-    # state (what the whole sentence makes of the word), or "phrases", MiniLM's embedding of
-    # the short phrase the word ends, encoded alone ("the red can"). Either way the contextual
-    # states choose which word each keypoint attends to. A held-out noun's contextual state
-    # carries its shape badly ("can" read as a cube), its phrase well (docs/results.md,
-    # "Session 24"). Needs MiniLM.
-    keypoint_values: str = "contextual"
+    # The keypoint reader also reads the instruction's sentence embedding (the masked mean of
+    # the text states, unit length), each keypoint through its own projection, added to what
+    # its question read from the words. A held-out shape noun's own contextual state reads as
+    # the wrong shape ("can" as a cube), while the sentence embedding of its instruction
+    # carries the shape (a linear probe trained on the 22 training nouns reads "can" and
+    # "block" right in 95-100% of sentences: docs/results.md, "Session 24").
+    keypoint_sentence: bool = False
     # One more text token: the instruction's sentence embedding (the mean of the text states
     # over its real tokens, unit length; for MiniLM the vector it was trained to make alike for
     # paraphrases), projected to the width. The decoder otherwise learns the task from the word
@@ -136,12 +135,8 @@ class PolicyConfig:
                 "word_tokens=false leaves the sentence token as the decoder's only text token: it needs "
                 f"sentence_token=true, got sentence_token={config.sentence_token}"
             )
-        if config.keypoint_values not in KEYPOINT_VALUES:
-            raise ValueError(
-                f"unknown keypoint_values {config.keypoint_values!r}; valid values are: {', '.join(KEYPOINT_VALUES)}"
-            )
-        if config.keypoint_values == "phrases" and not config.keypoints:
-            raise ValueError("keypoint_values=phrases sets what the keypoint reader reads: it needs keypoints=2")
+        if config.keypoint_sentence and not config.keypoints:
+            raise ValueError("keypoint_sentence=true is read by the keypoint reader: it needs keypoints=2")
         if not isinstance(config.chunk, int) or config.chunk < 1:
             raise ValueError(f"chunk must be an integer >= 1 (actions predicted per step), got {config.chunk!r}")
         if config.decoding not in DECODINGS:
@@ -162,8 +157,7 @@ class VLAPolicy(nn.Module):
         # One ViT for every camera; a learned embedding per camera tells the decoder which view
         # a token came from.
         self.camera_embed = nn.Parameter(torch.randn(len(c.cameras), c.width) * 0.02)
-        phrase_values = c.keypoint_values == "phrases"
-        self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length, phrases=phrase_values)
+        self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length)
         self.text_proj = nn.Linear(self.text.out_dim, c.width) if c.word_tokens else None
         self.keypoint_reader = None
         if c.keypoints:
@@ -173,7 +167,7 @@ class VLAPolicy(nn.Module):
                 c.keypoints,
                 c.keypoint_channels,
                 roles=c.keypoint_roles,
-                value_dim=self.text.out_dim if phrase_values else 0,
+                sentence=c.keypoint_sentence,
             )
         self.proprio_proj = nn.Sequential(nn.Linear(c.proprio_dim, c.width), nn.LayerNorm(c.width))
         # Proprio arrives in metres and quaternion units: positions vary by ~0.1 while the
@@ -230,8 +224,7 @@ class VLAPolicy(nn.Module):
                 views.append(tokens + self.camera_embed[i])
         vision = torch.cat(views, 1) + self.type_embed[0]
         device = vision.device
-        # the decoder reads the contextual states (phrase embeddings, if any, follow them)
-        text, text_mask = self._text_tokens(text_states[..., : self.text.out_dim], text_mask)
+        text, text_mask = self._text_tokens(text_states, text_mask)
         text = text + self.type_embed[1]
         parts, masks = [vision, text], [torch.ones(vision.shape[:2], dtype=torch.bool, device=device), text_mask]
         if self.config.use_proprio:
@@ -251,9 +244,7 @@ class VLAPolicy(nn.Module):
         tokens only, so padding stays invisible (V8)."""
         parts, masks = [], []
         if self.sentence_proj is not None:
-            real = text_mask.unsqueeze(-1).float()
-            sentence = (text_states.float() * real).sum(1) / real.sum(1).clamp(min=1.0)
-            parts.append(self.sentence_proj(F.normalize(sentence, dim=-1)).unsqueeze(1))
+            parts.append(self.sentence_proj(sentence_embedding(text_states, text_mask)).unsqueeze(1))
             masks.append(torch.ones(len(text_mask), 1, dtype=torch.bool, device=text_mask.device))
         if self.config.word_tokens:
             parts.append(self.text_proj(text_states))

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla.language import sentence_embedding
 from vla.transformer import Block
 
 # Images enter as uint8 HWC; the ViT sees (x / 255 - 0.5) / 0.25, computed once here so no
@@ -132,11 +133,8 @@ class TextQueriedKeypoints(nn.Module):
     pretraining on rendered scenes, then the demos). The policy feeds the coordinates to its
     decoder detached, so the action loss never pulls the detector away from the objects.
 
-    ``value_dim > 0``: each text state is the contextual state (``text_dim``) followed by what
-    the queries read from it (``value_dim``: the embedding of the phrase the word ends,
-    ``MiniLMEncoder(phrases=True)``). The queries choose words by their contextual states
-    (keys) and read those phrases (values): which word names the target comes from the
-    sentence, what it names from the phrase itself.
+    ``sentence=True``: each question also reads the instruction's sentence embedding through
+    its own projection, added to what it read from the words (see PolicyConfig.keypoint_sentence).
     """
 
     def __init__(
@@ -147,10 +145,10 @@ class TextQueriedKeypoints(nn.Module):
         channels: int = 32,
         frequencies: int = 6,
         roles: bool = False,
-        value_dim: int = 0,
+        sentence: bool = False,
     ):
         super().__init__()
-        self.keypoints, self.channels, self.text_dim = keypoints, channels, text_dim
+        self.keypoints, self.channels = keypoints, channels
         self.features = nn.Sequential(
             nn.Conv2d(5, channels, 3, stride=2, padding=1),  # RGB + 2 coordinate channels
             nn.GELU(),
@@ -170,7 +168,7 @@ class TextQueriedKeypoints(nn.Module):
         # numbers, so every other weight starts as it did before roles existed
         self.roles = nn.Parameter(torch.zeros(keypoints, width)) if roles else None
         # made last: without it every weight above starts as before (same random draws)
-        self.value_proj = nn.Linear(value_dim, width) if value_dim else None
+        self.read_sentence = nn.Linear(text_dim, keypoints * width) if sentence else None
 
     def heatmaps(
         self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor
@@ -190,10 +188,12 @@ class TextQueriedKeypoints(nn.Module):
 
     def ask(self, text_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Each keypoint's question (B, K, width), read from the instruction's token states."""
-        keys = self.text_proj(text_states[..., : self.text_dim].float())
-        values = keys if self.value_proj is None else self.value_proj(text_states[..., self.text_dim :].float())
-        questions = self.questions.expand(len(keys), -1, -1)
-        asked, _ = self.read_text(questions, keys, values, key_padding_mask=~text_mask, need_weights=False)
+        text = self.text_proj(text_states.float())
+        questions = self.questions.expand(len(text), -1, -1)
+        asked, _ = self.read_text(questions, text, text, key_padding_mask=~text_mask, need_weights=False)
+        if self.read_sentence is not None:
+            sentence = self.read_sentence(sentence_embedding(text_states, text_mask))
+            asked = asked + sentence.view(len(asked), self.keypoints, -1).to(asked.dtype)
         return asked
 
     def forward(
@@ -216,7 +216,7 @@ class TextQueriedKeypoints(nn.Module):
         """Stop training the part that reads the image (conv map, text queries): its
         coordinates of a demo step then never change and can be read once. The token
         embedding and the roles go on learning from the action loss."""
-        for part in (self.features, self.text_proj, self.read_text, self.query, self.value_proj):
+        for part in (self.features, self.text_proj, self.read_text, self.query, self.read_sentence):
             if part is not None:
                 part.requires_grad_(False)
         self.questions.requires_grad_(False)
