@@ -3,7 +3,8 @@
     python eval/grounding_probe.py data.instructions=augmented_large
     python eval/grounding_probe.py model=gpu grounding.scenes=30000 grounding.steps=3000
 
-Runs only the grounding pretraining of ``train/bc.py`` (the same Hydra config and overrides:
+Runs only the grounding pretraining of ``train/bc.py`` (after its language stage, with
+``model.text_encoder=minilm_tuned``) (the same Hydra config and overrides:
 ``configs/bc.yaml``'s ``grounding`` group, the model's keypoint reader, ``data.instructions``
 for the wordings it learns from), then measures how far each keypoint lands from the truth
 on the scenes grounding kept out, once in the training split's words and once re-worded with
@@ -36,6 +37,7 @@ from vla.grounding import (  # noqa: E402
     ground_and_measure,
     heldout_scene_count,
 )
+from vla.language_tuning import tune_policy_language  # noqa: E402
 from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
 from vla.training import seed_everything  # noqa: E402
 
@@ -80,6 +82,7 @@ def probe(cfg: DictConfig, progress: bool = True) -> dict:
     seed_everything(cfg.seed)
     policy = VLAPolicy(config).to(device)
     split = cfg.data.instructions
+    language = tune_policy_language(policy, cfg.language, split, cfg.seed, progress)
     result, reworded, errors = ground_and_measure(policy, g, cfg.seed, config.image_size, split, progress)
     # errors (N, 2): target, destination on the kept-out scenes worded as held-out paraphrases
     tasks = [str(t) for t in reworded["tasks"]]
@@ -91,6 +94,8 @@ def probe(cfg: DictConfig, progress: bool = True) -> dict:
         "scenes": g.scenes,
         "steps": g.steps,
         "kind_weight": g.kind_weight,
+        "text_encoder": config.text_encoder,
+        "language": language,
         "kept_out_scenes": heldout_scene_count(g.scenes),
         **result,
         "target_by_template": error_rows(errors[:, 0], by_template),

@@ -2,6 +2,11 @@
 
     python eval/language_probe.py                       # train on the train split
     python eval/language_probe.py --train-split augmented
+    python eval/language_probe.py --train-split augmented_large --tune-steps 600
+
+``--tune-steps`` first paraphrase-tunes MiniLM on the training split's wordings
+(``vla/language_tuning.py``), as ``model.text_encoder=minilm_tuned`` does before behaviour
+cloning, and probes the tuned features instead.
 
 Every distinct instruction of a training split is encoded once by the frozen MiniLM (as the
 policy's text encoder does), and small classifiers learn to name the task from it. They are
@@ -34,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from envs.instructions import TEMPLATES, TRAINING_SPLITS, all_instructions, template_of  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
 from vla.language import MiniLMEncoder  # noqa: E402
+from vla.language_tuning import tune_encoder  # noqa: E402
 
 TASKS = tuple(TEMPLATES)
 READERS = ("attention", "linear")
@@ -146,14 +152,16 @@ def balanced_accuracy(table: np.ndarray) -> float:
     return float(np.mean(np.diag(table) / table.sum(1)))
 
 
-def run_probe(train_split: str, steps: int, seeds: int) -> dict:
+def run_probe(train_split: str, steps: int, seeds: int, tune_steps: int = 0) -> dict:
     if train_split not in TRAINING_SPLITS:
         raise ValueError(f"--train-split must be one of {', '.join(TRAINING_SPLITS)}, got {train_split!r}")
     if steps < 1 or seeds < 1:
         raise ValueError(f"--steps and --seeds must be at least 1, got {steps} and {seeds}")
     encoder = MiniLMEncoder()
+    tuning = tune_encoder(encoder, train_split, tune_steps) if tune_steps > 0 else None
     training, heldout = encode_split(encoder, train_split), encode_split(encoder, "heldout")
     result = {"train_split": train_split, "train_wordings": len(training[2]), "heldout_wordings": len(heldout[2])}
+    result |= {"tune_steps": tune_steps, "tuning": tuning}
     labels = heldout[2].numpy()
     for kind in READERS:
         predictions = [predict(train_reader(kind, training, steps, seed), heldout) for seed in range(seeds)]
@@ -168,8 +176,9 @@ def run_probe(train_split: str, steps: int, seeds: int) -> dict:
 
 
 def print_report(result: dict) -> None:
+    tuned = f", paraphrase-tuned for {result['tune_steps']} steps" if result.get("tune_steps") else ""
     print(
-        f"task from frozen MiniLM features: trained on {result['train_wordings']} {result['train_split']} "
+        f"task from frozen MiniLM features{tuned}: trained on {result['train_wordings']} {result['train_split']} "
         f"wordings, tested on {result['heldout_wordings']} held-out paraphrases"
     )
     print("| reader | held-out balanced accuracy | per seed |")
@@ -203,10 +212,11 @@ def main() -> None:
     parser.add_argument("--train-split", default="train", help=" | ".join(TRAINING_SPLITS) + " (default: train)")
     parser.add_argument("--steps", type=int, default=300, help="training steps (batches of 512) per reader")
     parser.add_argument("--seeds", type=int, default=3, help="readers trained per kind")
+    parser.add_argument("--tune-steps", type=int, default=0, help="paraphrase-tune MiniLM first (0: off)")
     parser.add_argument("--output", type=Path, default=Path("outputs/language_probe.json"))
     args = parser.parse_args()
     with user_errors():
-        result = run_probe(args.train_split, args.steps, args.seeds)
+        result = run_probe(args.train_split, args.steps, args.seeds, args.tune_steps)
     print_report(result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import REPO_ROOT, tiny_model_overrides
 
@@ -197,6 +198,20 @@ def test_keypoints_are_grounded_on_rendered_scenes_before_behaviour_cloning(tiny
     assert report["split"] == "augmented"
     rows = [json.loads(line) for line in (tmp_path / "kp" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["keypoint_error_px"] > 0 for r in rows if "loss" in r)
+
+
+def test_paraphrase_tuning_runs_first_and_the_checkpoint_keeps_the_tuned_encoder(tiny_demos, tmp_path):
+    from vla import load_policy
+    from vla.language import MiniLMEncoder
+
+    args = ["trainer.steps=2", "model.text_encoder=minilm_tuned", "language.steps=2", "language.batch_size=4"]
+    result = train(tiny_demos, tmp_path / "tuned", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "language: MiniLM paraphrase-tuned on train wordings for 2 steps" in result.stdout
+    report = json.loads((tmp_path / "tuned" / "language.json").read_text())
+    assert report["steps"] == 2 and report["split"] == "train" and report["first_loss"] > 0
+    tuned = load_policy(tmp_path / "tuned").policy.text.model.embeddings.word_embeddings.weight
+    assert not torch.equal(tuned, MiniLMEncoder().model.embeddings.word_embeddings.weight)
 
 
 def test_keypoints_read_once_after_grounding_train_as_reading_them_every_step_does(tiny_demos, tmp_path):

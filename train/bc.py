@@ -36,6 +36,7 @@ from vla.grounding import (  # noqa: E402
     ground_and_measure,
     read_demo_keypoints,
 )
+from vla.language_tuning import tune_policy_language  # noqa: E402
 from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
 from vla.tokenizer import ActionTokenizer  # noqa: E402
 from vla.training import (  # noqa: E402
@@ -76,8 +77,11 @@ def train(cfg: DictConfig) -> dict | None:
         payload = load_resume_state(run_dir, policy_config, policy, optimizer, schedule)
         start_step, best_success = payload["step"], payload["best_success"]
         tokenizer = ActionTokenizer.from_state_dict(payload["tokenizer"])
-    if policy.keypoint_reader is not None and cfg.grounding.steps > 0 and not cfg.resume and not cfg.get("init"):
-        if rank == 0:  # DistributedDataParallel hands rank 0's weights to the others
+    fresh = not cfg.resume and not cfg.get("init")
+    if fresh and rank == 0:  # DistributedDataParallel hands rank 0's weights to the others
+        tune_language(cfg, policy, run_dir, progress=t.progress)  # before grounding: the reader reads it
+    if policy.keypoint_reader is not None and cfg.grounding.steps > 0 and fresh:
+        if rank == 0:
             ground(cfg, policy, run_dir, progress=t.progress)
     model = policy
     if world > 1:
@@ -297,6 +301,20 @@ def check_dataset_matches(demos: DemoDataset, config: PolicyConfig) -> None:
             f"{recorded_proprio} proprio elements ({', '.join(PROPRIO_NAMES[:recorded_proprio])}); "
             "collect it again with `python train/collect.py` to record the gripper velocity"
         )
+
+
+def tune_language(cfg: DictConfig, policy: VLAPolicy, run_dir: Path, progress: bool) -> None:
+    """Paraphrase tuning of MiniLM on the training wordings (``model.text_encoder=minilm_tuned``,
+    vla/language_tuning.py); its losses go to <run dir>/language.json."""
+    result = tune_policy_language(policy, cfg.language, cfg.data.instructions, cfg.seed, progress)
+    if result is None:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "language.json").write_text(json.dumps({"split": cfg.data.instructions, **result}, indent=2))
+    print(
+        f"language: MiniLM paraphrase-tuned on {cfg.data.instructions} wordings for {result['steps']} steps, "
+        f"loss {result['first_loss']:.3f} -> {result['last_loss']:.3f}"
+    )
 
 
 def ground(cfg: DictConfig, policy: VLAPolicy, run_dir: Path, progress: bool) -> None:

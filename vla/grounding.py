@@ -72,7 +72,7 @@ def pretrain_keypoints(
 
     def heatmap_loss(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            text_states, text_mask = policy.text([instructions[i] for i in index.tolist()], device)
+            text_states, text_mask = policy.reader_text_states([instructions[i] for i in index.tolist()], device)
         if text_dropout > 0:
             hidden = torch.rand(text_mask.shape, generator=generator) < text_dropout
             hidden[:, 0] = False
@@ -207,6 +207,6 @@ def read_keypoints(policy: Any, images: np.ndarray, instructions: list[str]) -> 
     """Where the policy's keypoint reader points in ``images`` (B, H, W, 3) when asked
     ``instructions``: (B, K, 2) image coordinates in [-1, 1], float32 on the policy's device."""
     device = policy.proprio_mean.device
-    text_states, text_mask = policy.text(instructions, device)
+    text_states, text_mask = policy.reader_text_states(instructions, device)
     _, coords, _ = policy.keypoint_reader(torch.from_numpy(images).to(device), text_states, text_mask)
     return coords.float()

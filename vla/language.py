@@ -105,6 +105,11 @@ class MiniLMEncoder(nn.Module):
         states = self.model(**batch).last_hidden_state
         return states, batch["attention_mask"].bool()
 
+    def clear_cache(self) -> None:
+        """Forget every cached instruction: after MiniLM's weights change (vla/language_tuning.py)."""
+        self._row, self._lengths = {}, []
+        self._table = torch.zeros(0, self.max_length, self.out_dim, device=self._table.device)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if not self.trainable:
@@ -142,11 +147,14 @@ def sentence_embedding(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return F.normalize((states.float() * real).sum(1) / real.sum(1).clamp(min=1.0), dim=-1)
 
 
+TEXT_ENCODERS = ("minilm", "minilm_tuned", "minilm_trainable", "scratch")
+
+
 def make_text_encoder(kind: str, width: int, max_length: int = 32) -> nn.Module:
-    if kind == "minilm":
+    if kind in ("minilm", "minilm_tuned"):  # tuned: frozen too, after paraphrase tuning (vla/language_tuning.py)
         return MiniLMEncoder(max_length=max_length)
     if kind == "minilm_trainable":
         return MiniLMEncoder(max_length=max_length, trainable=True)
     if kind == "scratch":
         return ScratchTextEncoder(width=width, max_length=max_length)
-    raise ValueError(f"unknown text encoder {kind!r}; valid values are: minilm, minilm_trainable, scratch")
+    raise ValueError(f"unknown text encoder {kind!r}; valid values are: {', '.join(TEXT_ENCODERS)}")
