@@ -105,3 +105,14 @@ def test_an_untuned_reader_reads_the_package_minilm_while_the_decoder_reads_the_
 def test_an_untuned_reader_needs_a_tuned_encoder_and_keypoints():
     with pytest.raises(ValueError, match="needs text_encoder=minilm_tuned and keypoints=2, got minilm and 2"):
         PolicyConfig.from_dict({**TINY_MODEL, "text_encoder": "minilm", "keypoints": 2, "keypoint_reads_untuned": True})
+
+
+def test_the_noun_probe_reads_each_heldout_noun_with_each_feature():
+    from eval.noun_probe import FEATURES, run
+
+    result = run(tune_steps=0, seeds=1, count=60)
+    assert set(result["features"]) == set(FEATURES)
+    for rates in result["features"].values():
+        assert set(rates) == {"block", "can"} and all(0.0 <= r <= 1.0 for r in rates.values())
+    with pytest.raises(ValueError, match="--seeds must be >= 1"):
+        run(tune_steps=0, seeds=0, count=60)
