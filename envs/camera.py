@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import gymnasium as gym
 import mujoco
 import numpy as np
 
@@ -51,3 +52,26 @@ def key_image_coordinates(key_positions: np.ndarray) -> np.ndarray:
     (``Task.key_positions``) -> their image coordinates (..., 2, 2)."""
     key_positions = np.asarray(key_positions)
     return scene_image_coordinates(key_positions.reshape(*key_positions.shape[:-1], 2, 3))
+
+
+class TrueKeypoints(gym.Wrapper):
+    """Puts the true target and destination the env reports in ``info`` (privileged) into each
+    observation, where a policy reads them: ``key_positions`` (6,) in metres (the state-based
+    imitator of ``eval/expert_imitability.py``) and ``keypoint_uv`` (2, 2) in image
+    coordinates. A VLA policy with keypoints reads ``keypoint_uv`` instead of its reader's
+    (``vla.data.observations_to_batch``): the keypoint oracle of ``eval/evaluate.py
+    keypoints=oracle``, which separates failing to point at the named objects from failing to
+    act on the right points."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return _with_keypoints(obs, info), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return _with_keypoints(obs, info), reward, terminated, truncated, info
+
+
+def _with_keypoints(obs: dict, info: dict) -> dict:
+    uv = key_image_coordinates(info["key_positions"]).astype(np.float32)
+    return {**obs, "key_positions": info["key_positions"], "keypoint_uv": uv}

@@ -4,6 +4,7 @@ accuracy on held-out demos (V3), and the reports (JSON, markdown, video)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +126,10 @@ def run_report(
     swap: bool = False,
     temperature: float = 0.0,
     use_cache: bool = True,
+    env_wrapper: Callable | None = None,
 ) -> dict[str, Any]:
-    """Closed-loop evaluation over splits; writes evaluation.json, evaluation.md, rollouts.mp4."""
+    """Closed-loop evaluation over splits; writes evaluation.json, evaluation.md, rollouts.mp4.
+    ``env_wrapper`` wraps every env (``envs.camera.TrueKeypoints``: the keypoint oracle)."""
     from tqdm import tqdm
 
     runner = PolicyRunner(policy, tokenizer, device, temperature=temperature, use_cache=use_cache)
@@ -144,6 +147,7 @@ def run_report(
             video_episodes=video_episodes if split == splits[0] else 0,
             frame_text=action_text(tokenizer),
             progress=bar.update,
+            env_wrapper=env_wrapper,
         )
         all_results += results
         frames += split_frames

@@ -2,7 +2,10 @@
 
 Config: configs/eval.yaml. Writes evaluation.json, evaluation.md (per-task and overall
 success with 95% Wilson intervals for each instruction split, open-loop token accuracy,
-the language-swap table) and rollouts.mp4 into ``out_dir``.
+the language-swap table) and rollouts.mp4 into ``out_dir``. ``keypoints=oracle`` hands a
+policy with keypoints the true target and destination image coordinates instead of its
+reader's (``envs.camera.TrueKeypoints``): success with them against success with its own
+says how much of a failure is pointing at the named objects and how much acting on them.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout too
 
+from envs.camera import TrueKeypoints  # noqa: E402
+from envs.vocabulary import check_name  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
 from eval.closed_loop import open_loop_accuracy, run_report, split_demos, task_ids  # noqa: E402
 from vla.checkpoint import build_policy, read_checkpoint  # noqa: E402
 from vla.training import resolve_device  # noqa: E402
+
+KEYPOINT_SOURCES = ("read", "oracle")  # who points: the policy's reader, or the simulator's truth
 
 
 @hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
@@ -30,8 +37,11 @@ def main(cfg: DictConfig) -> None:
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     task_ids(list(cfg.tasks))  # fail on an unknown task before any work
+    check_name("keypoints", cfg.keypoints, KEYPOINT_SOURCES)
     payload = read_checkpoint(cfg.checkpoint)
     policy, tokenizer = build_policy(payload)
+    if cfg.keypoints == "oracle" and policy.keypoint_reader is None:
+        raise ValueError("keypoints=oracle replaces the policy's keypoints: this checkpoint has none (keypoints=0)")
     device = resolve_device(cfg.device)
     policy.to(device)
     print(f"checkpoint {payload['path']} (step {payload.get('step')}, {policy.config.decoding} decoding)")
@@ -48,9 +58,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         int(cfg.video_episodes),
         open_loop,
         progress=bool(cfg.progress),
-        swap=bool(cfg.language_swap),
+        # the swap names another object: with the true keypoints of the original one it tests nothing
+        swap=bool(cfg.language_swap) and cfg.keypoints == "read",
         temperature=float(cfg.temperature),
         use_cache=bool(cfg.use_cache),
+        env_wrapper=TrueKeypoints if cfg.keypoints == "oracle" else None,
     )
 
 

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from envs.camera import TrueKeypoints  # noqa: E402
 from envs.collection import record_expert_episode, resolve_tasks  # noqa: E402
 from envs.evaluation import evaluate  # noqa: E402
 from envs.milestones import describe  # noqa: E402
@@ -56,19 +57,6 @@ def state_of(proprio: np.ndarray, key_positions: np.ndarray) -> np.ndarray:
     """What the imitator reads: proprio (grip position, orientation, opening) and the true
     target and destination centres; one step or a stack of them."""
     return np.concatenate([proprio[..., :IMITATOR_PROPRIO], key_positions], -1).astype(np.float32)
-
-
-class WithKeyPositions(gym.Wrapper):
-    """Puts the true centres the env reports in ``info`` into each observation, where a
-    policy reads them."""
-
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        return {**obs, "key_positions": info["key_positions"]}, info
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return {**obs, "key_positions": info["key_positions"]}, reward, terminated, truncated, info
 
 
 def collect(task: str, demos: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -149,7 +137,7 @@ def closed_loop(model: TokenMLP, tokenizer: ActionTokenizer, task: str, episodes
             episodes,
             env_kwargs={"image_size": IMAGE_SIZE},
             progress=bar.update,
-            env_wrapper=WithKeyPositions,
+            env_wrapper=TrueKeypoints,
         )
     summary = result.summary()
     funnel, first = describe(summary["stages_reached"], summary["first_object"])

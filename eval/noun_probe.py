@@ -104,7 +104,7 @@ def run(tune_steps: int, seeds: int, count: int) -> dict:
     if seeds < 1 or count < 10:
         raise ValueError(f"--seeds must be >= 1 and --sentences >= 10, got {seeds} and {count}")
     encoder = MiniLMEncoder()
-    tuning = tune_encoder(encoder, TRAIN_SPLIT, tune_steps, batch_size=32, lr=5e-5) if tune_steps > 0 else None
+    tuning = tune_encoder(encoder, TRAIN_SPLIT, tune_steps) if tune_steps > 0 else None
     rng = np.random.default_rng(0)
     train_rows, test_rows = sentences(TRAIN_SPLIT, count, rng), sentences("heldout", max(10, count // 5), rng)
     train_x, test_x = features(encoder, train_rows), features(encoder, test_rows)

@@ -185,6 +185,13 @@ def test_a_chunked_policy_trains_on_future_actions_and_evaluates_closed_loop(tin
     assert report["tasks"] and 0 <= report["open_loop"]["token_accuracy"] <= 1
 
 
+def test_an_oracle_evaluation_needs_a_policy_with_keypoints(trained_run, tmp_path):
+    result = run("eval/evaluate.py", f"checkpoint={trained_run}", "keypoints=oracle", f"out_dir={tmp_path}")
+    assert_one_clear_error(result, "keypoints=oracle", "this checkpoint has none")
+    result = run("eval/evaluate.py", f"checkpoint={trained_run}", "keypoints=true", f"out_dir={tmp_path}")
+    assert_one_clear_error(result, "unknown keypoints 'true'; valid values are: read, oracle")
+
+
 def test_keypoints_are_grounded_on_rendered_scenes_before_behaviour_cloning(tiny_demos, tmp_path):
     # with instruction augmentation: demos and grounding scenes both re-worded
     scenes = tmp_path / "scenes.npz"
@@ -198,6 +205,13 @@ def test_keypoints_are_grounded_on_rendered_scenes_before_behaviour_cloning(tiny
     assert report["split"] == "augmented"
     rows = [json.loads(line) for line in (tmp_path / "kp" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["keypoint_error_px"] > 0 for r in rows if "loss" in r)
+    # the same policy acting on the true keypoints instead of its reader's (keypoints=oracle)
+    out = tmp_path / "oracle"
+    common = ["episodes=2", "tasks=[reach]", "num_envs=2", "splits=[train]", "progress=false", "video_episodes=0"]
+    result = run("eval/evaluate.py", f"checkpoint={tmp_path / 'kp'}", "keypoints=oracle", *common, f"out_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["tasks"][0]["episodes"] == 2 and report["language_swap"] is None
 
 
 def test_paraphrase_tuning_runs_first_and_the_checkpoint_keeps_the_tuned_encoder(tiny_demos, tmp_path):

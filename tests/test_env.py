@@ -305,3 +305,21 @@ def test_gripper_velocity_tells_closing_from_pressed_on_the_object():
     assert held and min(closing) < -0.1  # the pads moved at > 10 cm/s while closing
     assert abs(np.median(held)) < 0.005 and obs["proprio"][opening] < 0.06
     env.close()
+
+
+def test_true_keypoints_put_the_privileged_target_and_destination_into_each_observation():
+    import torch
+
+    from envs.camera import TrueKeypoints, key_image_coordinates
+    from vla.data import observations_to_batch
+
+    env = TrueKeypoints(gym.make("VLASandbox/PickPlace-v0", image_size=32))
+    obs, info = env.reset(seed=3)
+    assert np.allclose(obs["keypoint_uv"], key_image_coordinates(info["key_positions"]))
+    assert obs["keypoint_uv"].shape == (2, 2) and np.abs(obs["keypoint_uv"]).max() <= 1.0
+    assert not np.allclose(obs["keypoint_uv"][0], obs["keypoint_uv"][1])  # the object and its zone
+    obs, *_, info = env.step(env.action_space.sample())
+    assert np.allclose(obs["key_positions"], info["key_positions"])
+    batch = observations_to_batch([obs, obs], torch.device("cpu"))
+    assert batch["keypoint_coords"].shape == (2, 2, 2)  # the policy reads these instead of its reader's
+    env.close()

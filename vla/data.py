@@ -94,6 +94,9 @@ def observations_to_batch(observations: list[dict[str, Any]], device: torch.devi
     proprio = np.stack([np.asarray(o["proprio"], dtype=np.float32) for o in observations])
     batch["proprio"] = torch.from_numpy(proprio).to(device)
     batch["instruction"] = [str(o["instruction"]) for o in observations]
+    if "keypoint_uv" in observations[0]:  # true keypoints (envs.camera.TrueKeypoints): the reader is skipped
+        uv = np.stack([np.asarray(o["keypoint_uv"], dtype=np.float32) for o in observations])
+        batch["keypoint_coords"] = torch.from_numpy(uv).to(device)
     return batch
 
 

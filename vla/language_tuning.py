@@ -66,8 +66,8 @@ def tune_encoder(
     encoder: MiniLMEncoder,
     split: str,
     steps: int,
-    batch_size: int = 64,
-    lr: float = 2e-5,
+    batch_size: int = 32,  # the defaults are configs/bc.yaml's language group
+    lr: float = 5e-5,
     temperature: float = 0.05,
     seed: int = 0,
     progress: bool = True,
