@@ -86,7 +86,7 @@ class PolicyConfig:
     # its question read from the words. A held-out shape noun's own contextual state reads as
     # the wrong shape ("can" as a cube), while the sentence embedding of its instruction
     # carries the shape (a linear probe trained on the 22 training nouns reads "can" and
-    # "block" right in 95-100% of sentences: docs/results.md, "Session 24").
+    # "block" right in 99-100% of sentences, eval/noun_probe.py: docs/results.md, "Session 24").
     keypoint_sentence: bool = False
     # With text_encoder=minilm_tuned: the keypoint reader reads a second MiniLM, the package's
     # untuned one, while the decoder reads the tuned one. Paraphrase tuning lets a reader of
