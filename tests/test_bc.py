@@ -188,8 +188,8 @@ def test_a_chunked_policy_trains_on_future_actions_and_evaluates_closed_loop(tin
 def test_an_oracle_evaluation_needs_a_policy_with_keypoints(trained_run, tmp_path):
     result = run("eval/evaluate.py", f"checkpoint={trained_run}", "keypoints=oracle", f"out_dir={tmp_path}")
     assert_one_clear_error(result, "keypoints=oracle", "this checkpoint has none")
-    result = run("eval/evaluate.py", f"checkpoint={trained_run}", "keypoints=true", f"out_dir={tmp_path}")
-    assert_one_clear_error(result, "unknown keypoints 'true'; valid values are: read, oracle")
+    result = run("eval/evaluate.py", f"checkpoint={trained_run}", "keypoints=truth", f"out_dir={tmp_path}")
+    assert_one_clear_error(result, "unknown keypoints 'truth'; valid values are: read, oracle")
 
 
 def test_keypoints_are_grounded_on_rendered_scenes_before_behaviour_cloning(tiny_demos, tmp_path):
