@@ -260,6 +260,17 @@ def test_command_flood_at_1khz_is_survived_and_logged_once(realtime):
         load_action().Goal(task="reach", seed=EVAL_SEED_BASE, max_steps=0), feedback_callback=feedback.append
     )
     assert peer.spin_until(goal.done, 10.0) and goal.result().accepted
+
+    def publish(non_finite: bool, malformed: bool) -> None:
+        """One command pair: a NaN twist if ``non_finite``, a wrongly named gripper if ``malformed``."""
+        twist, gripper = m.command_msgs(
+            np.full(7, np.nan) if non_finite else np.zeros(7), peer.node.get_clock().now().to_msg()
+        )
+        if malformed:
+            gripper.name = ["not_a_gripper", "x"]
+        gripper_pub.publish(gripper)
+        twist_pub.publish(twist)
+
     start = time.monotonic()
     # 1.8 s at 1 kHz, some of it garbage. The sim samples the latest pair once per control step,
     # so a lone bad message may never be seen: each kind of garbage also fills whole windows of
@@ -269,14 +280,10 @@ def test_command_flood_at_1khz_is_survived_and_logged_once(realtime):
     for i in range(1800):
         window = int((time.monotonic() - start) / 0.3) % 3
         burst = "non_finite" if window == 1 else "malformed" if window == 2 else None
-        non_finite = burst == "non_finite" or (burst is None and i % 10 == 0)
-        malformed = burst == "malformed" or (burst is None and i % 7 == 0)
-        action = np.full(7, np.nan) if non_finite else np.zeros(7)
-        twist, gripper = m.command_msgs(action, peer.node.get_clock().now().to_msg())
-        if malformed:
-            gripper.name = ["not_a_gripper", "x"]
-        gripper_pub.publish(gripper)
-        twist_pub.publish(twist)
+        publish(
+            non_finite=burst == "non_finite" or (burst is None and i % 10 == 0),
+            malformed=burst == "malformed" or (burst is None and i % 7 == 0),
+        )
         peer.executor.spin_once(timeout_sec=0)
         time.sleep(max(0.0, start + (i + 1) / 1000 - time.monotonic()))
     during = len(feedback)
@@ -295,12 +302,7 @@ def test_command_flood_at_1khz_is_survived_and_logged_once(realtime):
         missing = [w for w in wanted if not any(w in line for line in sim_errors())]
         if not missing:
             break
-        action = np.full(7, np.nan) if missing[0] == wanted[0] else np.zeros(7)
-        twist, gripper = m.command_msgs(action, peer.node.get_clock().now().to_msg())
-        if missing[0] == wanted[1]:
-            gripper.name = ["not_a_gripper", "x"]
-        gripper_pub.publish(gripper)
-        twist_pub.publish(twist)
+        publish(non_finite=missing[0] == wanted[0], malformed=missing[0] == wanted[1])
         peer.executor.spin_once(timeout_sec=0.01)
     # Survived: it keeps stepping; on a loaded machine the flood can outlast the reach task's
     # 3-s time limit, and then the episode must have ended on that limit, not on an error.
