@@ -365,6 +365,16 @@ def split_fingerprint(split: str) -> str:
     return hashlib.sha256(repr(wording).encode()).hexdigest()[:16]
 
 
+def shape_words(split: str) -> dict[str, tuple[str, ...]]:
+    """The nouns ``split`` names each object shape with (cube: ``block`` on heldout, ...)."""
+    return _SHAPE_WORDS[check_name("instruction split", split, INSTRUCTION_SPLITS)]
+
+
+def zone_words(split: str) -> tuple[str, ...]:
+    """The nouns ``split`` names a zone with (``zone`` on train, ``mat`` and ``area`` on heldout, ...)."""
+    return _ZONE_WORDS[check_name("instruction split", split, INSTRUCTION_SPLITS)]
+
+
 def heldout_only_words() -> set[str]:
     """Nouns the held-out split uses for objects and zones (never in training templates)."""
     shapes = {word for words in _SHAPE_WORDS["heldout"].values() for word in words}

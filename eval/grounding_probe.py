@@ -3,8 +3,8 @@
     python eval/grounding_probe.py data.instructions=augmented_large
     python eval/grounding_probe.py model=gpu grounding.scenes=30000 grounding.steps=3000
 
-Runs only the grounding pretraining of ``train/bc.py`` (after its language stage, with
-``model.text_encoder=minilm_tuned``) (the same Hydra config and overrides:
+Runs only the grounding pretraining of ``train/bc.py``, after its language stage where
+``model.text_encoder=minilm_tuned`` asks for one (the same Hydra config and overrides:
 ``configs/bc.yaml``'s ``grounding`` group, the model's keypoint reader, ``data.instructions``
 for the wordings it learns from), then measures how far each keypoint lands from the truth
 on the scenes grounding kept out, once in the training split's words and once re-worded with

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from envs.instructions import _SHAPE_WORDS, TEMPLATES  # noqa: E402
+from envs.instructions import TEMPLATES, shape_words, zone_words  # noqa: E402
 from envs.vocabulary import OBJECT_COLOURS, ZONE_COLOURS  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
 from vla.language import MiniLMEncoder, sentence_embedding  # noqa: E402
@@ -47,8 +47,8 @@ TRAIN_SPLIT = "augmented_large"
 def sentences(split: str, count: int, rng: np.random.Generator) -> list[tuple[str, str, str]]:
     """(sentence, "colour noun" phrase, shape) for random one-object templates of ``split``."""
     templates = [t for task in TEMPLATES for t in TEMPLATES[task][split] if "{base}" not in t]
-    nouns = [(word, shape) for shape, words in _SHAPE_WORDS[split].items() for word in words]
-    colours, zone = list(OBJECT_COLOURS), f"{next(iter(ZONE_COLOURS))} {'mat' if split == 'heldout' else 'zone'}"
+    nouns = [(word, shape) for shape, words in shape_words(split).items() for word in words]
+    colours, zone = list(OBJECT_COLOURS), f"{next(iter(ZONE_COLOURS))} {zone_words(split)[0]}"
     rows = []
     for _ in range(count):
         word, shape = nouns[int(rng.integers(len(nouns)))]
@@ -73,16 +73,15 @@ def features(encoder: MiniLMEncoder, rows: list[tuple[str, str, str]]) -> dict[s
         batch = encoder.tokenizer([r[0] for r in chunk], padding=True, return_tensors="pt", return_offsets_mapping=True)
         offsets = batch.pop("offset_mapping")
         states = encoder.model(**batch).last_hidden_state
-        out["sentence"].append(sentence_embedding(states, batch["attention_mask"].bool()))
+        out["sentence"].extend(sentence_embedding(states, batch["attention_mask"].bool()))
         for i, (text, phrase, _) in enumerate(chunk):
             phrase_start = text.index(phrase)
             noun_start, end = phrase_start + phrase.index(" ") + 1, phrase_start + len(phrase)
-
             noun = token_indices(offsets[i], noun_start, end)
             out["noun_state"].append(states[i, noun].mean(0))
             out["word_embedding"].append(table[batch["input_ids"][i, noun]].mean(0))
             out["phrase_states"].append(states[i, token_indices(offsets[i], phrase_start, end)].mean(0))
-    return {name: torch.cat([v[None] if v.dim() == 1 else v for v in values]) for name, values in out.items()}
+    return {name: torch.stack(rows) for name, rows in out.items()}
 
 
 def probe(train_x: torch.Tensor, train_cube: torch.Tensor, seed: int, steps: int = 500) -> Callable:

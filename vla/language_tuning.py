@@ -26,28 +26,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from envs.instructions import TEMPLATES, TRAINING_SPLITS, make_instruction
-from envs.vocabulary import ZONE_COLOURS, all_objects, check_name
+from envs.instructions import TRAINING_SPLITS, make_instruction
+from envs.tasks import TASK_CLASSES, make_task
+from envs.vocabulary import check_name
 from vla.language import MiniLMEncoder, sentence_embedding
 from vla.training import warmup_cosine
 
 SPEC_KEYS = ("task", "target_colour", "target_shape", "zone_colour", "base_colour", "base_shape")
+_TASKS = [make_task(name) for name in TASK_CLASSES]  # each samples its own specs
 
 
 def random_spec(rng: np.random.Generator) -> dict[str, Any]:
-    """A task spec as ``make_instruction`` reads it: a task, a target and, where the task
-    has one, a zone (push, pick_place) or a base object (stack)."""
-    tasks, objects, zones = list(TEMPLATES), all_objects(), list(ZONE_COLOURS)
-    task = tasks[int(rng.integers(len(tasks)))]
-    target = objects[int(rng.integers(len(objects)))]
-    spec: dict[str, Any] = {"task": task, "target_colour": target[0], "target_shape": target[1]}
-    if task in ("push", "pick_place"):
-        spec["zone_colour"] = zones[int(rng.integers(len(zones)))]
-    if task == "stack":
-        others = [o for o in objects if o != target]
-        base = others[int(rng.integers(len(others)))]
-        spec["base_colour"], spec["base_shape"] = base
-    return spec
+    """A task spec as ``make_instruction`` reads it: a random task, then that task's own
+    ``Task.sample_spec`` (its target and, where it has one, its zone or base object)."""
+    return _TASKS[int(rng.integers(len(_TASKS)))].sample_spec(rng)
 
 
 def paraphrase_loss(

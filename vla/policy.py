@@ -90,7 +90,7 @@ class PolicyConfig:
     keypoint_sentence: bool = False
     # With text_encoder=minilm_tuned: the keypoint reader reads a second MiniLM, the package's
     # untuned one, while the decoder reads the tuned one. Paraphrase tuning lets a reader of
-    # the sentence embedding name the task of 93% of held-out paraphrases (81% untuned), but
+    # the sentence embedding name the task of 92% of held-out paraphrases (81% untuned), but
     # the keypoint reader grounded on tuned states misses the target more on held-out nouns
     # (docs/results.md, "Session 24").
     keypoint_reads_untuned: bool = False
