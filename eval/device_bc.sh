@@ -26,6 +26,8 @@
 #   G6="..." G6_NAME=... WAIT=0 bash eval/device_bc.sh large; bash eval/device_bc.sh poll   # g4 on augmented_large: session 23
 #   SEED=1 SPLITS=[heldout] WAIT=0 bash eval/device_bc.sh large_seed; bash eval/device_bc.sh poll   # g6 on another seed: session 23
 #   WAIT=0 bash eval/device_bc.sh reader; bash eval/device_bc.sh poll   # g6 + the reader reading the sentence, 2 seeds: session 24
+#   bash eval/device_bc.sh stash   # with carry [.mpN], N = 1..3; then with [.mp4, .whl, .gl]:
+#   WAIT=0 bash eval/device_bc.sh mpnet; bash eval/device_bc.sh poll   # g6 reading all-mpnet-base-v2, 2 seeds, + oracle: session 25
 #   bash eval/device_bc.sh widesent; bash eval/device_bc.sh poll   # r2 + the sentence token: lost in session 16
 #     (machine released between the calls), refused in 17, ran in 18 (docs/results.md). Keep
 #     WAIT under ~400: collecting and launching take ~3 min of the call's 600 s before the wait.
@@ -40,9 +42,20 @@
 set -uo pipefail
 phase=$1
 [ -f .carry/minilm16.tar.xz ] && [ ! -d .minilm16 ] && mkdir .minilm16 && tar xJf .carry/minilm16.tar.xz -C .minilm16
+# all-mpnet-base-v2 (model.text_encoder=mpnet) arrives over four calls (eval/device_carry.sh
+# MPNET=1), one part each: `bash eval/device_bc.sh stash` with carry [.mpN]. The working tree
+# is copied afresh for every call (carried and ignored folders do not stay), /tmp does while
+# the machine is warm: the parts wait there, and are joined and checked once all are in.
+mkdir -p /tmp/mpnet_parts && cp .mp[1-4]/mpnet16.* /tmp/mpnet_parts/ 2>/dev/null
+[ "$phase" = stash ] && { ls -l /tmp/mpnet_parts; exit 0; }
+if [ ! -d /tmp/mpnet16 ] && [ -f /tmp/mpnet_parts/mpnet16.sha256 ] && [ "$(ls /tmp/mpnet_parts/mpnet16.tar.part* 2>/dev/null | wc -l)" = 4 ]; then
+  if [ "$(cat /tmp/mpnet_parts/mpnet16.tar.part* | sha256sum)" = "$(cat /tmp/mpnet_parts/mpnet16.sha256)" ]; then
+    mkdir /tmp/mpnet16 && cat /tmp/mpnet_parts/mpnet16.tar.part* | tar xf - -C /tmp/mpnet16 && echo "mpnet: joined the four parts"
+  else echo "mpnet: the parts do not match their checksum (a stale part?)" >&2; fi
+fi
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 [ -d /tmp/site/mujoco ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl VLA_MINILM_PATH=$PWD/.minilm16 PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl VLA_MINILM_PATH=$PWD/.minilm16 VLA_MPNET_PATH=/tmp/mpnet16 PYTHONUNBUFFERED=1
 out=${OUT:-outputs/device}; mkdir -p "$out" outputs/sweep
 # Since session 9 the defaults are the reach suite and the grounded keypoint reader. The
 # phases keep what they ran: every phase names the five-task suite, and those of sessions
@@ -589,8 +602,23 @@ if [ "$phase" = reader ]; then  # session 24, detached, side by side: g6 with th
   python3 -c "from envs.grounding import load_or_render_scenes as r; r('$scenes', 30000, seed=1, workers=15, progress=False, split='augmented_large')"
   g7="$(g2_recipe ${STEPS:-6000}) model.proprio_dim=9 data.instructions=augmented_large model.word_tokens=false ${G7:-model.keypoint_sentence=true}"
   printf '%s\n' "g7_${G7_NAME:-sentence}_${STEPS:-6000} $g7 eval.splits=${SPLITS:-[train,heldout]}" \
-    "g7_${G7_NAME:-sentence}_seed1_${STEPS:-6000} $g7 seed=1 eval.splits=${SPLITS1:-[heldout]}" | launch_runs true
+    "g7_${G7_NAME:-sentence}_seed1_${STEPS:-6000} $g7 seed=1 eval.splits=${SPLITS1:-[heldout]}" | launch_runs "${AFTER:-true}"
   sleep ${WAIT:-300}; phase=report
+fi
+
+# after a run (for launch_runs): the keypoint oracle on held-out paraphrases (pointing vs acting)
+oracle_heldout='python3 eval/evaluate.py checkpoint=outputs/sweep/$name keypoints=oracle splits=[heldout] episodes=100 open_loop=false language_swap=false video_episodes=0 progress=false out_dir=outputs/sweep/$name/oracle > outputs/sweep/$name.oracle.log 2>&1'
+
+if [ "$phase" = mpnet ]; then  # session 25, detached, side by side: g6 reading all-mpnet-base-v2 instead of MiniLM, seeds 0 and 1
+  # A linear task classifier on MiniLM's sentence embedding names the task of 81% of held-out
+  # paraphrases; on all-mpnet-base-v2's, 99.9% (eval/language_probe.py --encoder mpnet). Its
+  # noun states read "can" as a cylinder in 99% of sentences (MiniLM's: 34%). The reader
+  # phase with G7=model.text_encoder=mpnet (paired with g6 and g6 seed 1), then the keypoint
+  # oracle on each run's held-out seeds (AFTER=true: none). G8: more overrides for both runs.
+  # Needs the joined weights: stash the four parts first (eval/device_carry.sh MPNET=1).
+  [ -d /tmp/mpnet16 ] || { echo "mpnet: no /tmp/mpnet16 (stash .mp1 .. .mp4 first)" >&2; exit 3; }
+  G7="model.text_encoder=mpnet ${G8:-}" G7_NAME=${G7_NAME:-mpnet} AFTER="${AFTER:-$oracle_heldout}" bash "$0" reader
+  exit $?
 fi
 
 if [ "$phase" = widesent ]; then  # session 16, detached: r2 (wide) + the sentence token, alone, to the end
@@ -662,8 +690,8 @@ if [ "$phase" = ddp ]; then  # NCCL data parallel on a 2-GPU host: 1 vs 2 proces
   done
 fi
 
-for f in outputs/sweep/*/evaluation.md; do echo "== $f"; cat "$f"; done > "$out/summary_$phase.md" 2>/dev/null
+for f in outputs/sweep/*/evaluation.md outputs/sweep/*/oracle/evaluation.md; do echo "== $f"; cat "$f"; done > "$out/summary_$phase.md" 2>/dev/null
 for f in outputs/sweep/*.log; do echo "== $f"; grep -v "Loading weights" "$f" | tail -25; done > "$out/logs_$phase.txt"
 for f in outputs/sweep/*/best_fp16.pt; do [ -f "$f" ] && split -b 15m "$f" "$out/$(basename $(dirname $f))_best_fp16.pt.part-"; done
-tar czf "$out/runs_$phase.tgz" outputs/sweep/*/metrics.jsonl outputs/sweep/*/evaluation.* outputs/sweep/*/stages.* outputs/sweep/*/config.yaml outputs/sweep/*/rollouts.mp4 2>/dev/null
+tar czf "$out/runs_$phase.tgz" outputs/sweep/*/metrics.jsonl outputs/sweep/*/evaluation.* outputs/sweep/*/oracle/evaluation.* outputs/sweep/*/stages.* outputs/sweep/*/config.yaml outputs/sweep/*/rollouts.mp4 2>/dev/null
 cat "$out/summary_$phase.md"; tail -n 3 outputs/sweep/*.log

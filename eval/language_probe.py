@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs.instructions import TEMPLATES, TRAINING_SPLITS, all_instructions, template_of  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
-from vla.language import MiniLMEncoder  # noqa: E402
+from vla.language import FROZEN_PACKAGED_ENCODERS, PretrainedTextEncoder, pretrained_encoder  # noqa: E402
 from vla.language_tuning import tune_encoder  # noqa: E402
 
 TASKS = tuple(TEMPLATES)
@@ -48,7 +48,7 @@ READERS = ("attention", "linear")
 MAX_WORDINGS_PER_TASK = 3000  # augmented_large has up to 68k per task: a fixed sample of them
 
 
-def encode_split(encoder: MiniLMEncoder, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_split(encoder: PretrainedTextEncoder, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token states (N, L, 384), their mask (N, L) and task labels (N,) of every instruction
     (of a fixed random ``MAX_WORDINGS_PER_TASK`` of a task's, where it has more)."""
     texts, labels = [], []
@@ -73,9 +73,9 @@ def encode_split(encoder: MiniLMEncoder, split: str) -> tuple[torch.Tensor, torc
 class AttentionReader(nn.Module):
     """One learned query over the projected token states, like the decoder's view of them."""
 
-    def __init__(self, width: int = 64):
+    def __init__(self, in_dim: int, width: int = 64):
         super().__init__()
-        self.project = nn.Linear(MiniLMEncoder.out_dim, width)
+        self.project = nn.Linear(in_dim, width)
         self.query = nn.Parameter(torch.randn(width) / width**0.5)
         self.head = nn.Linear(width, len(TASKS))
 
@@ -88,9 +88,9 @@ class AttentionReader(nn.Module):
 class LinearReader(nn.Module):
     """A linear layer on the mean-pooled, normalised sentence embedding."""
 
-    def __init__(self):
+    def __init__(self, in_dim: int):
         super().__init__()
-        self.head = nn.Linear(MiniLMEncoder.out_dim, len(TASKS))
+        self.head = nn.Linear(in_dim, len(TASKS))
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         pooled = (states * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
@@ -102,7 +102,7 @@ def train_reader(kind: str, data: tuple, steps: int, seed: int, batch_size: int 
     states, mask, labels = data
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    reader = AttentionReader() if kind == "attention" else LinearReader()
+    reader = (AttentionReader if kind == "attention" else LinearReader)(states.shape[-1])
     counts = torch.bincount(labels, minlength=len(TASKS)).float()
     loss_fn = nn.CrossEntropyLoss(weight=counts.sum() / (len(TASKS) * counts))
     optimizer = torch.optim.Adam(reader.parameters(), lr=3e-3)
@@ -152,16 +152,18 @@ def balanced_accuracy(table: np.ndarray) -> float:
     return float(np.mean(np.diag(table) / table.sum(1)))
 
 
-def run_probe(train_split: str, steps: int, seeds: int, tune_steps: int = 0) -> dict:
+def run_probe(train_split: str, steps: int, seeds: int, tune_steps: int = 0, encoder_kind: str = "minilm") -> dict:
     if train_split not in TRAINING_SPLITS:
         raise ValueError(f"--train-split must be one of {', '.join(TRAINING_SPLITS)}, got {train_split!r}")
     if steps < 1 or seeds < 1:
         raise ValueError(f"--steps and --seeds must be at least 1, got {steps} and {seeds}")
-    encoder = MiniLMEncoder()
+    if tune_steps > 0 and encoder_kind != "minilm":
+        raise ValueError(f"--tune-steps tunes MiniLM: it needs --encoder minilm, got {encoder_kind!r}")
+    encoder = pretrained_encoder(encoder_kind)
     tuning = tune_encoder(encoder, train_split, tune_steps) if tune_steps > 0 else None
     training, heldout = encode_split(encoder, train_split), encode_split(encoder, "heldout")
     result = {"train_split": train_split, "train_wordings": len(training[2]), "heldout_wordings": len(heldout[2])}
-    result |= {"tune_steps": tune_steps, "tuning": tuning}
+    result |= {"encoder": encoder_kind, "tune_steps": tune_steps, "tuning": tuning}
     labels = heldout[2].numpy()
     for kind in READERS:
         predictions = [predict(train_reader(kind, training, steps, seed), heldout) for seed in range(seeds)]
@@ -178,7 +180,8 @@ def run_probe(train_split: str, steps: int, seeds: int, tune_steps: int = 0) -> 
 def print_report(result: dict) -> None:
     tuned = f", paraphrase-tuned for {result['tune_steps']} steps" if result.get("tune_steps") else ""
     print(
-        f"task from frozen MiniLM features{tuned}: trained on {result['train_wordings']} {result['train_split']} "
+        f"task from frozen {result.get('encoder', 'minilm')} features{tuned}: "
+        f"trained on {result['train_wordings']} {result['train_split']} "
         f"wordings, tested on {result['heldout_wordings']} held-out paraphrases"
     )
     print("| reader | held-out balanced accuracy | per seed |")
@@ -213,10 +216,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps (batches of 512) per reader")
     parser.add_argument("--seeds", type=int, default=3, help="readers trained per kind")
     parser.add_argument("--tune-steps", type=int, default=0, help="paraphrase-tune MiniLM first (0: off)")
+    parser.add_argument("--encoder", default="minilm", help=" | ".join(FROZEN_PACKAGED_ENCODERS) + " (default: minilm)")
     parser.add_argument("--output", type=Path, default=Path("outputs/language_probe.json"))
     args = parser.parse_args()
     with user_errors():
-        result = run_probe(args.train_split, args.steps, args.seeds, args.tune_steps)
+        result = run_probe(args.train_split, args.steps, args.seeds, args.tune_steps, args.encoder)
     print_report(result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))

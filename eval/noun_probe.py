@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from envs.instructions import TEMPLATES, shape_words, zone_words  # noqa: E402
 from envs.vocabulary import OBJECT_COLOURS, ZONE_COLOURS  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
-from vla.language import MiniLMEncoder, sentence_embedding  # noqa: E402
+from vla.language import FROZEN_PACKAGED_ENCODERS, PretrainedTextEncoder, pretrained_encoder, sentence_embedding  # noqa: E402
 from vla.language_tuning import tune_encoder  # noqa: E402
 
 FEATURES = ("noun_state", "word_embedding", "phrase_states", "sentence")
@@ -64,8 +64,8 @@ def token_indices(offsets: torch.Tensor, begin: int, end: int) -> list[int]:
 
 
 @torch.no_grad()
-def features(encoder: MiniLMEncoder, rows: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
-    """Each kind of feature (N, 384) for ``rows``."""
+def features(encoder: PretrainedTextEncoder, rows: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
+    """Each kind of feature (N, the encoder's width) for ``rows``."""
     out: dict[str, list[torch.Tensor]] = {name: [] for name in FEATURES}
     table = encoder.model.embeddings.word_embeddings.weight
     for start in range(0, len(rows), 256):
@@ -99,10 +99,12 @@ def probe(train_x: torch.Tensor, train_cube: torch.Tensor, seed: int, steps: int
     return lambda x: linear((x - mean) / std).squeeze(-1) > 0
 
 
-def run(tune_steps: int, seeds: int, count: int) -> dict:
+def run(tune_steps: int, seeds: int, count: int, encoder_kind: str = "minilm") -> dict:
     if seeds < 1 or count < 10:
         raise ValueError(f"--seeds must be >= 1 and --sentences >= 10, got {seeds} and {count}")
-    encoder = MiniLMEncoder()
+    if tune_steps > 0 and encoder_kind != "minilm":
+        raise ValueError(f"--tune-steps tunes MiniLM: it needs --encoder minilm, got {encoder_kind!r}")
+    encoder = pretrained_encoder(encoder_kind)
     tuning = tune_encoder(encoder, TRAIN_SPLIT, tune_steps) if tune_steps > 0 else None
     rng = np.random.default_rng(0)
     train_rows, test_rows = sentences(TRAIN_SPLIT, count, rng), sentences("heldout", max(10, count // 5), rng)
@@ -110,7 +112,8 @@ def run(tune_steps: int, seeds: int, count: int) -> dict:
     train_cube = torch.tensor([r[2] == "cube" for r in train_rows]).float()
     test_nouns = np.array([r[1].split()[1] for r in test_rows])
     test_cube = np.array([r[2] == "cube" for r in test_rows])
-    result: dict = {"tune_steps": tune_steps, "tuning": tuning, "train_sentences": count, "features": {}}
+    result: dict = {"encoder": encoder_kind, "tune_steps": tune_steps, "tuning": tuning, "train_sentences": count}
+    result["features"] = {}
     for name in FEATURES:
         reads = [probe(train_x[name], train_cube, seed)(test_x[name]).numpy() for seed in range(seeds)]
         right = np.stack(reads) == test_cube
@@ -123,15 +126,16 @@ def run(tune_steps: int, seeds: int, count: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tune-steps", type=int, default=0, help="paraphrase-tune MiniLM first (0: off)")
+    parser.add_argument("--encoder", default="minilm", help=" | ".join(FROZEN_PACKAGED_ENCODERS) + " (default: minilm)")
     parser.add_argument("--seeds", type=int, default=3, help="probes per feature")
     parser.add_argument("--sentences", type=int, default=4000, help="training sentences (held-out: a fifth)")
     parser.add_argument("--output", type=Path, default=Path("outputs/noun_probe.json"))
     args = parser.parse_args()
     with user_errors():
-        result = run(args.tune_steps, args.seeds, args.sentences)
+        result = run(args.tune_steps, args.seeds, args.sentences, args.encoder)
     nouns = list(next(iter(result["features"].values())))
     tuned = f", paraphrase-tuned for {args.tune_steps} steps" if args.tune_steps else ""
-    print(f"held-out nouns read as the right shape by a probe trained on {TRAIN_SPLIT}'s nouns{tuned}")
+    print(f"held-out nouns read as the right shape from {args.encoder}, by probes trained on {TRAIN_SPLIT}'s{tuned}")
     print("| feature | " + " | ".join(f'"{n}"' for n in nouns) + " |")
     print("|---|" + "---|" * len(nouns))
     for name, rates in result["features"].items():

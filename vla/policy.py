@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla.language import make_text_encoder, sentence_embedding
+from vla.language import FROZEN_PACKAGED_ENCODERS, make_text_encoder, sentence_embedding
 from vla.tokenizer import soft_bin_targets
 from vla.transformer import Block, KVCache
 from vla.vision import TextQueriedKeypoints, ViT, random_shift
@@ -51,7 +51,8 @@ class PolicyConfig:
     heads: int = 4
     dropout: float = 0.0
     # minilm (frozen, cached) | minilm_tuned (the same, paraphrase-tuned first by train/bc.py's
-    # language stage and saved with the checkpoint) | minilm_trainable | scratch
+    # language stage and saved with the checkpoint) | minilm_trainable | mpnet (the larger
+    # all-mpnet-base-v2, frozen, cached; the mpnet extra) | scratch
     text_encoder: str = "minilm"
     text_max_length: int = 32
     use_proprio: bool = True
@@ -462,7 +463,7 @@ class VLAPolicy(nn.Module):
         """Weights to checkpoint: a frozen pretrained text encoder reloads from its package
         (a tuned one is saved: its weights are no longer the package's)."""
         state = self.state_dict()
-        if self.config.text_encoder == "minilm":
+        if self.config.text_encoder in FROZEN_PACKAGED_ENCODERS:
             state = {k: v for k, v in state.items() if not k.startswith("text.model.")}
         return {k: v for k, v in state.items() if not k.startswith("reader_text.model.")}  # always the package's
 
@@ -471,7 +472,7 @@ class VLAPolicy(nn.Module):
         missing = [
             k
             for k in missing
-            if not (self.config.text_encoder == "minilm" and k.startswith("text.model."))
+            if not (self.config.text_encoder in FROZEN_PACKAGED_ENCODERS and k.startswith("text.model."))
             and not k.startswith("reader_text.model.")
         ]
         if missing or unexpected:
