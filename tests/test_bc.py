@@ -262,6 +262,7 @@ def test_the_five_task_cpu_recipe_composes_to_the_measured_settings():
     config = PolicyConfig.from_dict(dict(cfg.model))
     assert (config.vision_tokens, config.width, config.layers, config.keypoints) == (False, 64, 2, 2)
     assert config.sentence_token and not config.word_tokens
+    assert config.text_encoder == "mpnet" and config.keypoint_sentence  # session 25
     assert (config.label_sigma, config.decoding) == (24.0, "parallel")
     assert cfg.trainer.cache_keypoints and (cfg.trainer.batch_size, cfg.trainer.steps) == (256, 8000)
     assert cfg.trainer.lr == 1e-3 and cfg.model.image_size == 64  # the rest is the CPU default's

@@ -329,6 +329,8 @@ def test_command_flood_at_1khz_is_survived_and_logged_once(realtime):
 
 def test_watchdog_stops_the_robot_when_the_policy_node_dies(realtime):
     peer, nodes = realtime.peer, realtime.nodes
+    twist_pub = peer.node.create_publisher(TwistStamped, ros.CMD_TWIST, ros.STREAM_QOS)
+    gripper_pub = peer.node.create_publisher(JointState, ros.CMD_GRIPPER, ros.STREAM_QOS)
     feedback: list[tuple[float, object]] = []
     goal = peer.client.client.send_goal_async(
         load_action().Goal(task="reach", seed=EVAL_SEED_BASE, max_steps=400),
@@ -339,6 +341,7 @@ def test_watchdog_stops_the_robot_when_the_policy_node_dies(realtime):
     moving = peer.spin_until(lambda: any(np.any(f.last_action[:6]) for _, f in feedback), 20.0)
     assert moving, "the policy should be moving the robot"
 
+    before_kill = peer.node.get_clock().now().to_msg()  # the stamp of a command sent before the death
     os.killpg(nodes.processes["policy"].pid, signal.SIGKILL)  # dies mid-episode, no goodbye
     killed = time.monotonic()
 
@@ -356,6 +359,25 @@ def test_watchdog_stops_the_robot_when_the_policy_node_dies(realtime):
     assert first_stop <= round(WATCHDOG_TIMEOUT / CONTROL_DT) + in_flight, [list(f.last_action) for f in after[:6]]
     assert all(not np.any(f.last_action[:6]) for f in after[first_stop:])
     assert "watchdog" in nodes.log("sim")
+
+    def send(stamp) -> None:
+        twist, gripper = m.command_msgs(np.array([1.0, 0, 0, 0, 0, 0, 1.0]), stamp)
+        gripper_pub.publish(gripper)
+        twist_pub.publish(twist)
+
+    # A command answering an observation from before the stop (as a dead policy's queued one
+    # would) cannot restart the robot; one answering a later observation can.
+    late = time.monotonic()
+    for _ in range(10):
+        send(before_kill)
+        peer.spin_for(0.05)
+    assert all(not np.any(f.last_action[:6]) for t, f in feedback if t > late)
+
+    def fresh_command_moves() -> bool:
+        send(peer.node.get_clock().now().to_msg())
+        return any(np.any(f.last_action[:6]) for t, f in feedback if t > late)
+
+    assert peer.spin_until(fresh_command_moves, 10.0), "a fresh command should move the robot again"
     goal.result().cancel_goal_async()
     result = goal.result().get_result_async()
     assert peer.spin_until(result.done, 10.0) and result.result().status == GoalStatus.STATUS_CANCELED
