@@ -43,9 +43,10 @@ set -uo pipefail
 phase=$1
 [ -f .carry/minilm16.tar.xz ] && [ ! -d .minilm16 ] && mkdir .minilm16 && tar xJf .carry/minilm16.tar.xz -C .minilm16
 # all-mpnet-base-v2 (model.text_encoder=mpnet) arrives over four calls (eval/device_carry.sh
-# MPNET=1), one part each: `bash eval/device_bc.sh stash` with carry [.mpN]. The working tree
-# is copied afresh for every call (carried and ignored folders do not stay), /tmp does while
-# the machine is warm: the parts wait there, and are joined and checked once all are in.
+# MPNET=1), one part each: `bash eval/device_bc.sh stash` with carry [.mpN]. A carried folder
+# does not stay in the device's working tree to the next call (nor does an ignored folder that
+# also exists here: session 25 lost .mp1 and .mpnet16 that way); /tmp stays while the machine
+# is warm, so the parts wait there and are joined and checked once all four are in.
 mkdir -p /tmp/mpnet_parts && cp .mp[1-4]/mpnet16.* /tmp/mpnet_parts/ 2>/dev/null
 [ "$phase" = stash ] && { ls -l /tmp/mpnet_parts; exit 0; }
 if [ ! -d /tmp/mpnet16 ] && [ -f /tmp/mpnet_parts/mpnet16.sha256 ] && [ "$(ls /tmp/mpnet_parts/mpnet16.tar.part* 2>/dev/null | wc -l)" = 4 ]; then
