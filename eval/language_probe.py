@@ -3,6 +3,7 @@
     python eval/language_probe.py                       # train on the train split
     python eval/language_probe.py --train-split augmented
     python eval/language_probe.py --train-split augmented_large --tune-steps 300
+    python eval/language_probe.py --train-split augmented_large --encoder mpnet   # all-mpnet-base-v2
 
 ``--tune-steps`` first paraphrase-tunes MiniLM on the training split's wordings
 (``vla/language_tuning.py``), as ``model.text_encoder=minilm_tuned`` does before behaviour

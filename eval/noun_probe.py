@@ -2,6 +2,7 @@
 
     python eval/noun_probe.py
     python eval/noun_probe.py --tune-steps 300   # after paraphrase tuning (vla/language_tuning.py)
+    python eval/noun_probe.py --encoder mpnet    # all-mpnet-base-v2's features instead
 
 The keypoint reader must carry "the red can" over to the cylinder from nouns it was trained
 on (the ``augmented_large`` split's 8 cube and 14 cylinder nouns). For each kind of feature,
