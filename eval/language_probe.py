@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs.instructions import TEMPLATES, TRAINING_SPLITS, all_instructions, template_of  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
-from vla.language import FROZEN_PACKAGED_ENCODERS, PretrainedTextEncoder, pretrained_encoder  # noqa: E402
-from vla.language_tuning import tune_encoder  # noqa: E402
+from vla.language import FROZEN_PACKAGED_ENCODERS, PretrainedTextEncoder  # noqa: E402
+from vla.language_tuning import probe_encoder  # noqa: E402
 
 TASKS = tuple(TEMPLATES)
 READERS = ("attention", "linear")
@@ -158,10 +158,7 @@ def run_probe(train_split: str, steps: int, seeds: int, tune_steps: int = 0, enc
         raise ValueError(f"--train-split must be one of {', '.join(TRAINING_SPLITS)}, got {train_split!r}")
     if steps < 1 or seeds < 1:
         raise ValueError(f"--steps and --seeds must be at least 1, got {steps} and {seeds}")
-    if tune_steps > 0 and encoder_kind != "minilm":
-        raise ValueError(f"--tune-steps tunes MiniLM: it needs --encoder minilm, got {encoder_kind!r}")
-    encoder = pretrained_encoder(encoder_kind)
-    tuning = tune_encoder(encoder, train_split, tune_steps) if tune_steps > 0 else None
+    encoder, tuning = probe_encoder(encoder_kind, train_split, tune_steps)
     training, heldout = encode_split(encoder, train_split), encode_split(encoder, "heldout")
     result = {"train_split": train_split, "train_wordings": len(training[2]), "heldout_wordings": len(heldout[2])}
     result |= {"encoder": encoder_kind, "tune_steps": tune_steps, "tuning": tuning}

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from envs.instructions import TEMPLATES, shape_words, zone_words  # noqa: E402
 from envs.vocabulary import OBJECT_COLOURS, ZONE_COLOURS  # noqa: E402
 from eval.cli import user_errors  # noqa: E402
-from vla.language import FROZEN_PACKAGED_ENCODERS, PretrainedTextEncoder, pretrained_encoder, sentence_embedding  # noqa: E402
-from vla.language_tuning import tune_encoder  # noqa: E402
+from vla.language import FROZEN_PACKAGED_ENCODERS, PretrainedTextEncoder, sentence_embedding  # noqa: E402
+from vla.language_tuning import probe_encoder  # noqa: E402
 
 FEATURES = ("noun_state", "word_embedding", "phrase_states", "sentence")
 TRAIN_SPLIT = "augmented_large"
@@ -103,10 +103,7 @@ def probe(train_x: torch.Tensor, train_cube: torch.Tensor, seed: int, steps: int
 def run(tune_steps: int, seeds: int, count: int, encoder_kind: str = "minilm") -> dict:
     if seeds < 1 or count < 10:
         raise ValueError(f"--seeds must be >= 1 and --sentences >= 10, got {seeds} and {count}")
-    if tune_steps > 0 and encoder_kind != "minilm":
-        raise ValueError(f"--tune-steps tunes MiniLM: it needs --encoder minilm, got {encoder_kind!r}")
-    encoder = pretrained_encoder(encoder_kind)
-    tuning = tune_encoder(encoder, TRAIN_SPLIT, tune_steps) if tune_steps > 0 else None
+    encoder, tuning = probe_encoder(encoder_kind, TRAIN_SPLIT, tune_steps)
     rng = np.random.default_rng(0)
     train_rows, test_rows = sentences(TRAIN_SPLIT, count, rng), sentences("heldout", max(10, count // 5), rng)
     train_x, test_x = features(encoder, train_rows), features(encoder, test_rows)

@@ -99,7 +99,6 @@ class SimNode(Node):
         # Realtime: once the watchdog has stopped the robot, a command answering an observation
         # published before the stop cannot restart it. A dead policy's last commands can sit in
         # the executor's queue on a loaded machine and arrive after the stop (seen in CI).
-        self._halted = False
         self._stale_up_to: int | None = None  # stamp key of the last observation before the stop
         self._sent: dict[int, float] = {}  # stamp -> monotonic publish time of that observation
         self._obs_key: int | None = None
@@ -142,7 +141,6 @@ class SimNode(Node):
                 if self._stale_up_to is not None and key <= self._stale_up_to:
                     return  # answers an observation from before the watchdog stop: stale
                 self._latest[kind] = msg
-                self._halted = False
             elif key == self._obs_key:  # lock-step: only commands answering the current observation
                 self._commands.setdefault(key, {})[kind] = msg
             else:
@@ -378,10 +376,12 @@ class SimNode(Node):
         if why is not None:
             self.events_pub.publish(String(data=f"sim: {why}"))
         if why == "watchdog" and self.mode == "realtime":
+            # The moment of the stop: what was answered before it is stale. Emptying the latest
+            # pair keeps the robot still without the filter until two fresh commands arrive, so
+            # this runs once per stop.
             with self._cond:
-                if not self._halted:  # the moment of the stop: what was answered before it is stale
-                    self._halted, self._stale_up_to = True, self._obs_key
-                    self._latest.clear()
+                self._stale_up_to = self._obs_key
+                self._latest.clear()
         return action
 
     def shutdown(self) -> None:

@@ -226,23 +226,24 @@ def sentence_embedding(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 TEXT_ENCODERS = ("minilm", "minilm_tuned", "minilm_trainable", "mpnet", "scratch")
 # frozen, reloaded from their packages (never checkpointed); the probes' --encoder choices too
-FROZEN_PACKAGED_ENCODERS = ("minilm", "mpnet")
+PACKAGED_ENCODERS: dict[str, type[PretrainedTextEncoder]] = {"minilm": MiniLMEncoder, "mpnet": MPNetEncoder}
+FROZEN_PACKAGED_ENCODERS = tuple(PACKAGED_ENCODERS)
 
 
 def pretrained_encoder(kind: str) -> PretrainedTextEncoder:
     """A frozen pretrained encoder by name (eval/language_probe.py, eval/noun_probe.py --encoder)."""
-    if kind not in FROZEN_PACKAGED_ENCODERS:
+    if kind not in PACKAGED_ENCODERS:
         raise ValueError(
             f"unknown pretrained encoder {kind!r}; valid values are: {', '.join(FROZEN_PACKAGED_ENCODERS)}"
         )
-    return MiniLMEncoder() if kind == "minilm" else MPNetEncoder()
+    return PACKAGED_ENCODERS[kind]()
 
 
 def make_text_encoder(kind: str, width: int, max_length: int = 32) -> nn.Module:
-    if kind in ("minilm", "minilm_tuned"):  # tuned: frozen too, after paraphrase tuning (vla/language_tuning.py)
+    if kind in PACKAGED_ENCODERS:
+        return PACKAGED_ENCODERS[kind](max_length=max_length)
+    if kind == "minilm_tuned":  # frozen too, after paraphrase tuning (vla/language_tuning.py)
         return MiniLMEncoder(max_length=max_length)
-    if kind == "mpnet":
-        return MPNetEncoder(max_length=max_length)
     if kind == "minilm_trainable":
         return MiniLMEncoder(max_length=max_length, trainable=True)
     if kind == "scratch":

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from envs.instructions import TRAINING_SPLITS, make_instruction
 from envs.tasks import TASK_CLASSES, make_task
 from envs.vocabulary import check_name
-from vla.language import MiniLMEncoder, sentence_embedding
+from vla.language import MiniLMEncoder, PretrainedTextEncoder, pretrained_encoder, sentence_embedding
 from vla.training import warmup_cosine
 
 SPEC_KEYS = ("task", "target_colour", "target_shape", "zone_colour", "base_colour", "base_shape")
@@ -95,6 +95,16 @@ def tune_encoder(
     encoder.clear_cache()
     window = max(1, min(20, steps // 5))
     return {"first_loss": float(np.mean(losses[:window])), "last_loss": float(np.mean(losses[-window:]))}
+
+
+def probe_encoder(kind: str, split: str, tune_steps: int) -> tuple[PretrainedTextEncoder, dict[str, float] | None]:
+    """The frozen encoder ``kind`` a language probe reads (eval/language_probe.py,
+    eval/noun_probe.py), paraphrase-tuned on ``split`` first when ``tune_steps`` > 0 (MiniLM
+    only), and the tuning's losses (None untuned)."""
+    if tune_steps > 0 and kind != "minilm":
+        raise ValueError(f"--tune-steps tunes MiniLM: it needs --encoder minilm, got {kind!r}")
+    encoder = pretrained_encoder(kind)
+    return encoder, tune_encoder(encoder, split, tune_steps) if tune_steps > 0 else None
 
 
 def tune_policy_language(policy: Any, language: Any, split: str, seed: int, progress: bool = True) -> dict | None:
