@@ -17,15 +17,20 @@ import gymnasium as gym  # noqa: E402
 
 from envs.experts import make_expert  # noqa: E402
 from envs.tabletop_env import ACTION_NAMES, PROPRIO_NAMES, TabletopEnv  # noqa: E402
-from envs.tasks import TASK_CLASSES  # noqa: E402
-
-# Registered ids, in a stable order: reach, push, lift, pick_place, stack.
-TASKS: tuple[str, ...] = tuple(cls.env_id for cls in TASK_CLASSES.values())
-TASK_NAMES: dict[str, str] = {cls.env_id: name for name, cls in TASK_CLASSES.items()}
+from envs.tasks import TASK_NAMES, TASKS, resolve_tasks, task_ids  # noqa: E402
 
 for _env_id, _task in TASK_NAMES.items():
     if _env_id not in gym.registry:
         # No TimeLimit wrapper: the env truncates at its task's time limit itself.
         gym.register(id=_env_id, entry_point="envs.tabletop_env:TabletopEnv", kwargs={"task": _task})
 
-__all__ = ["ACTION_NAMES", "PROPRIO_NAMES", "TASKS", "TASK_NAMES", "TabletopEnv", "make_expert"]
+__all__ = [
+    "ACTION_NAMES",
+    "PROPRIO_NAMES",
+    "TASKS",
+    "TASK_NAMES",
+    "TabletopEnv",
+    "make_expert",
+    "resolve_tasks",
+    "task_ids",
+]

@@ -57,7 +57,7 @@ def key_image_coordinates(key_positions: np.ndarray) -> np.ndarray:
 class TrueKeypoints(gym.Wrapper):
     """Puts the true target and destination the env reports in ``info`` (privileged) into each
     observation, where a policy reads them: ``key_positions`` (6,) in metres (the state-based
-    imitator of ``eval/expert_imitability.py``) and ``keypoint_uv`` (2, 2) in image
+    imitator of ``eval/probes/expert_imitability.py``) and ``keypoint_uv`` (2, 2) in image
     coordinates. A VLA policy with keypoints reads ``keypoint_uv`` instead of its reader's
     (``vla.data.observations_to_batch``): the keypoint oracle of ``eval/evaluate.py
     keypoints=oracle``, which separates failing to point at the named objects from failing to

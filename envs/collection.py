@@ -93,23 +93,6 @@ class CollectSummary:
         return 60.0 * new / self.seconds if self.seconds > 0 else 0.0
 
 
-def resolve_tasks(tasks: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """Accept task names (``pick_place``) or env ids (``VLASandbox/PickPlace-v0``)."""
-    from envs import TASK_NAMES
-
-    names = set(TASK_NAMES.values())
-    resolved = []
-    for task in tasks:
-        name = TASK_NAMES.get(task, task)
-        if name not in names:
-            valid = ", ".join(sorted(names) + sorted(TASK_NAMES))
-            raise ValueError(f"unknown task {task!r}; valid values are: {valid}")
-        resolved.append(name)
-    if not resolved:
-        raise ValueError("no tasks given")
-    return tuple(dict.fromkeys(resolved))
-
-
 # --- worker side -------------------------------------------------------------------------
 _WORKER_ENVS: dict[tuple[str, str], Any] = {}
 
@@ -118,12 +101,11 @@ def _worker_env(task: str, config: CollectConfig):
     """One env per task per worker process, built on first use and reused."""
     import gymnasium as gym
 
-    from envs import TASK_NAMES
+    import envs  # registers the tasks' env ids in this (spawned) worker
 
     key = (task, json.dumps(config.env_config(), sort_keys=True))
     if key not in _WORKER_ENVS:
-        env_id = {v: k for k, v in TASK_NAMES.items()}[task]
-        _WORKER_ENVS[key] = gym.make(env_id, **config.env_config())
+        _WORKER_ENVS[key] = gym.make(envs.task_ids([task])[0], **config.env_config())
     return _WORKER_ENVS[key]
 
 

@@ -6,7 +6,7 @@ Layout of a dataset directory (see docs/data_format.md for the full description)
       episodes/<task>/<task>-s<seed>.h5   one successful episode each, robomimic-like:
           /obs/image          (T, H, W, 3) uint8   scene camera, observation *before* action t
           /obs/wrist_image    (T, H, W, 3) uint8   only if the wrist camera was recorded
-          /obs/proprio        (T, 9) float32       see envs.PROPRIO_NAMES (8 before session 22:
+          /obs/proprio        (T, 9) float32       see envs.PROPRIO_NAMES (8 in datasets from before 2026-12-03:
                                                    no gripper opening velocity)
           /actions            (T, 7) float32       the expert's action label for obs t
           /executed_actions   (T, 7) float32       what was sent to the env (label + noise)
@@ -44,6 +44,7 @@ import numpy as np
 
 from envs.camera import key_image_coordinates
 from envs.instructions import TRAINING_SPLITS, make_instruction
+from envs.tasks import resolve_tasks
 from envs.vocabulary import check_name
 
 INDEX_FILE = "index.h5"
@@ -417,3 +418,31 @@ class DemoDataset:
 
 def _str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def split_demos(demos: DemoDataset, tasks: list[str], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation sample indices (whole episodes go to one side), restricted to
+    the episodes of ``tasks``; the validation demos give open-loop token accuracy (V3).
+
+    Every task asked for must have episodes: a dataset directory collected for other tasks
+    (e.g. reach only, at the five-task suite's path) would otherwise train a "multi-task"
+    policy on one task without a word, and its zero success on the rest would look like
+    a learning failure."""
+    wanted = resolve_tasks(tasks)
+    held = sorted({e.task for e in demos.episodes})
+    missing = [t for t in wanted if t not in held]
+    if missing:
+        raise ValueError(
+            f"the dataset at {demos.root} holds no episodes of {missing} (it holds {held}); collect them "
+            f"with `python train/collect.py output=<new dir> tasks=[{','.join(wanted)}]` and point data.path "
+            "there, or drop them from data.tasks"
+        )
+    episode_of_sample = np.repeat(np.arange(demos.num_episodes), [e.num_samples for e in demos.episodes])
+    rng = np.random.default_rng(seed)
+    n_val = int(round(demos.num_episodes * val_fraction))
+    val_episodes = set(rng.choice(demos.num_episodes, size=n_val, replace=False).tolist()) if n_val else set()
+    is_val = np.array([e in val_episodes for e in episode_of_sample])
+    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    episode_in_tasks = np.array([e.task in wanted for e in demos.episodes])  # per episode, not per sample
+    in_tasks = episode_in_tasks[episode_of_sample]
+    return train_idx[in_tasks[train_idx]], val_idx[in_tasks[val_idx]]

@@ -84,7 +84,7 @@ def evaluate(
     success criterion stay those of the seed. ``video_episodes`` records
     that many episodes per task with the instruction and ``frame_text(action)`` drawn on.
     ``env_wrapper`` wraps each env, e.g. to show the policy privileged state
-    (``eval/expert_imitability.py``); the judging reads the unwrapped simulator.
+    (``eval/probes/expert_imitability.py``); the judging reads the unwrapped simulator.
     """
     env_kwargs = dict(env_kwargs or {})
     results, frames = [], []

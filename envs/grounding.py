@@ -102,7 +102,7 @@ def load_or_render_scenes(
             found = {k: int(cached[k]) for k in ("count", "seed", "image_size")}
             found["split"] = str(cached["split"]) if "split" in cached else "train"  # older caches
             found["wording"] = str(cached["wording"]) if "wording" in cached else None
-            if found == wanted and "key_kinds" in cached:  # caches from before session 23 lack the kinds
+            if found == wanted and "key_kinds" in cached:  # caches from before 2026-12-04 lack the kinds
                 return {k: cached[k] for k in ("images", "instructions", "key_positions", "key_uv", "key_kinds")}
     scenes = render_scenes(count, seed, image_size, workers, progress, split)
     path.parent.mkdir(parents=True, exist_ok=True)

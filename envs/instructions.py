@@ -15,9 +15,9 @@ Three splits per task:
   word orders that name the destination first, polite and "your job is" framings) and more
   nouns per shape and zone (8 for cube, 14 for cylinder, 9 for zone: ``brick``, ``tin``, ``rug``,
   ...), under the same rule:
-  no word, and no word piece, that only the held-out split uses. Written in session 23 after
-  the held-out results of earlier sessions were known, so it is not blind to them; it keeps
-  to generic variety rather than copying held-out constructions (docs/results.md, "Session 23").
+  no word, and no word piece, that only the held-out split uses. Written on 2026-12-04 after
+  the held-out results of earlier runs were known, so it is not blind to them; it keeps
+  to generic variety rather than copying held-out constructions (docs/ablations.md).
 
 Templates use ``{target}``, ``{zone}`` and ``{base}`` slots; the noun phrases that fill
 them are split-specific too (see ``_SHAPE_WORDS`` and ``_ZONE_WORDS``).

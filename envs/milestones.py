@@ -38,9 +38,9 @@ NEAR = 0.03  # m: the grip site this close to the object's centre counts as "at"
 MOVED = 0.02  # m: how much closer to the zone an object must get to count as "pushed"
 # "Lifted": held between the pads with its centre this far above its resting height. Pushes
 # tip or ride objects up: the push expert's own episodes raise them by up to 1.7 cm (4.9 cm
-# once in 100 with collection noise, pinched between the closed pads), so session 15's 1 cm
+# once in 100 with collection noise, pinched between the closed pads), so an earlier 1 cm
 # without the grasp test counted pushes as lifts. A carry holds the object some 10 cm up; a
-# pinch that goes higher still counts (3% of a state-based imitator's pushes, session 18).
+# pinch that goes higher still counts (3% of a state-based imitator's pushes).
 LIFTED = 0.06
 # "Gone to" an object: the grip site this low (travel is at hover height, ~0.11 m; the arm
 # starts at 0.08 m or higher) and within this horizontal distance (pushing stands 0.06 m

@@ -14,12 +14,11 @@ from envs.video import annotate, save_video, side_by_side
 
 def record_expert_video(config: CollectConfig, path: Path, seed_offset: int = 10_000_000) -> Path:
     """Roll out each task's expert once (seeds outside the dataset's) and save a video."""
-    from envs import TASK_NAMES
+    from envs import task_ids
 
-    ids = {name: env_id for env_id, name in TASK_NAMES.items()}
     frames = []
-    for k, task in enumerate(config.tasks):
-        env = gym.make(ids[task], render_mode="rgb_array", **config.env_config())
+    for k, (task, env_id) in enumerate(zip(config.tasks, task_ids(config.tasks), strict=True)):
+        env = gym.make(env_id, render_mode="rgb_array", **config.env_config())
         expert = make_expert(env)
         obs, info = env.reset(seed=config.seed + seed_offset + k)
         done = False

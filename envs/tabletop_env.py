@@ -1,5 +1,5 @@
 """The gymnasium environment: one task of the tabletop suite behind the observation/action
-contract of DESIGN.md.
+contract (docs/architecture.md).
 
 Action (float32, 7-D, each element in [-1, 1]; out-of-range values are clipped, NaN/inf
 raise ValueError naming the element):

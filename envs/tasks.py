@@ -271,8 +271,34 @@ class Stack(Task):
         )
 
 
+# --- the one registry of task names ------------------------------------------------------
 TASK_CLASSES: dict[str, type[Task]] = {t.name: t for t in (Reach, Push, Lift, PickPlace, Stack)}
+# Gymnasium ids, in a stable order: reach, push, lift, pick_place, stack.
+TASKS: tuple[str, ...] = tuple(cls.env_id for cls in TASK_CLASSES.values())
+TASK_NAMES: dict[str, str] = {cls.env_id: name for name, cls in TASK_CLASSES.items()}  # env id -> name
 
 
 def make_task(name: str) -> Task:
     return TASK_CLASSES[check_name("task", name, TASK_CLASSES)]()
+
+
+def resolve_tasks(tasks: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Task names from names (``pick_place``) or env ids (``VLASandbox/PickPlace-v0``), in the
+    order given, without repeats; an unknown one is a ValueError listing the valid values."""
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    resolved = []
+    for task in tasks:
+        name = TASK_NAMES.get(task, task)
+        if name not in TASK_CLASSES:
+            valid = ", ".join(list(TASK_CLASSES) + list(TASK_NAMES))
+            raise ValueError(f"unknown task {task!r}; valid values are: {valid}")
+        resolved.append(name)
+    if not resolved:
+        raise ValueError(f"no tasks given; valid values are: {', '.join(TASK_CLASSES)}")
+    return tuple(dict.fromkeys(resolved))
+
+
+def task_ids(tasks: list[str] | tuple[str, ...]) -> list[str]:
+    """Gymnasium env ids of task names or ids (``resolve_tasks`` checks them)."""
+    return [TASK_CLASSES[name].env_id for name in resolve_tasks(tasks)]

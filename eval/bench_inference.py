@@ -5,33 +5,38 @@ Rows: ``kv_cache`` (prefill once, then one token at a time against cached keys/v
 ``recompute_all`` (the whole model per token: image and instruction re-encoded too, what a
 plain forward call per token costs); ``parallel`` (all 7 tokens in one pass).
 
-    python eval/bench_inference.py [--checkpoint RUN_DIR_OR_PT] [--repeats 200] [--model cpu|gpu]
+    python eval/bench_inference.py [--checkpoint RUN_DIR_OR_PT] [--repeats 200] [--model small|large]
+    python eval/bench_inference.py --compete     # batch 1 beside a CPU-bound process: threads matter
 
 Times ``policy.decode`` on one observation (the policy's whole per-step cost), checks that
 cached and both uncached decodings give identical tokens on every call, and reports ratios
 within this one run (timings on a shared machine drift; ratios drift less). Without a
 checkpoint it times a freshly initialised model of the named config (the speed does not
 depend on the weights); the parallel row then is the same architecture in parallel mode.
+
+``--compete`` times batch-1 parallel decoding with torch's default threads and with the
+threads ``vla.load_policy`` chooses (``threads="auto"``: one thread for a batch of one), each
+alone and beside a CPU-bound process on every core (a shared laptop, a simulator next door).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
+from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout too
+from vla.checkpoint import build_policy, read_checkpoint
+from vla.cli import compose_config
+from vla.inference import inference_threads
+from vla.policy import PolicyConfig, VLAPolicy
 
-from vla.checkpoint import build_policy, read_checkpoint  # noqa: E402
-from vla.policy import PolicyConfig, VLAPolicy  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 INSTRUCTIONS = ["pick up the red cube and put it in the orange zone", "stack the blue cylinder on the green cube"]
 
 
@@ -40,7 +45,7 @@ def make_policies(args: argparse.Namespace) -> tuple[VLAPolicy, VLAPolicy]:
         trained, _ = build_policy(read_checkpoint(args.checkpoint))
         values, weights = trained.config_dict(), trained.state_dict()
     else:
-        values = yaml.safe_load((REPO / "configs" / "model" / f"{args.model}.yaml").read_text())
+        values = OmegaConf.to_container(compose_config("bc", [f"model={args.model}"]).model)
         weights = None
     # The same weights both ways, whichever decoding the config trained with: the KV cache
     # only exists for autoregressive decoding.
@@ -69,11 +74,14 @@ def timed(fn, repeats: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--model", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--model", default="small", choices=["small", "large"])
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--compete", action="store_true", help="batch 1 alone and beside a CPU-bound process")
     args = parser.parse_args()
+    if args.repeats < 1:
+        raise SystemExit(f"error: --repeats must be >= 1, got {args.repeats}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -83,11 +91,13 @@ def main() -> None:
     observations = [
         {
             "image": torch.randint(0, 256, (1, size, size, 3), dtype=torch.uint8, generator=g),
-            "proprio": torch.randn(1, 8, generator=g),
+            "proprio": torch.randn(1, policy.config.proprio_dim, generator=g),
             "instruction": [INSTRUCTIONS[i % 2]],
         }
         for i in range(8)
     ]
+    if args.compete:
+        return compete(parallel, observations, args.repeats)
     mismatches = 0
     for batch in observations:
         cached = policy.decode(batch, use_cache=True)
@@ -124,6 +134,39 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({"median_ms": medians, "identical_tokens": mismatches == 0}, indent=1))
     if mismatches:
         raise SystemExit(f"error: KV-cache decoding differed from full recomputation on {mismatches} observations")
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+def compete(policy: VLAPolicy, observations: list[dict], repeats: int) -> None:
+    """Median batch-1 latency by thread count, alone and beside one busy process per core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    settings = {"torch default": torch.get_num_threads(), "auto (vla.load_policy)": inference_threads(1)}
+    rows = []
+    for load in ("alone", f"beside {cores} busy processes"):
+        stop = multiprocessing.Event()
+        spinners = [multiprocessing.Process(target=_spin, args=(stop,)) for _ in range(cores if load != "alone" else 0)]
+        for p in spinners:
+            p.start()
+        try:
+            for name, threads in settings.items():
+                torch.set_num_threads(threads)
+                with torch.inference_mode():
+                    times = timed(lambda: policy.decode(observations[0]), repeats)
+                rows.append(
+                    (load, name, threads, statistics.median(times) * 1e3, sorted(times)[int(0.9 * len(times))] * 1e3)
+                )
+        finally:
+            stop.set()
+            for p in spinners:
+                p.join()
+    print(f"batch-1 parallel decoding, {cores} cores, {repeats} calls per row")
+    print(f"{'load':<26}{'threads':<24}{'n':>3}{'median ms':>11}{'p90 ms':>9}")
+    for load, name, threads, median, p90 in rows:
+        print(f"{load:<26}{name:<24}{threads:>3}{median:>11.2f}{p90:>9.2f}")
 
 
 if __name__ == "__main__":

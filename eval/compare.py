@@ -13,24 +13,10 @@ split with several tasks, the same pooled over all of them (every episode is its
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from envs.stats import format_rate, mcnemar_exact_p  # noqa: E402
-
-Outcomes = dict[tuple[str, str], dict[int, bool]]
-
-
-def read_outcomes(path: Path) -> Outcomes:
-    """(task, split) -> {seed: success} from an evaluation.json."""
-    try:
-        rows = json.loads(path.read_text())["per_episode"]
-        return {(r["task"], r["split"]): dict(zip(r["seeds"], r["successes"], strict=True)) for r in rows}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise SystemExit(f"error: {path} is not an eval/evaluate.py evaluation.json ({error!r})") from None
+from envs.stats import format_rate, mcnemar_exact_p
+from vla.evaluation.closed_loop import Outcomes, read_outcomes
 
 
 def compare(a: Outcomes, b: Outcomes) -> list[dict]:

@@ -10,34 +10,43 @@ says how much of a failure is pointing at the named objects and how much acting 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout too
-
-from envs.camera import TrueKeypoints  # noqa: E402
-from envs.vocabulary import check_name  # noqa: E402
-from eval.cli import user_errors  # noqa: E402
-from eval.closed_loop import open_loop_accuracy, run_report, split_demos, task_ids  # noqa: E402
-from vla.checkpoint import build_policy, read_checkpoint  # noqa: E402
-from vla.training import resolve_device  # noqa: E402
+from envs.camera import TrueKeypoints
+from envs.dataset import split_demos
+from envs.instructions import INSTRUCTION_SPLITS
+from envs.tasks import task_ids
+from envs.vocabulary import check_name
+from vla.checkpoint import build_policy, read_checkpoint
+from vla.cli import hydra_entry
+from vla.console import run_log
+from vla.evaluation.closed_loop import open_loop_accuracy, run_report
+from vla.training.runtime import resolve_device
 
 KEYPOINT_SOURCES = ("read", "oracle")  # who points: the policy's reader, or the simulator's truth
 
 
-@hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    with user_errors():
-        evaluate_checkpoint(cfg)
+def check_config(cfg: DictConfig) -> None:
+    """Every check that needs no model: one clear error before the checkpoint loads."""
+    if not Path(cfg.checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
+    task_ids(list(cfg.tasks))
+    check_name("keypoints", cfg.keypoints, KEYPOINT_SOURCES)
+    for split in cfg.splits:
+        check_name("splits", split, INSTRUCTION_SPLITS)
+    if not isinstance(cfg.episodes, int) or cfg.episodes < 1:
+        raise ValueError(f"episodes must be a whole number >= 1, got {cfg.episodes!r}")
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
-    task_ids(list(cfg.tasks))  # fail on an unknown task before any work
-    check_name("keypoints", cfg.keypoints, KEYPOINT_SOURCES)
+    with run_log(Path(cfg.out_dir) / "evaluate.log"):
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg: DictConfig) -> dict:
     payload = read_checkpoint(cfg.checkpoint)
     policy, tokenizer = build_policy(payload)
     if cfg.keypoints == "oracle" and policy.keypoint_reader is None:
@@ -68,7 +77,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
 
 def held_out_accuracy(cfg: DictConfig, payload: dict, policy, tokenizer, device: torch.device) -> dict | None:
     """Open-loop accuracy on the demo episodes the checkpoint's run held out (V3)."""
-    from envs.dataset import DemoDataset
+    from envs.dataset import DemoDataset  # h5py: only when there is a dataset to read
 
     train_config = payload.get("train_config") or {}
     data = train_config.get("data", {})
@@ -83,4 +92,4 @@ def held_out_accuracy(cfg: DictConfig, payload: dict, policy, tokenizer, device:
 
 
 if __name__ == "__main__":
-    main()
+    hydra_entry("eval", evaluate_checkpoint, check_config)

@@ -1,7 +1,7 @@
 """Where a training step's time goes (V7, L9).
 
     python eval/profile_training.py [--device cuda] [--batch-sizes 256,1024] [bc.yaml overrides ...]
-    e.g. python eval/profile_training.py --device cuda model=gpu trainer=gpu data=five data.path=data/all100
+    e.g. python eval/profile_training.py --device cuda +recipe=five_gpu
 
 Three measurements of train/bc.py's step, on the same model, demos and loader settings:
 1. End to end: the training loop as bc.py runs it (DataLoader workers feeding the device,
@@ -36,16 +36,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from eval.cli import user_errors  # noqa: E402
-from train.bc import _to, build, make_dataset, make_loader, mixed_precision  # noqa: E402
-from vla.data import ActionTokenDataset, collate  # noqa: E402
-from vla.training import StepSampler, make_optimizer  # noqa: E402
+from vla.cli import compose_config, user_errors
+from vla.data import ActionTokenDataset, collate
+from vla.training.bc import build, check_config, make_dataset, make_loader, mixed_precision, to_device
+from vla.training.runtime import StepSampler, make_optimizer
 
 STAGES = ("data wait", "to device", "forward", "backward", "optimizer")
 
@@ -75,8 +71,8 @@ def main() -> None:
             raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda, but torch sees no CUDA device here")
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            cfg = compose("bc", overrides=args.overrides)
+        cfg = compose_config("bc", args.overrides)
+        check_config(cfg)
         report = profile(cfg, torch.device(args.device), args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "profile.json").write_text(json.dumps(report, indent=2))
@@ -146,12 +142,12 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
 
     def end_to_end() -> float:
         """Samples/s of bc.py's loop: no synchronisation inside it."""
-        return t.batch_size / seconds_per_step(lambda: step(_to(next(batches), device)))
+        return t.batch_size / seconds_per_step(lambda: step(to_device(next(batches), device)))
 
     # 1. end to end, as bc.py runs it, right after start-up (timed again after 2 and 3, when
     # first-seen costs such as new instruction wordings are rarer: the two differ if they matter)
     for _ in range(args.warmup):
-        step(_to(next(batches), device))
+        step(to_device(next(batches), device))
     report["end_to_end_samples_per_s"] = end_to_end()
 
     # 2. stage by stage (synchronised, so the stages add up)
@@ -160,7 +156,7 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
         mark = _stopwatch(sync, stages)
         batch = next(batches)
         mark("data wait")
-        batch = _to(batch, device)
+        batch = to_device(batch, device)
         mark("to device")
         step(batch, stages)
     report["stage_ms"] = {name: 1000 * total / args.steps for name, total in stages.items()}
@@ -170,7 +166,7 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
     for size in args.batch_sizes or [t.batch_size]:
         # the loader's first batch of this size, read here: a worker pool for one batch is waste
         first = itertools.islice(StepSampler(len(train_idx), cfg.seed), size)
-        batch = _to(collate([dataset[i] for i in first]), device)
+        batch = to_device(collate([dataset[i] for i in first]), device)
         for _ in range(args.warmup):
             step(batch)
         seconds = seconds_per_step(partial(step, batch))
@@ -180,7 +176,7 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
     report["loader_us_per_sample"] = loader_cost(dataset, t.batch_size)
 
     if args.trace_steps:
-        report["top_ops"] = trace(step, lambda: _to(next(batches), device), device, args)
+        report["top_ops"] = trace(step, lambda: to_device(next(batches), device), device, args)
     return report
 
 

@@ -24,8 +24,8 @@ import numpy as np
 from omegaconf import MISSING, OmegaConf
 
 from envs import TASK_NAMES
-from envs.collection import resolve_tasks
 from envs.evaluation import EVAL_SEED_BASE, TaskResult, evaluate, markdown_table
+from envs.tasks import resolve_tasks
 from ros2_bridge.processes import NodeProcesses, default_domain_id, policy_env_kwargs, ros_env, start_bridge
 
 

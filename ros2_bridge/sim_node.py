@@ -41,9 +41,9 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from envs import TASK_NAMES  # noqa: E402
-from envs.collection import resolve_tasks  # noqa: E402
 from envs.instructions import INSTRUCTION_SPLITS  # noqa: E402
 from envs.scene import ARM_JOINTS, FINGER_JOINTS  # noqa: E402
+from envs.tasks import resolve_tasks  # noqa: E402
 from ros2_bridge import messages as m  # noqa: E402
 from ros2_bridge import ros  # noqa: E402
 from ros2_bridge.interfaces import load_action  # noqa: E402

@@ -1,14 +1,13 @@
-"""Shared fixtures: the repository root on sys.path, headless rendering, small datasets."""
+"""Shared fixtures: headless rendering, a tiny model, small datasets (the repository root is
+on sys.path through pyproject's pytest ``pythonpath``)."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 import pytest  # noqa: E402
 
@@ -23,7 +22,12 @@ TINY_MODEL = {
     "heads": 2,
     "text_encoder": "scratch",
     "keypoints": 0,
+    "keypoint_sentence": False,
     "aux_weight": 0.0,
+    "sentence_token": False,
+    "word_tokens": True,
+    "decoding": "autoregressive",
+    "label_sigma": 0.0,
 }
 
 

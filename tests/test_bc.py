@@ -16,6 +16,7 @@ from tests.conftest import REPO_ROOT, tiny_model_overrides
 
 FAST = [
     "trainer.progress=false",
+    "trainer.cache_keypoints=false",
     "trainer.log_every=1",
     "trainer.batch_size=8",
     "trainer.warmup_steps=2",
@@ -214,27 +215,13 @@ def test_keypoints_are_grounded_on_rendered_scenes_before_behaviour_cloning(tiny
     assert report["tasks"][0]["episodes"] == 2 and report["language_swap"] is None
 
 
-def test_paraphrase_tuning_runs_first_and_the_checkpoint_keeps_the_tuned_encoder(tiny_demos, tmp_path):
-    from vla import load_policy
-    from vla.language import MiniLMEncoder
-
-    args = ["trainer.steps=2", "model.text_encoder=minilm_tuned", "language.steps=2", "language.batch_size=4"]
-    result = train(tiny_demos, tmp_path / "tuned", *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "language: MiniLM paraphrase-tuned on train wordings for 2 steps" in result.stdout
-    report = json.loads((tmp_path / "tuned" / "language.json").read_text())
-    assert report["steps"] == 2 and report["split"] == "train" and report["first_loss"] > 0
-    tuned = load_policy(tmp_path / "tuned").policy.text.model.embeddings.word_embeddings.weight
-    assert not torch.equal(tuned, MiniLMEncoder().model.embeddings.word_embeddings.weight)
-
-
 def test_keypoints_read_once_after_grounding_train_as_reading_them_every_step_does(tiny_demos, tmp_path):
     """Without the auxiliary loss the reader gets no gradient in behaviour cloning (its
     coordinates reach the decoder detached), so reading each demo step once must leave the
     losses as they were: only the work per step changes."""
     scenes = tmp_path / "scenes.npz"
     grounding = ["grounding.scenes=200", "grounding.steps=5", "grounding.batch_size=16", f"grounding.path={scenes}"]
-    model = ["model.keypoints=2", "model.aux_weight=0", "model.keypoint_roles=true", "model.vision_tokens=false"]
+    model = ["model.keypoints=2", "model.aux_weight=0", "model.vision_tokens=false"]
     steps = ["trainer.steps=4"]
     cached = train(tiny_demos, tmp_path / "cached", *steps, "trainer.cache_keypoints=true", *model, *grounding)
     assert cached.returncode == 0, cached.stderr[-3000:]
@@ -244,50 +231,45 @@ def test_keypoints_read_once_after_grounding_train_as_reading_them_every_step_do
     a, b = losses(tmp_path / "cached"), losses(tmp_path / "every")
     assert sorted(a) == [1, 2, 3, 4] and a == pytest.approx(b, rel=1e-4)
 
-    bad = ["trainer.cache_keypoints=true", "model.keypoints=2", "model.aux_weight=1"]
+    bad = ["trainer.cache_keypoints=true", "model.keypoints=2", "model.aux_weight=1", "model.keypoint_sentence=true"]
     wrong = train(tiny_demos, tmp_path / "bad", *bad)
     assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
     needs = "cache_keypoints=true needs model.keypoints=2, model.aux_weight=0 and data.instructions=train"
     assert needs in wrong.stderr and "got 2, 1 and train" in wrong.stderr
 
 
-def test_the_five_task_cpu_recipe_composes_to_the_measured_settings():
-    from hydra import compose, initialize_config_dir
-
-    from train.bc import check_keypoint_cache
+def test_the_default_and_the_recipes_compose_to_their_measured_settings():
+    from vla.cli import compose_config
     from vla.policy import PolicyConfig
+    from vla.training.bc import check_config
 
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        cfg = compose("bc", ["data=five", "model=cpu_keypoints", "trainer=cpu_keypoints"])
-    config = PolicyConfig.from_dict(dict(cfg.model))
-    assert (config.vision_tokens, config.width, config.layers, config.keypoints) == (False, 64, 2, 2)
-    assert config.sentence_token and not config.word_tokens
-    assert config.text_encoder == "mpnet" and config.keypoint_sentence  # session 25
-    assert (config.label_sigma, config.decoding) == (24.0, "parallel")
-    assert cfg.trainer.cache_keypoints and (cfg.trainer.batch_size, cfg.trainer.steps) == (256, 8000)
-    assert cfg.trainer.lr == 1e-3 and cfg.model.image_size == 64  # the rest is the CPU default's
-    check_keypoint_cache(cfg)  # no error: the two groups fit together
+    cfg = compose_config("bc", [])  # python train/bc.py: five tasks, the ViT model, on the CPU
+    config = check_config(cfg)
+    assert config == PolicyConfig()  # the small model is PolicyConfig's defaults, nothing more
+    assert (
+        config.vision_tokens
+        and config.keypoints == 2
+        and list(cfg.data.tasks) == ["reach", "push", "lift", "pick_place", "stack"]
+    )
+    assert config.text_encoder == "sentence-transformers/all-mpnet-base-v2" and cfg.trainer.cache_keypoints
 
+    keypoints_only = check_config(compose_config("bc", ["+recipe=five_cpu_keypoints"]))
+    assert not keypoints_only.vision_tokens and (keypoints_only.width, keypoints_only.layers) == (64, 2)
 
-def test_the_best_gpu_model_composes_to_the_measured_m2_settings():
-    from hydra import compose, initialize_config_dir
-
-    from vla.policy import PolicyConfig
-
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
-        cfg = compose("bc", ["data=five", "model=gpu_best", "trainer=gpu", "data.instructions=augmented_large"])
-    config = PolicyConfig.from_dict(dict(cfg.model))
-    assert (config.width, config.layers, config.keypoints, config.keypoint_roles) == (256, 6, 2, True)
-    assert config.sentence_token and not config.word_tokens and config.proprio_dim == 9
-    assert (config.label_sigma, config.decoding) == (24.0, "parallel")
-    assert config.text_encoder == "mpnet" and config.keypoint_sentence  # session 25's m2
-    assert cfg.grounding.path.endswith("_augmented_large.npz")  # its own grounding scenes
+    gpu = compose_config("bc", ["+recipe=five_gpu"])
+    large = PolicyConfig.from_dict(dict(gpu.model))
+    assert (large.width, large.layers, large.patch_size, large.keypoints) == (256, 6, 8, 2)
+    assert large.sentence_token and not large.word_tokens and large.proprio_dim == 9 and large.aux_weight == 1
+    assert (large.label_sigma, large.decoding) == (24.0, "parallel")
+    assert (gpu.trainer.steps, gpu.trainer.lr, gpu.data.episodes_per_task) == (6000, 3e-4, 2000)
+    assert gpu.grounding.path.endswith("_augmented_large.npz")  # its own grounding scenes
+    assert list(gpu.eval.splits) == ["train", "heldout"]
 
 
 def test_closed_loop_probe_compares_the_policy_with_the_expert_on_its_own_states(trained_run, tmp_path):
     out = tmp_path / "probe.json"
     args = ["--checkpoint", str(trained_run), "--tasks", "reach", "--episodes", "1", "--out", str(out)]
-    result = run("eval/probe_closed_loop.py", *args, "--variants", "policy", "expert_translation")
+    result = run("eval/probes/closed_loop_probe.py", *args, "--variants", "policy", "expert_translation")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert [r["variant"] for r in rows] == ["policy", "expert_translation"]
@@ -300,21 +282,22 @@ def test_closed_loop_probe_compares_the_policy_with_the_expert_on_its_own_states
 def test_perception_oracle_trains_camera_and_privileged_policies_and_runs_them(tiny_demos, tmp_path):
     out = tmp_path / "oracle.json"
     args = ["--data", str(tiny_demos), "--task", "reach", "--steps", "2", "--batch-size", "4", "--episodes", "1"]
-    result = run("eval/perception_oracle.py", *args, "--threads", "1", "--oracle-noise-cm", "0", "3", "--out", str(out))
+    result = run(
+        "eval/probes/perception_oracle.py", *args, "--threads", "1", "--oracle-noise-cm", "0", "3", "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["camera"]["episodes"] == report["oracle"]["episodes"] == report["oracle, 3 cm error"]["episodes"] == 1
     assert "| oracle |" in result.stdout and "| camera |" in result.stdout
-    missing = run("eval/perception_oracle.py", "--data", str(tmp_path / "nowhere"))
+    missing = run("eval/probes/perception_oracle.py", "--data", str(tmp_path / "nowhere"))
     assert missing.returncode != 0 and "no dataset at" in missing.stderr
 
 
 def test_periodic_evaluation_picks_best_on_validation_seeds_not_the_test_seeds(monkeypatch):
     """best.pt is chosen by the periodic score: it must not see eval/evaluate.py's episodes."""
-    import torch
     from omegaconf import OmegaConf
 
-    import eval.closed_loop as closed_loop
+    import vla.evaluation.closed_loop as closed_loop
     from envs.evaluation import EVAL_SEED_BASE, VALIDATION_SEED_BASE
     from tests.conftest import TINY_MODEL
     from vla.policy import PolicyConfig, VLAPolicy
@@ -338,7 +321,6 @@ def test_periodic_evaluation_picks_best_on_validation_seeds_not_the_test_seeds(m
 
 
 def test_fp16_weights_copy_is_smaller_and_loads_as_the_same_policy(trained_run, tmp_path):
-    import torch
 
     from vla.checkpoint import build_policy, read_checkpoint, save_weights_fp16
 
@@ -357,7 +339,7 @@ def test_fp16_weights_copy_is_smaller_and_loads_as_the_same_policy(trained_run, 
 
 def test_success_by_wording_replays_each_seed_to_its_template(trained_run):
     from envs.instructions import TEMPLATES
-    from eval.by_wording import success_by_wording, table
+    from eval.probes.by_wording import success_by_wording, table
 
     rows = success_by_wording(trained_run / "evaluation.json", progress=False)
     report = json.loads((trained_run / "evaluation.json").read_text())
@@ -368,3 +350,30 @@ def test_success_by_wording_replays_each_seed_to_its_template(trained_run):
         task = r["task"].split("/")[-1].removesuffix("-v0").lower().replace("pickplace", "pick_place")
         assert r["template"] in TEMPLATES[task][r["split"]]
         assert f"| {r['template']} |" in table(rows)
+
+
+def test_a_config_group_typo_is_one_clear_error_and_leaves_no_run_directory(tmp_path):
+    run_dir = tmp_path / "r"
+    result = run("train/bc.py", "data=nosuchsuite", f"run_dir={run_dir}")
+    assert_one_clear_error(result, "data=nosuchsuite", "valid values are: five, reach")
+    assert len(result.stderr.strip().splitlines()) == 1 and not run_dir.exists()
+    result = run("train/bc.py", "trainer.stepz=3", f"run_dir={run_dir}")
+    assert_one_clear_error(result, "trainer.stepz=3: no such setting", "steps, batch_size")
+    result = run("train/ppo.py", "+recipe=nope", f"run_dir={run_dir}")
+    assert_one_clear_error(result, "+recipe=nope", "reach_cpu_smoke, reach_gpu")
+    assert not run_dir.exists()
+
+
+def test_a_bad_task_name_fails_before_any_data_is_collected_or_loaded(tmp_path):
+    data, run_dir = tmp_path / "demos", tmp_path / "r"
+    result = run("train/bc.py", "data.tasks=[flyaway]", f"data.path={data}", f"run_dir={run_dir}")
+    assert_one_clear_error(result, "unknown task 'flyaway'", "pick_place")
+    assert not data.exists() and not run_dir.exists()  # nothing collected, no empty run directory
+    assert "collect" not in result.stdout and "load demos" not in result.stderr
+
+
+def test_the_run_log_holds_what_the_run_printed(trained_run):
+    log = (trained_run / "bc.log").read_text()
+    assert "config: tasks ['reach', 'lift']" in log and "token layout per step" in log
+    assert "all tasks" in log  # the final evaluation table
+    assert "\r" not in log  # no progress-bar refreshes

@@ -13,8 +13,9 @@ from pathlib import Path
 import h5py
 import pytest
 
-from envs.collection import CollectConfig, collect, resolve_tasks
+from envs.collection import CollectConfig, collect
 from envs.dataset import DemoDataset, episode_files
+from envs.tasks import resolve_tasks
 
 from .conftest import REPO_ROOT
 
@@ -46,13 +47,12 @@ def test_env_settings_cannot_change_under_an_existing_dataset(tmp_path):
 
 def test_unknown_task_lists_valid_names():
     assert resolve_tasks(["VLASandbox/PickPlace-v0", "stack"]) == ("pick_place", "stack")
-    with pytest.raises(ValueError, match="unknown task 'fold_laundry'; valid values are: lift, pick_place"):
+    message = "unknown task 'fold_laundry'; valid values are: reach, push, lift, pick_place"
+    with pytest.raises(ValueError, match=message):
         resolve_tasks(["fold_laundry"])
 
 
 COLLECT_SNIPPET = """
-import sys
-sys.path.insert(0, {root!r})
 from pathlib import Path
 from envs.collection import CollectConfig, collect
 collect(CollectConfig(tasks=("push", "pick_place"), episodes_per_task={n}, output=Path({out!r}),
@@ -61,9 +61,10 @@ collect(CollectConfig(tasks=("push", "pick_place"), episodes_per_task={n}, outpu
 
 
 def start_collection(output: Path, episodes: int) -> subprocess.Popen:
-    code = COLLECT_SNIPPET.format(root=str(REPO_ROOT), n=episodes, out=str(output))
+    code = COLLECT_SNIPPET.format(n=episodes, out=str(output))
     return subprocess.Popen(
         [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

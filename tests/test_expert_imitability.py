@@ -1,4 +1,4 @@
-"""eval/expert_imitability.py: the state-based imitator reads what a policy could read, learns
+"""eval/probes/expert_imitability.py: the state-based imitator reads what a policy could read, learns
 the expert's tokens, and its closed-loop report carries the milestone funnel."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.expert_imitability import collect, train
+from eval.probes.expert_imitability import collect, train
 from vla.tokenizer import ActionTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,19 +42,19 @@ def test_the_imitator_fits_the_expert_tokens():
 def test_script_reports_success_and_funnel(tmp_path):
     out = tmp_path / "imitability.json"
     tiny = "--tasks push --demos 2 --steps 5 --episodes 1 --threads 1".split()
-    command = [sys.executable, "eval/expert_imitability.py", *tiny, "--out", str(out)]
+    command = [sys.executable, "eval/probes/expert_imitability.py", *tiny, "--out", str(out)]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
     result = json.loads(out.read_text())["results"]["push (seed 0)"]
     assert result["episodes"] == 1 and "behind object, low" in result["funnel"]
 
 
 def test_bad_task_is_one_clear_error():
-    command = [sys.executable, "eval/expert_imitability.py", "--tasks", "fly"]
+    command = [sys.executable, "eval/probes/expert_imitability.py", "--tasks", "fly"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "unknown task 'fly'" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_negative_label_sigma_is_one_clear_error():
-    command = [sys.executable, "eval/expert_imitability.py", "--label-sigma", "-2"]
+    command = [sys.executable, "eval/probes/expert_imitability.py", "--label-sigma", "-2"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--label-sigma must be >= 0 bins" in done.stderr

@@ -1,4 +1,4 @@
-"""eval/exposure_bias.py: the expert's grasped states, and the teacher-forced vs free-running
+"""eval/probes/exposure_bias.py: the expert's grasped states, and the teacher-forced vs free-running
 gap, which a policy that never reads its earlier tokens cannot have."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from eval.closed_loop import task_ids
-from eval.exposure_bias import GRASP_HEIGHT, decoding_gap, expert_states
+from envs.tasks import task_ids
+from eval.probes.exposure_bias import GRASP_HEIGHT, decoding_gap, expert_states
 from tests.conftest import REPO_ROOT, TINY_MODEL
 from vla.policy import PolicyConfig, VLAPolicy
 from vla.tokenizer import ActionTokenizer
@@ -44,6 +44,6 @@ def test_parallel_decoding_has_no_gap_and_autoregressive_decoding_can():
 
 
 def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
-    command = [sys.executable, "eval/exposure_bias.py", "--checkpoint", str(tmp_path / "none")]
+    command = [sys.executable, "eval/probes/exposure_bias.py", "--checkpoint", str(tmp_path / "none")]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no checkpoint at" in done.stderr and "Traceback" not in done.stderr

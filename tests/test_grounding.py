@@ -13,8 +13,8 @@ from envs.camera import scene_image_coordinates
 from envs.grounding import load_or_render_scenes, render_scenes
 from envs.vocabulary import OBJECT_COLOURS
 from tests.conftest import TINY_MODEL, tiny_model_overrides
-from vla.grounding import heldout_error, pretrain_keypoints
 from vla.policy import PolicyConfig, VLAPolicy
+from vla.training.grounding import heldout_error, pretrain_keypoints
 
 
 def nearest_object_colour(pixel: np.ndarray) -> str:
@@ -100,7 +100,14 @@ def test_the_held_out_split_rewords_the_same_scenes(tmp_path):
 def keypoint_policy() -> VLAPolicy:
     torch.manual_seed(0)
     return VLAPolicy(
-        PolicyConfig.from_dict({**TINY_MODEL, "keypoints": 2, "keypoint_channels": 16, "text_encoder": "minilm"})
+        PolicyConfig.from_dict(
+            {
+                **TINY_MODEL,
+                "keypoints": 2,
+                "keypoint_channels": 16,
+                "text_encoder": "sentence-transformers/all-MiniLM-L6-v2",
+            }
+        )
     )
 
 
@@ -124,21 +131,6 @@ def synthetic_scenes(count: int = 160) -> dict[str, np.ndarray]:
         "instructions": np.array([f"touch the red cube number {i % 7}" for i in range(count)]),
         "key_uv": rng.uniform(-1, 1, (count, 2, 2)).astype(np.float32),
     }
-
-
-def test_text_dropout_hides_instruction_tokens_from_the_reader_in_training():
-    scenes = synthetic_scenes()
-
-    def train(text_dropout: float) -> dict[str, float]:
-        return pretrain_keypoints(
-            keypoint_policy(), scenes, steps=3, batch_size=32, progress=False, text_dropout=text_dropout
-        )
-
-    plain = train(0.0)
-    assert plain == train(0.0)  # deterministic, so the difference below is the dropout's
-    assert train(0.5)["train_loss"] != plain["train_loss"]
-    with pytest.raises(ValueError, match=r"text_dropout must be in \[0, 1\), got 1.0"):
-        train(1.0)
 
 
 def test_scenes_label_what_each_keypoint_names():
@@ -181,13 +173,14 @@ def test_the_kind_loss_asks_the_reader_what_each_keypoint_names():
 
 
 def test_the_grounding_probe_breaks_paraphrase_errors_down_by_template_and_noun(tmp_path):
-    from eval.grounding_probe import load_config, markdown, noun_of, probe
+    from eval.probes.grounding_probe import markdown, noun_of, probe
+    from vla.cli import compose_config
 
     overrides = [
         *tiny_model_overrides(),
         "model.keypoints=2",
         "model.keypoint_channels=16",
-        "model.text_encoder=minilm",
+        "model.text_encoder=sentence-transformers/all-MiniLM-L6-v2",
         "grounding.scenes=300",
         "grounding.steps=5",
         "grounding.batch_size=32",
@@ -196,7 +189,7 @@ def test_the_grounding_probe_breaks_paraphrase_errors_down_by_template_and_noun(
         "data.instructions=augmented_large",
         "device=cpu",
     ]
-    report = probe(load_config(overrides), progress=False)
+    report = probe(compose_config("bc", overrides), progress=False)
     assert report["split"] == "augmented_large" and report["kept_out_scenes"] == 30
     rows = report["target_by_template"]
     assert sum(r["scenes"] for r in rows) == 30 and {r["group"][0] for r in rows} >= {"reach", "push", "stack"}
@@ -209,4 +202,4 @@ def test_the_grounding_probe_breaks_paraphrase_errors_down_by_template_and_noun(
     assert noun_of("destination", "build a tower: blue can over red block") == "block"
     assert noun_of("destination", "tap the red block") == "block"  # reach: the target is the destination
     with pytest.raises(ValueError, match="model.keypoints=2, got 0"):
-        probe(load_config([*tiny_model_overrides(), "device=cpu"]), progress=False)
+        probe(compose_config("bc", [*tiny_model_overrides(), "device=cpu"]), progress=False)

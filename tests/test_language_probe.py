@@ -1,4 +1,4 @@
-"""eval/language_probe.py: task classifiers on frozen MiniLM features, tested on paraphrases."""
+"""eval/probes/language_probe.py: task classifiers on frozen MiniLM features, tested on paraphrases."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.conftest import REPO_ROOT
 
 
 def run_probe(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO_ROOT / "eval/language_probe.py"), *args]
+    command = [sys.executable, str(REPO_ROOT / "eval/probes/language_probe.py"), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 

@@ -71,7 +71,7 @@ def test_an_episode_that_lifts_another_object_went_to_another_object_first():
 
 
 def test_pushes_that_tip_the_object_up_are_not_lifts():
-    # The push expert's pads tip some objects up by more than a centimetre (which session 15's
+    # The push expert's pads tip some objects up by more than a centimetre (which an earlier
     # test counted as lifted); none of its episodes is a lift.
     heights = []
 

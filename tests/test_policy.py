@@ -20,7 +20,7 @@ INSTRUCTIONS = [
 
 def make_policy(**overrides) -> VLAPolicy:
     torch.manual_seed(0)
-    return VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "layers": 2, **overrides})).eval()
+    return VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "layers": 2, "proprio_dim": 8, **overrides})).eval()
 
 
 def random_batch(n: int = 4, size: int = 32, seed: int = 0) -> dict:
@@ -260,25 +260,16 @@ def swapped_keypoints_logits(policy: VLAPolicy, batch: dict) -> tuple[torch.Tens
     return as_read, swapped
 
 
-def test_without_roles_the_decoder_cannot_tell_target_from_destination():
-    """No positions over the prefix: the two keypoint tokens are interchangeable."""
+def test_keypoint_roles_tell_the_decoder_which_keypoint_is_the_target():
+    """No positions over the prefix: only the learned roles tell the two keypoint tokens apart."""
     policy, batch = make_policy(keypoints=2), random_batch(4)
+    assert torch.count_nonzero(policy.keypoint_reader.roles) == 0  # zeros at init: interchangeable
     as_read, swapped = swapped_keypoints_logits(policy, batch)
     assert torch.allclose(as_read, swapped, atol=1e-5)
-
-
-def test_keypoint_roles_tell_the_decoder_which_keypoint_is_the_target():
-    policy, batch = make_policy(keypoints=2, keypoint_roles=True), random_batch(4)
-    assert torch.count_nonzero(policy.keypoint_reader.roles) == 0  # zeros: no random draws at init
     with torch.no_grad():
         policy.keypoint_reader.roles.normal_()  # as training leaves them
     as_read, swapped = swapped_keypoints_logits(policy, batch)
     assert not torch.allclose(as_read, swapped, atol=1e-3)
-    # zero-initialised roles leave every other initial weight as it was without them
-    plain = make_policy(keypoints=2).state_dict()
-    with_roles = make_policy(keypoints=2, keypoint_roles=True).state_dict()
-    assert set(with_roles) - set(plain) == {"keypoint_reader.roles"}
-    assert all(torch.equal(plain[k], with_roles[k]) for k in plain)
 
 
 def test_keypoints_must_be_off_or_two():
@@ -355,29 +346,25 @@ def test_a_bad_chunk_names_what_is_allowed(chunk):
         PolicyConfig.from_dict({**TINY_MODEL, "chunk": chunk})
 
 
-def test_a_checkpoint_from_before_chunking_still_matches_its_config(tmp_path):
-    """Configs saved before a field existed hold its default (chunk = 1)."""
-    from dataclasses import asdict
+def test_a_format_1_checkpoint_is_migrated_and_a_retired_option_is_refused_by_name(tmp_path):
+    """Old checkpoints name encoders by short names and leave later fields out; those trained
+    with options retired since cannot be rebuilt and say so."""
+    import pytest
 
-    from vla.checkpoint import check_config, read_checkpoint, save_checkpoint
+    from vla.checkpoint import CheckpointError, build_policy, read_checkpoint, save_checkpoint
 
     policy = make_policy()
-    payload = read_checkpoint(save_checkpoint(tmp_path / "p.pt", policy, ActionTokenizer(256)))
-    del payload["policy_config"]["chunk"]
-    check_config(payload, asdict(policy.config))
-
-
-def test_a_checkpoint_from_before_keypoint_roles_loads_without_them(tmp_path):
-    """Its config has no keypoint_roles: it loads as written, without role weights."""
-    from vla.checkpoint import build_policy, read_checkpoint, save_checkpoint
-
-    policy = make_policy(keypoints=2)
-    payload = read_checkpoint(save_checkpoint(tmp_path / "p.pt", policy, ActionTokenizer(256)))
-    del payload["policy_config"]["keypoint_roles"]
-    loaded, _ = build_policy(payload)
-    assert loaded.keypoint_reader.roles is None
-    batch = random_batch(2)
-    assert torch.equal(loaded.eval().decode(batch), policy.decode(batch))
+    path = save_checkpoint(tmp_path / "p.pt", policy, ActionTokenizer(256))
+    payload = torch.load(path, weights_only=False)
+    old = {k: v for k, v in payload["policy_config"].items() if k != "label_sigma"}  # a field added later
+    payload.update(format="vla-sandbox-policy/1", policy_config=old)
+    torch.save(payload, path)
+    loaded, _ = build_policy(read_checkpoint(path))
+    assert loaded.config.label_sigma == 0.0  # format 1's default, not today's 24
+    retired = {**old, "text_encoder": "minilm_tuned"}
+    torch.save({**payload, "policy_config": retired}, path)
+    with pytest.raises(CheckpointError, match="retired since .*text_encoder=minilm_tuned"):
+        read_checkpoint(path)
 
 
 def test_the_sentence_token_is_one_more_text_token_and_is_read():
@@ -411,14 +398,14 @@ def test_cached_keypoints_without_a_vit_need_no_image_but_a_vit_does():
     batch = random_batch(4)
     coords = {"keypoint_coords": torch.zeros(4, 2, 2)}
     no_image = {k: v for k, v in batch.items() if k != "image"}
-    policy = make_policy(keypoints=2, keypoint_roles=True, vision_tokens=False)
+    policy = make_policy(keypoints=2, vision_tokens=False)
     assert torch.equal(policy.action_logits({**no_image, **coords}), policy.action_logits({**batch, **coords}))
     with pytest.raises(ValueError, match="has no 'image'"):
         make_policy(keypoints=2).action_logits({**no_image, **coords})
 
 
 def test_without_vision_tokens_the_scene_reaches_the_decoder_through_the_keypoints_only():
-    policy, batch = make_policy(keypoints=2, keypoint_roles=True, vision_tokens=False), random_batch(4)
+    policy, batch = make_policy(keypoints=2, vision_tokens=False), random_batch(4)
     assert policy.vision is None and not any(k.startswith("vision.") for k in policy.state_dict())
     assert dict(policy.token_layout(batch))["vision"] == 2
     assert torch.equal(policy.decode(batch, use_cache=True), policy.decode(batch, use_cache=False))
@@ -436,7 +423,7 @@ def test_without_vision_tokens_keypoints_and_the_scene_camera_alone_are_required
 
 
 def test_keypoints_read_once_give_the_decoder_what_reading_them_gives():
-    policy, batch = make_policy(keypoints=2, keypoint_roles=True, vision_tokens=False), random_batch(4)
+    policy, batch = make_policy(keypoints=2, vision_tokens=False), random_batch(4)
     with torch.no_grad():
         policy.keypoint_reader.roles.normal_()
         _, coords, _ = policy.keypoint_reader(batch["image"], *policy.text(batch["instruction"], torch.device("cpu")))
@@ -452,7 +439,7 @@ def test_keypoints_read_once_give_the_decoder_what_reading_them_gives():
 
 
 def test_freezing_the_reader_stops_its_reading_part_but_not_its_token_embedding():
-    reader = make_policy(keypoints=2, keypoint_roles=True).keypoint_reader
+    reader = make_policy(keypoints=2).keypoint_reader
     reader.freeze_reading()
     frozen = {n for n, p in reader.named_parameters() if not p.requires_grad}
     assert {n for n, _ in reader.named_parameters()} - frozen == {
@@ -464,9 +451,9 @@ def test_freezing_the_reader_stops_its_reading_part_but_not_its_token_embedding(
 def test_minilm_cache_gives_what_encoding_gives_whatever_the_order_it_filled_in():
     """The frozen encoder's cache (one padded table, grown as new instructions arrive)
     returns, for any batch, the states and mask that encoding the batch afresh gives."""
-    from vla.language import MiniLMEncoder
+    from vla.language import MINILM, PretrainedTextEncoder
 
-    encoder = MiniLMEncoder()
+    encoder = PretrainedTextEncoder(MINILM)
     device = torch.device("cpu")
     encoder(INSTRUCTIONS[:1], device)  # one row first: the table must grow (twice) later
     encoder(INSTRUCTIONS[2:], device)

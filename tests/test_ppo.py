@@ -23,9 +23,9 @@ import envs  # noqa: F401  (registers the tasks)
 from tests.conftest import REPO_ROOT, TINY_MODEL, tiny_model_overrides
 from vla.checkpoint import read_checkpoint, save_checkpoint
 from vla.policy import PolicyConfig, VLAPolicy
-from vla.ppo import RegularisedPPO, token_kl
-from vla.sb3_policy import VLAActorCriticPolicy
-from vla.token_env import TokenActionEnv, decode_instructions, encode_instruction
+from vla.rl.ppo import RegularisedPPO, token_kl
+from vla.rl.sb3_policy import VLAActorCriticPolicy
+from vla.rl.token_env import TokenActionEnv, decode_instructions, encode_instruction
 from vla.tokenizer import ActionTokenizer
 
 TASK = "VLASandbox/Reach-v0"

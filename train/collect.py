@@ -6,21 +6,19 @@ summary JSON with the collection throughput, and a video of one expert rollout p
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout too
+from envs.collection import CollectConfig, collect, write_summary
+from envs.rollout_video import record_expert_video
+from envs.tasks import resolve_tasks
+from vla.cli import hydra_entry
 
-from envs.collection import CollectConfig, collect, resolve_tasks, write_summary  # noqa: E402
-from envs.rollout_video import record_expert_video  # noqa: E402
 
-
-@hydra.main(config_path="../configs", config_name="collect", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    config = CollectConfig(
+def collect_config(cfg: DictConfig) -> CollectConfig:
+    """The collection's settings, checked (a bad value is one error before any worker starts)."""
+    return CollectConfig(
         tasks=resolve_tasks(list(cfg.tasks)),
         episodes_per_task=int(cfg.episodes_per_task),
         output=Path(cfg.output),
@@ -32,6 +30,10 @@ def main(cfg: DictConfig) -> None:
         expert_noise=float(cfg.expert_noise),
         start_spread=float(cfg.start_spread),
     )
+
+
+def main(cfg: DictConfig) -> None:
+    config = collect_config(cfg)
     summary = collect(config, progress=bool(cfg.progress))
     summary_path = write_summary(config.output, config, summary)
     print(f"\n{'task':<12}{'kept':>6}{'failed':>8}")
@@ -45,4 +47,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    hydra_entry("collect", main, collect_config)

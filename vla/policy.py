@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla.language import FROZEN_PACKAGED_ENCODERS, make_text_encoder, sentence_embedding
+from vla.language import check_text_encoder, is_pretrained, make_text_encoder, sentence_embedding
 from vla.tokenizer import soft_bin_targets
 from vla.transformer import Block, KVCache
 from vla.vision import TextQueriedKeypoints, ViT, random_shift
@@ -41,85 +41,42 @@ CAMERA_KEYS = {"scene": "image", "wrist": "wrist_image"}
 
 @dataclass
 class PolicyConfig:
-    image_size: int = 64
-    patch_size: int = 8
-    vision_pool: int = 1  # average-pool k x k patch tokens before the decoder (V5, V20)
-    vision_layers: int = 2
+    """Every model setting and its default: the defaults are the CPU model (configs/model/small.yaml
+    states nothing more); configs/model/large.yaml states what the GPU model changes."""
+
+    # --- vision: a ViT over the scene camera ---
+    image_size: int = 64  # square camera images, pixels per side
+    patch_size: int = 16  # ViT patch side in pixels: (64 / 16)^2 = 16 patch tokens
+    vision_pool: int = 1  # average-pool k x k patch tokens before the decoder (fewer tokens: V5, V20)
+    vision_layers: int = 1  # ViT transformer blocks
     patch_embed: str = "linear"  # linear (classic ViT) | conv (a small conv stem before the tokens)
-    width: int = 128
-    layers: int = 4
-    heads: int = 4
-    dropout: float = 0.0
-    # minilm (frozen, cached) | minilm_tuned (the same, paraphrase-tuned first by train/bc.py's
-    # language stage and saved with the checkpoint) | minilm_trainable | mpnet (the larger
-    # all-mpnet-base-v2, frozen, cached; the mpnet extra) | scratch
-    text_encoder: str = "minilm"
-    text_max_length: int = 32
-    use_proprio: bool = True
-    bins: int = 256
-    action_dim: int = 7
-    # The leading env proprio elements read (envs.PROPRIO_NAMES): 8 is pose and gripper
-    # opening; 9 adds the opening's velocity, which tells "pads still closing" from "pads
-    # stopped on the object" in one frame (session 22: a policy that closed on a badly
-    # centred object sat on it, waiting for a closure that had already ended).
-    proprio_dim: int = 8
-    decoding: str = "autoregressive"  # autoregressive | parallel
-    chunk: int = 1  # future actions per training target (the first is executed; see the module doc)
-    cameras: list[str] = field(default_factory=lambda: ["scene"])  # scene | scene + wrist
-    # Auxiliary loss weight (0: off): from the start token's state, regress where the
-    # instruction points (target and destination centres, recorded by the demos). Teaches the
-    # *where* of the instruction densely instead of through 2-bit "move left/right" labels.
-    aux_weight: float = 0.0
-    # Text-queried soft-argmax keypoints on the scene camera (0: off, 2: the target and its
-    # destination): the instruction asks a small conv map where its objects are; the expected
-    # (u, v) become extra tokens. Trained by the grounding loss only (grounding pretraining on
-    # rendered scenes, and aux_weight on the demos), never by the action loss.
-    keypoints: int = 0
-    keypoint_channels: int = 32
-    # A learned embedding per keypoint (0: the target, 1: its destination) added to its token.
-    # The decoder has no positions over its prefix, so without it the two keypoint tokens are
-    # interchangeable: it cannot tell "go here first" from "bring it there" (harmless for reach
-    # and lift, whose two keypoints coincide). False only for checkpoints from before session 14;
-    # the model configs switch it on.
-    keypoint_roles: bool = False
-    # The keypoint reader also reads the instruction's sentence embedding (the masked mean of
-    # the text states, unit length), each keypoint through its own projection, added to what
-    # its question read from the words. A held-out shape noun's own contextual state reads as
-    # the wrong shape ("can" as a cube), while the sentence embedding of its instruction
-    # carries the shape (a linear probe trained on the 22 training nouns reads "can" and
-    # "block" right in 99-100% of sentences, eval/noun_probe.py: docs/results.md, "Session 24").
-    keypoint_sentence: bool = False
-    # With text_encoder=minilm_tuned: the keypoint reader reads a second MiniLM, the package's
-    # untuned one, while the decoder reads the tuned one. Paraphrase tuning lets a reader of
-    # the sentence embedding name the task of 92% of held-out paraphrases (81% untuned), but
-    # the keypoint reader grounded on tuned states misses the target more on held-out nouns
-    # (docs/results.md, "Session 24").
-    keypoint_reads_untuned: bool = False
-    # One more text token: the instruction's sentence embedding (the mean of the text states
-    # over its real tokens, unit length; for MiniLM the vector it was trained to make alike for
-    # paraphrases), projected to the width. The decoder otherwise learns the task from the word
-    # states of a few templates per task; a task classifier on the sentence embedding reads
-    # held-out paraphrases better (eval/language_probe.py: 76.5% vs 68.3%). Off by default.
-    sentence_token: bool = False
-    augment_pad: int = 4  # random-shift augmentation: pixels of padding (the shift range is +-pad)
-    # False: no ViT; the decoder reads the scene through the keypoint tokens alone (needs
-    # keypoints=2 and the scene camera only). The grounded keypoints carry what the experts act
-    # on (where the target and its destination are), and a step skips the ViT's forward and
-    # backward and a prefix ~2x as long: the CPU's five-task recipe (docs/results.md).
-    vision_tokens: bool = True
-    # False: the decoder reads the instruction through the sentence token alone (needs
-    # sentence_token=true), not through its ~13 word states; the keypoint reader still reads
-    # every word. The prefix shrinks from ~24 to ~11 tokens, about 2x the decoder's step rate
-    # on 2 cores, for the CPU's five-task recipe (docs/results.md, "Session 20").
-    word_tokens: bool = True
-    # Std in bins of the Gaussian each action label is spread over for the cross-entropy
-    # (HL-Gauss; 0: one-hot, RT-2's loss). One-hot labels leave the bins' order to be learnt
-    # from data; spreading them hands it to the model, so a neighbour of the right bin costs
-    # less than a far one. With the one-step imitator (eval/expert_imitability.py, 750 steps)
-    # sigma 24 lifted the four hard tasks from 27.5% to 82% (docs/results.md, "Session 21").
-    # Pair it with decoding=parallel: an autoregressive token can learn to read an earlier
-    # token's exact bin as a cue, which smoothed predictions miss (eval/exposure_bias.py).
-    label_sigma: float = 0.0
+    vision_tokens: bool = True  # false: no ViT, the decoder sees the scene through the keypoint tokens only
+    cameras: list[str] = field(default_factory=lambda: ["scene"])  # scene | scene + wrist (one shared ViT)
+    # --- the decoder ---
+    width: int = 64  # model width of every token
+    layers: int = 2  # decoder transformer blocks
+    heads: int = 4  # attention heads (decoder and ViT)
+    dropout: float = 0.0  # dropout in the decoder blocks
+    # --- language ---
+    text_encoder: str = "sentence-transformers/all-mpnet-base-v2"  # a Hugging Face id, a local folder, or scratch
+    text_max_length: int = 32  # instruction tokens kept
+    sentence_token: bool = True  # the instruction's sentence embedding as one text token
+    word_tokens: bool = False  # also the encoder's per-word states as text tokens (~13 more tokens)
+    # --- proprioception ---
+    use_proprio: bool = True  # one proprio token (standardised with the demos' statistics)
+    proprio_dim: int = 9  # leading env proprio elements read (envs.PROPRIO_NAMES): pose, gripper opening, its velocity
+    # --- where the instruction points: text-queried keypoints ---
+    keypoints: int = 2  # 2: soft-argmax keypoints of the target and its destination as tokens; 0: off
+    keypoint_channels: int = 16  # channels of the keypoint reader's half-resolution conv map
+    keypoint_sentence: bool = True  # each keypoint question also reads the sentence embedding (held-out nouns)
+    aux_weight: float = 0.0  # >0: train the keypoint heatmaps on the demos too (needs images, no keypoint cache)
+    # --- actions ---
+    action_dim: int = 7  # [dx, dy, dz, droll, dpitch, dyaw, gripper]
+    bins: int = 256  # action tokens per element (the tokenizer's bins)
+    decoding: str = "parallel"  # parallel (7 tokens in one pass) | autoregressive (KV cache)
+    label_sigma: float = 24.0  # each label spread as a Gaussian of this std in bins (HL-Gauss); 0: one-hot
+    chunk: int = 1  # >1: train on the next `chunk` actions, execute the first (action chunking)
+    augment_pad: int = 4  # random-shift augmentation range in pixels (trainer.augment switches it on)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PolicyConfig:
@@ -144,17 +101,13 @@ class PolicyConfig:
                 "word_tokens=false leaves the sentence token as the decoder's only text token: it needs "
                 f"sentence_token=true, got sentence_token={config.sentence_token}"
             )
-        if config.keypoint_reads_untuned and (config.text_encoder != "minilm_tuned" or not config.keypoints):
-            raise ValueError(
-                "keypoint_reads_untuned=true gives the keypoint reader an untuned MiniLM beside a tuned one: it "
-                f"needs text_encoder=minilm_tuned and keypoints=2, got {config.text_encoder} and {config.keypoints}"
-            )
         if config.keypoint_sentence and not config.keypoints:
             raise ValueError("keypoint_sentence=true is read by the keypoint reader: it needs keypoints=2")
         if not isinstance(config.chunk, int) or config.chunk < 1:
             raise ValueError(f"chunk must be an integer >= 1 (actions predicted per step), got {config.chunk!r}")
         if config.decoding not in DECODINGS:
             raise ValueError(f"unknown decoding {config.decoding!r}; valid values are: {', '.join(DECODINGS)}")
+        check_text_encoder(config.text_encoder)
         if not config.label_sigma >= 0:
             raise ValueError(f"label_sigma must be >= 0 bins (0: one-hot labels), got {config.label_sigma!r}")
         return config
@@ -180,7 +133,6 @@ class VLAPolicy(nn.Module):
                 self.text.out_dim,
                 c.keypoints,
                 c.keypoint_channels,
-                roles=c.keypoint_roles,
                 sentence=c.keypoint_sentence,
             )
         self.proprio_proj = nn.Sequential(nn.Linear(c.proprio_dim, c.width), nn.LayerNorm(c.width))
@@ -211,7 +163,6 @@ class VLAPolicy(nn.Module):
         self._keypoint_logits: torch.Tensor | None = None
         # made last, so every weight above starts as it does without it (same random draws)
         self.sentence_proj = nn.Linear(self.text.out_dim, c.width) if c.sentence_token else None
-        self.reader_text = make_text_encoder("minilm", c.width, c.text_max_length) if c.keypoint_reads_untuned else None
 
     # --- the prefix ----------------------------------------------------------------------
     def prefix(self, batch: dict[str, Any], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,10 +186,8 @@ class VLAPolicy(nn.Module):
                 if "keypoint_coords" in batch:  # read once by a frozen reader (trainer.cache_keypoints)
                     tokens, self._keypoint_logits = self.keypoint_reader.tokens(batch["keypoint_coords"]), None
                 else:  # un-augmented: the keypoints' labels are the true image coordinates
-                    states, mask = text_states.detach(), text_mask
-                    if self.reader_text is not None:  # the reader reads its own (untuned) MiniLM
-                        states, mask = self.reader_text_states(batch["instruction"], device)
-                    tokens, _, self._keypoint_logits = self.keypoint_reader(batch["image"], states, mask)
+                    reader = self.keypoint_reader
+                    tokens, _, self._keypoint_logits = reader(batch["image"], text_states.detach(), text_mask)
                 views.append(tokens + self.camera_embed[i])
         vision = torch.cat(views, 1) + self.type_embed[0]
         device = vision.device
@@ -250,12 +199,6 @@ class VLAPolicy(nn.Module):
             parts.append(self.proprio_proj(proprio).unsqueeze(1) + self.type_embed[2])
             masks.append(torch.ones(len(vision), 1, dtype=torch.bool, device=device))
         return torch.cat(parts, 1), torch.cat(masks, 1)
-
-    def reader_text_states(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The instruction's states and mask as the keypoint reader reads them: from the
-        untuned MiniLM with ``keypoint_reads_untuned``, else from the policy's text encoder."""
-        encoder = self.text if self.reader_text is None else self.reader_text
-        return encoder(instructions, device)
 
     def reads_pixels(self, cached_keypoints: bool) -> bool:
         """Whether a forward pass needs the camera images: not when the keypoints arrive read
@@ -460,21 +403,16 @@ class VLAPolicy(nn.Module):
         return bins
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights to checkpoint: a frozen pretrained text encoder reloads from its package
-        (a tuned one is saved: its weights are no longer the package's)."""
+        """Weights to checkpoint: a frozen pretrained text encoder reloads by name instead."""
         state = self.state_dict()
-        if self.config.text_encoder in FROZEN_PACKAGED_ENCODERS:
+        if is_pretrained(self.config.text_encoder):
             state = {k: v for k, v in state.items() if not k.startswith("text.model.")}
-        return {k: v for k, v in state.items() if not k.startswith("reader_text.model.")}  # always the package's
+        return state
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [
-            k
-            for k in missing
-            if not (self.config.text_encoder in FROZEN_PACKAGED_ENCODERS and k.startswith("text.model."))
-            and not k.startswith("reader_text.model.")
-        ]
+        frozen = is_pretrained(self.config.text_encoder)
+        missing = [k for k in missing if not (frozen and k.startswith("text.model."))]
         if missing or unexpected:
             raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

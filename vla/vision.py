@@ -144,7 +144,6 @@ class TextQueriedKeypoints(nn.Module):
         keypoints: int,
         channels: int = 32,
         frequencies: int = 6,
-        roles: bool = False,
         sentence: bool = False,
     ):
         super().__init__()
@@ -164,9 +163,10 @@ class TextQueriedKeypoints(nn.Module):
         self.query = nn.Linear(width, channels)
         self.register_buffer("frequencies", torch.pi * 2.0 ** torch.arange(frequencies).float(), persistent=False)
         self.embed = nn.Sequential(nn.Linear(2 + 4 * frequencies, width), nn.GELU(), nn.Linear(width, width))
-        # which keypoint a token is (see PolicyConfig.keypoint_roles); zeros: draws no random
-        # numbers, so every other weight starts as it did before roles existed
-        self.roles = nn.Parameter(torch.zeros(keypoints, width)) if roles else None
+        # Which keypoint a token is (0: the target, 1: its destination). The decoder has no
+        # positions over its prefix, so without it the two keypoint tokens are interchangeable:
+        # it could not tell "go here first" from "bring it there".
+        self.roles = nn.Parameter(torch.zeros(keypoints, width))
         # made last: without it every weight above starts as before (same random draws)
         self.read_sentence = nn.Linear(text_dim, keypoints * width) if sentence else None
 
@@ -210,7 +210,7 @@ class TextQueriedKeypoints(nn.Module):
         code = coords.detach().float()
         angles = code[..., None] * self.frequencies  # (B, K, 2, F)
         code = torch.cat([code, angles.sin().flatten(2), angles.cos().flatten(2)], -1)
-        return self.embed(code) if self.roles is None else self.embed(code) + self.roles
+        return self.embed(code) + self.roles
 
     def freeze_reading(self) -> None:
         """Stop training the part that reads the image (conv map, text queries): its
@@ -225,7 +225,7 @@ class TextQueriedKeypoints(nn.Module):
         """Cross-entropy of the heatmaps against a Gaussian around each true point (std one
         cell), and the mean distance of the soft-argmax from it in pixels at full resolution.
         A heatmap target gives every cell a gradient; regressing the soft-argmax alone gives
-        a weak one and learned far slower in one-off trials (session 5)."""
+        a weak one and learned far slower in one-off trials."""
         side = int(round(logits.shape[-1] ** 0.5))
         cells = _pixel_grid(1, side, side, logits.device)[0].flatten(1).T
         sigma = 2.0 / side

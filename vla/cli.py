@@ -1,0 +1,155 @@
+"""The front door of every Hydra entry script (train/bc.py, train/ppo.py, eval/evaluate.py, ...).
+
+``hydra_entry("bc", job, check)`` composes ``configs/bc.yaml`` with the command line's
+overrides, runs ``check(cfg)`` (every cross-group check, before any slow work), and only
+then ``job(cfg)``. Mistakes a user can fix end in one ``error:`` line naming the bad value
+and what is allowed: a config-group typo (``data=nosuchsuite``), an unknown or mistyped key,
+a bad path or value, a checkpoint that does not fit. ``--cfg job`` prints the composed
+config and stops; ``--help`` lists the groups and their options.
+
+Hydra composes the config here, but runs nothing: the run directory is the job's, made
+once the config is valid (no ``.hydra/`` folder beside an empty run), and its log holds
+what the run printed (``vla.console.run_log``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vla.checkpoint import CheckpointError
+from vla.policy import PolicyConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # the repository's configs/
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """One clear line instead of a traceback for mistakes a user can fix."""
+    try:
+        yield
+    except (CheckpointError, FileNotFoundError, ValueError, OmegaConfBaseException) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def config_options(config_dir: Path = CONFIG_DIR) -> dict[str, list[str]]:
+    """Each config group and its options, as the folders of ``configs/`` hold them."""
+    return {
+        group.name: sorted(f.stem for f in group.glob("*.yaml"))
+        for group in sorted(config_dir.iterdir())
+        if group.is_dir()
+    }
+
+
+def compose_config(config_name: str, overrides: list[str], config_dir: Path = CONFIG_DIR) -> DictConfig:
+    """The composed config, or a ValueError whose one line names the bad override and what is allowed."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException
+
+    GlobalHydra.instance().clear()
+    register_schemas()
+    try:
+        with initialize_config_dir(str(config_dir), version_base="1.3"):
+            return compose(config_name, overrides=overrides)
+    except MissingConfigException as error:
+        raise ValueError(_missing_option(str(error), overrides, config_dir)) from None
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ValueError(_explain(error, overrides, config_name, config_dir)) from None
+
+
+def register_schemas() -> None:
+    """``configs/model/*.yaml`` build on ``PolicyConfig`` (vla/policy.py): its dataclass is the one
+    source of every model setting and its default; Hydra then checks each override's key and type."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="model", name="policy_schema", node=PolicyConfig)
+
+
+def _missing_option(message: str, overrides: list[str], config_dir: Path) -> str:
+    # Hydra: "In 'bc': Could not find 'data/nosuchsuite'\n\nAvailable options in 'data': ..."
+    wanted = message.split("Could not find '", 1)[-1].split("'", 1)[0]
+    group, _, option = wanted.rpartition("/")
+    options = config_options(config_dir).get(group)
+    if not group or options is None:
+        return _first_line(message, overrides)
+    given = next((o for o in overrides if o.lstrip("+~").split("=", 1)[0] == group), f"{group}={option}")
+    return f"{given}: no such {group} config; valid values are: {', '.join(o for o in options if o != 'policy_schema')}"
+
+
+def _explain(error: Exception, overrides: list[str], config_name: str, config_dir: Path) -> str:
+    """One line from Hydra's error and its cause: the override, and what is wrong with it."""
+    message = f"{error}\n{error.__cause__ or ''}"
+    given = next((o for o in overrides if o in message), None)
+    if given is not None and "not in struct" in message:  # an unknown key: list the valid ones
+        key = given.lstrip("+~").split("=", 1)[0]
+        parent, _, _ = key.rpartition(".")
+        composed = compose_config(config_name, [o for o in overrides if o != given], config_dir)
+        node = OmegaConf.select(composed, parent) if parent else composed
+        if isinstance(node, DictConfig):
+            return f"{given}: no such setting; valid keys{f' of {parent}' if parent else ''} are: {', '.join(node)}"
+    if given is not None and "could not be converted" in message:
+        reason = next(line for line in message.splitlines() if "could not be converted" in line)
+        return f"{given}: {reason.strip()}"
+    return _first_line(message, overrides)
+
+
+def _first_line(message: str, overrides: list[str]) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    detail = "; ".join(line for line in lines[:3] if not line.startswith(("See https", "full_key", "object_type")))
+    return f"{detail} (overrides: {' '.join(overrides) or 'none'})"
+
+
+def policy_settings() -> str:
+    """The model settings, for --help."""
+    return ", ".join(f.name for f in fields(PolicyConfig))
+
+
+def hydra_entry(
+    config_name: str,
+    job: Callable[[DictConfig], Any],
+    check: Callable[[DictConfig], Any] | None = None,
+    argv: list[str] | None = None,
+) -> Any:
+    """Parse the command line (Hydra overrides, ``--cfg job``, ``--help``), compose and check
+    the config, and run ``job`` on it; every user error ends in one ``error:`` line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(usage(config_name))
+        return None
+    show = False
+    if "--cfg" in argv:  # Hydra's spelling: --cfg job
+        index = argv.index("--cfg")
+        del argv[index : index + 2]
+        show = True
+    with user_errors():
+        cfg = compose_config(config_name, argv)
+        if show:
+            print(OmegaConf.to_yaml(cfg))
+            return None
+        if check is not None:
+            check(cfg)
+        return job(cfg)
+
+
+def usage(config_name: str) -> str:
+    script = {"bc": "train/bc.py", "ppo": "train/ppo.py", "collect": "train/collect.py"}.get(config_name, config_name)
+    groups = "\n".join(
+        f"  {group}={'|'.join(o for o in options if o != 'policy_schema')}"
+        for group, options in config_options().items()
+    )
+    return (
+        f"usage: python {script} [group=option ...] [+recipe=name] [key=value ...] [--cfg job]\n\n"
+        f"Composes configs/{config_name}.yaml (every key is documented there and in its groups).\n"
+        f"Config groups and their options:\n{groups}\n"
+        "  (recipe is added with a '+': +recipe=five_gpu)\n\n"
+        "--cfg job   print the composed config and stop\n"
+        f"Model settings (model.<name>=..., documented in vla/policy.py PolicyConfig): {policy_settings()}"
+    )
