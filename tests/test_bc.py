@@ -235,7 +235,7 @@ def test_keypoints_read_once_after_grounding_train_as_reading_them_every_step_do
     wrong = train(tiny_demos, tmp_path / "bad", *bad)
     assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
     needs = "cache_keypoints=true needs model.keypoints=2, model.aux_weight=0 and data.instructions=train"
-    assert needs in wrong.stderr and "got 2, 1 and train" in wrong.stderr
+    assert needs in wrong.stderr and "got 2, 1.0 and train" in wrong.stderr
 
 
 def test_the_default_and_the_recipes_compose_to_their_measured_settings():

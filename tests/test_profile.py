@@ -19,6 +19,7 @@ def test_profile_reports_stages_resident_batches_and_a_trace(tiny_demos, tmp_pat
         "data.num_workers=0",
         "trainer.batch_size=4",
         "trainer.progress=false",
+        "trainer.cache_keypoints=false",
         *tiny_model_overrides(),
     )
     assert result.returncode == 0, result.stderr[-3000:]

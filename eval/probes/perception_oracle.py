@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from envs.dataset import DemoDataset, split_demos
@@ -32,7 +32,6 @@ from vla.tokenizer import ActionTokenizer
 from vla.training.runtime import warmup_cosine
 
 MODES = ("camera", "oracle")
-MODEL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "model" / "cpu.yaml"
 
 
 def with_oracle(batch: dict, key_positions: torch.Tensor, oracle: bool, proprio_dim: int) -> dict:
@@ -46,11 +45,11 @@ def with_oracle(batch: dict, key_positions: torch.Tensor, oracle: bool, proprio_
 
 def train_policy(demos: DemoDataset, indices: np.ndarray, oracle: bool, steps: int, batch_size: int, seed: int):
     torch.manual_seed(seed)
-    values = OmegaConf.to_container(OmegaConf.load(MODEL_CONFIG))
-    proprio_dim = values["proprio_dim"] if "proprio_dim" in values else PolicyConfig.proprio_dim
+    values = asdict(PolicyConfig())  # the default (small) model
+    proprio_dim = values["proprio_dim"]
     values["image_size"] = demos.env_config.get("image_size", values["image_size"])  # the demos' frames
     # The question is the plain camera path versus given positions: no keypoint reader.
-    values.update(keypoints=0, aux_weight=0.0)
+    values.update(keypoints=0, keypoint_sentence=False, aux_weight=0.0)
     values["proprio_dim"] = proprio_dim + (KEY_POSITION_DIM if oracle else 0)
     policy = VLAPolicy(PolicyConfig.from_dict(values))
     tokenizer = ActionTokenizer(policy.config.bins)

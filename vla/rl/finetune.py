@@ -41,7 +41,16 @@ from vla.rl.ppo import RegularisedPPO
 from vla.rl.sb3_policy import VLAActorCriticPolicy
 from vla.rl.token_env import ContinuousActionEnv, TokenActionEnv
 from vla.tokenizer import ActionTokenizer
-from vla.training.runtime import keep_rows_up_to, resolve_device, rng_state, seed_everything, set_rng_state
+from vla.training.runtime import (
+    check_device,
+    check_start_points,
+    check_whole_numbers,
+    keep_rows_up_to,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 ENV_ACTION_DIM = 7  # the action contract: [dx, dy, dz, droll, dpitch, dyaw, gripper]
 ALGOS = ("vla", "cnn")
@@ -58,11 +67,8 @@ def check_config(cfg: DictConfig) -> None:
     check_name("env.vec_env", cfg.env.vec_env, VEC_ENVS)
     check_name("ppo.value_head", cfg.ppo.value_head, VALUE_HEADS)
     p = cfg.ppo
-    for key in ("total_timesteps", "n_steps", "batch_size", "n_epochs"):
-        if not isinstance(p[key], int) or p[key] < 1:
-            raise ValueError(f"ppo.{key} must be a whole number >= 1, got {p[key]!r}")
-    if not isinstance(cfg.env.num_envs, int) or cfg.env.num_envs < 1:
-        raise ValueError(f"env.num_envs must be a whole number >= 1, got {cfg.env.num_envs!r}")
+    check_whole_numbers({f"ppo.{k}": p[k] for k in ("total_timesteps", "n_steps", "batch_size", "n_epochs")})
+    check_whole_numbers({"env.num_envs": cfg.env.num_envs})
     if not p.lr > 0 or not 0 < p.clip_range < 1 or not 0 < p.gamma <= 1 or not p.temperature > 0:
         raise ValueError(
             f"need ppo.lr > 0, 0 < ppo.clip_range < 1, 0 < ppo.gamma <= 1, ppo.temperature > 0; got {p.lr}, "
@@ -71,15 +77,10 @@ def check_config(cfg: DictConfig) -> None:
     critic_lr_scale(p)
     if p.kl_coef > 0 and not cfg.init and not cfg.resume:
         raise ValueError(f"ppo.kl_coef={p.kl_coef} anchors PPO to its starting policy: it needs init=<BC checkpoint>")
-    for key in ("resume", "init"):
-        if cfg.get(key) and not Path(cfg[key]).exists():
-            raise FileNotFoundError(f"{key}={cfg[key]}: no such checkpoint or run directory")
-    if cfg.resume and not (Path(cfg.resume) / "checkpoints" / "latest.pt").exists():
-        raise FileNotFoundError(f"resume={cfg.resume}: no checkpoints/latest.pt there to resume from")
+    check_start_points(cfg.resume, cfg.init)
     if cfg.algo == "vla" and not cfg.init and not cfg.resume:
         PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
-    if resolve_device(cfg.device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={cfg.device} but this machine has no CUDA GPU; valid values here: auto, cpu")
+    check_device(cfg.device)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

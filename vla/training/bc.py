@@ -36,10 +36,12 @@ from vla.tokenizer import BINNINGS, ActionTokenizer
 from vla.training.grounding import ground_and_measure, read_demo_keypoints
 from vla.training.runtime import (
     StepSampler,
+    check_device,
+    check_start_points,
+    check_whole_numbers,
     init_distributed,
     keep_rows_up_to,
     make_optimizer,
-    resolve_device,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -59,26 +61,22 @@ def check_config(cfg: DictConfig) -> PolicyConfig:
     for split in cfg.eval.splits:
         check_name("eval.splits", split, INSTRUCTION_SPLITS)
     t, g = cfg.trainer, cfg.grounding
-    for key, value in (("trainer.steps", t.steps), ("trainer.batch_size", t.batch_size), ("eval.final_episodes",
-                       cfg.eval.final_episodes), ("eval.num_envs", cfg.eval.num_envs), ("grounding.scenes", g.scenes)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} must be a whole number >= 1, got {value!r}")
+    check_whole_numbers(
+        {"trainer.steps": t.steps, "trainer.batch_size": t.batch_size, "eval.final_episodes": cfg.eval.final_episodes}
+        | {"eval.num_envs": cfg.eval.num_envs, "grounding.scenes": g.scenes}
+    )
     if not t.lr > 0 or g.steps < 0 or g.kind_weight < 0:
-        raise ValueError(f"need trainer.lr > 0, grounding.steps >= 0, grounding.kind_weight >= 0; got {t.lr}, "
-                         f"{g.steps}, {g.kind_weight}")
+        raise ValueError(
+            f"need trainer.lr > 0, grounding.steps >= 0, grounding.kind_weight >= 0; got {t.lr}, "
+            f"{g.steps}, {g.kind_weight}"
+        )
     if t.cache_keypoints and (config.keypoints != 2 or config.aux_weight != 0 or cfg.data.instructions != "train"):
         raise ValueError(  # keypoints read once must stay right: the reader frozen, each step worded as recorded
             "trainer.cache_keypoints=true needs model.keypoints=2, model.aux_weight=0 and data.instructions=train; "
             f"got {config.keypoints}, {config.aux_weight} and {cfg.data.instructions}"
         )
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={cfg.device} but this machine has no CUDA GPU; valid values here: auto, cpu")
-    for key in ("resume", "init"):
-        if cfg.get(key) and not Path(cfg[key]).exists():
-            raise FileNotFoundError(f"{key}={cfg[key]}: no such checkpoint or run directory")
-    if cfg.resume and not (Path(cfg.resume) / "checkpoints" / "latest.pt").exists():
-        raise FileNotFoundError(f"resume={cfg.resume}: no checkpoints/latest.pt there to resume from")
+    check_device(cfg.device)
+    check_start_points(cfg.resume, cfg.init)
     if not (Path(cfg.data.path) / "index.h5").exists() and not cfg.data.collect_if_missing:
         raise FileNotFoundError(
             f"no dataset at {cfg.data.path}; collect one with `python train/collect.py output={cfg.data.path}`"
@@ -408,4 +406,3 @@ def log_metrics(writer, run_dir: Path, metrics: dict) -> None:
             writer.add_scalar(key if "/" in key else f"train/{key}", value, step)
     with (run_dir / "metrics.jsonl").open("a") as f:
         f.write(json.dumps(metrics) + "\n")
-

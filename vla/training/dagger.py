@@ -188,4 +188,3 @@ def write_table(root: Path, rows: list[dict]) -> None:
             f"[{100 * lo:.1f}, {100 * hi:.1f}] | {r['episodes']} |"
         )
     (root / "dagger.md").write_text("\n".join(lines) + "\n")
-

@@ -84,6 +84,29 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
+def check_whole_numbers(values: dict[str, Any]) -> None:
+    """Each named setting must be a whole number >= 1 (steps, batch sizes, episodes)."""
+    for key, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{key} must be a whole number >= 1, got {value!r}")
+
+
+def check_device(name: str) -> torch.device:
+    """``device=...`` as a torch device that this machine has."""
+    device = resolve_device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but this machine has no CUDA GPU; valid values here: auto, cpu")
+    return device
+
+
+def check_start_points(resume: str | None, init: str | None) -> None:
+    """``resume=<run dir>`` must hold a latest.pt; ``init=<checkpoint or run dir>`` must exist."""
+    if init and not Path(init).exists():
+        raise FileNotFoundError(f"cannot start from init={init}: no such checkpoint or run directory")
+    if resume and not (Path(resume) / "checkpoints" / "latest.pt").exists():
+        raise FileNotFoundError(f"cannot resume from resume={resume}: no checkpoints/latest.pt there")
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; anything else as torch spells it."""
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
