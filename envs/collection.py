@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from envs.dataset import (
     ATTEMPTS_FILE,
@@ -37,6 +36,7 @@ from envs.dataset import (
     remove_stale_tmp_files,
     write_episode_tmp,
 )
+from envs.progress import progress as progress_bar
 
 TASK_SEED_STRIDE = 1_000_000
 # Workers are spawned, never forked: a forked child inherits the parent's EGL/OpenGL state
@@ -244,7 +244,9 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
     budget = {t: int(np.ceil(config.max_attempts_factor * config.episodes_per_task)) for t in config.tasks}
 
     total = config.episodes_per_task * len(config.tasks)
-    bar = tqdm(total=total, initial=min(sum(kept.values()), total), desc="collect", unit="ep", disable=not progress)
+    bar = progress_bar(
+        total=total, initial=min(sum(kept.values()), total), desc="collect", unit="ep", disable=not progress
+    )
     start = time.perf_counter()
     in_flight: dict[Future, tuple[str, int]] = {}
     pending: list[tuple[str, int]] = []  # attempts lost with a broken pool, to run again
@@ -294,7 +296,7 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
                     in_flight.clear()
                     pool.shutdown(wait=True, cancel_futures=True)
                     remove_stale_tmp_files(output)
-                    tqdm.write(f"a collection worker died; restarting the pool ({summary.pool_restarts})")
+                    progress_bar.write(f"a collection worker died; restarting the pool ({summary.pool_restarts})")
                     pool = ProcessPoolExecutor(config.workers, mp_context=_MP_CONTEXT)
                 if time.perf_counter() - last_index > 30:
                     build_index(output, config.env_config())

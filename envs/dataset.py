@@ -291,11 +291,11 @@ class DemoDataset:
         starves a 2-core trainer; after a preload, DataLoader workers forked from this
         process share the arrays copy-on-write.
         """
-        from tqdm import tqdm
+        from envs.progress import progress as progress_bar
 
         parts: dict[str, list[np.ndarray]] = {}
         task_specs = []
-        for path in tqdm([e.path for e in self.episodes], desc="load demos", disable=not progress, leave=False):
+        for path in progress_bar([e.path for e in self.episodes], desc="load demos", disable=not progress, leave=False):
             with h5py.File(self.root / path, "r") as f:
                 task_specs.append(json.loads(f.attrs["task_spec"]))
                 for key in f["obs"]:

@@ -58,7 +58,7 @@ def render_scenes(
         raise ValueError(f"workers must be positive, got {workers}")
     if start < 0 or start + count > GROUNDING_SEED_STRIDE:
         raise ValueError(f"at most {GROUNDING_SEED_STRIDE} grounding scenes per seed, got {start} + {count}")
-    from tqdm import tqdm
+    from envs.progress import progress as progress_bar
 
     offsets = list(range(0, count, _CHUNK))
     first_seed = GROUNDING_SEED_BASE + seed * GROUNDING_SEED_STRIDE + start
@@ -66,7 +66,9 @@ def render_scenes(
     sizes = [min(_CHUNK, count - o) for o in offsets]
     with ProcessPoolExecutor(min(workers, len(offsets)), mp_context=multiprocessing.get_context("spawn")) as pool:
         chunks = pool.map(_render_chunk, seeds, sizes, [image_size] * len(offsets), [split] * len(offsets))
-        bar = tqdm(chunks, total=len(offsets), desc="grounding scenes", unit="chunk", disable=not progress, leave=False)
+        bar = progress_bar(
+            chunks, total=len(offsets), desc="grounding scenes", unit="chunk", disable=not progress, leave=False
+        )
         parts = list(bar)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 

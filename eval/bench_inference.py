@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from vla.app.cli import compose_config
 from vla.checkpoint import build_policy, read_checkpoint
-from vla.cli import compose_config
 from vla.inference import inference_threads
 from vla.policy import PolicyConfig, VLAPolicy
 

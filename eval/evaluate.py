@@ -20,9 +20,9 @@ from envs.dataset import split_demos
 from envs.instructions import INSTRUCTION_SPLITS
 from envs.tasks import task_ids
 from envs.vocabulary import check_name
+from vla.app.cli import hydra_entry
+from vla.app.console import run_log
 from vla.checkpoint import build_policy, read_checkpoint
-from vla.cli import hydra_entry
-from vla.console import run_log
 from vla.evaluation.closed_loop import open_loop_accuracy, run_report
 from vla.training.runtime import resolve_device
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from vla.cli import compose_config, user_errors
+from vla.app.cli import compose_config, user_errors
 from vla.data import ActionTokenDataset, collate
 from vla.training.bc import build, check_config, make_dataset, make_loader, mixed_precision, to_device
 from vla.training.runtime import StepSampler, make_optimizer

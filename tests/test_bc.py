@@ -239,7 +239,7 @@ def test_keypoints_read_once_after_grounding_train_as_reading_them_every_step_do
 
 
 def test_the_default_and_the_recipes_compose_to_their_measured_settings():
-    from vla.cli import compose_config
+    from vla.app.cli import compose_config
     from vla.policy import PolicyConfig
     from vla.training.bc import check_config
 

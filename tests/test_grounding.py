@@ -174,7 +174,7 @@ def test_the_kind_loss_asks_the_reader_what_each_keypoint_names():
 
 def test_the_grounding_probe_breaks_paraphrase_errors_down_by_template_and_noun(tmp_path):
     from eval.probes.grounding_probe import markdown, noun_of, probe
-    from vla.cli import compose_config
+    from vla.app.cli import compose_config
 
     overrides = [
         *tiny_model_overrides(),

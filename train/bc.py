@@ -15,7 +15,7 @@
 Config: configs/bc.yaml and its groups; the workspace is vla/training/bc.py.
 """
 
-from vla.cli import hydra_entry
+from vla.app.cli import hydra_entry
 from vla.training.bc import check_config, train
 
 if __name__ == "__main__":

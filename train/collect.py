@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from envs.collection import CollectConfig, collect, write_summary
 from envs.rollout_video import record_expert_video
 from envs.tasks import resolve_tasks
-from vla.cli import hydra_entry
+from vla.app.cli import hydra_entry
 
 
 def collect_config(cfg: DictConfig) -> CollectConfig:

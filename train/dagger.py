@@ -10,7 +10,7 @@
 Config: configs/dagger.yaml (every bc.yaml key applies); the workspace is vla/training/dagger.py.
 """
 
-from vla.cli import hydra_entry
+from vla.app.cli import hydra_entry
 from vla.training.dagger import check_config, run_dagger
 
 if __name__ == "__main__":

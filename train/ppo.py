@@ -14,7 +14,7 @@
 Config: configs/ppo.yaml; the workspace is vla/rl/finetune.py, the algorithm vla/rl/ppo.py.
 """
 
-from vla.cli import hydra_entry
+from vla.app.cli import hydra_entry
 from vla.rl.finetune import check_config, train
 
 if __name__ == "__main__":

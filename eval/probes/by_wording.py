@@ -19,10 +19,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import gymnasium as gym
-from tqdm import tqdm
 
 import envs  # noqa: F401  (registers the VLASandbox tasks)
 from envs.instructions import template_of
+from envs.progress import progress as tqdm
 from envs.stats import format_rate
 from vla.evaluation.closed_loop import read_outcomes
 

@@ -32,12 +32,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from envs.camera import TrueKeypoints
 from envs.collection import record_expert_episode
 from envs.evaluation import evaluate
 from envs.milestones import describe
+from envs.progress import progress as tqdm
 from envs.tasks import resolve_tasks, task_ids
 from vla.tokenizer import ActionTokenizer, soft_bin_targets
 

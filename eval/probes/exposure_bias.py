@@ -28,9 +28,9 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from envs import make_expert
+from envs.progress import progress as tqdm
 from envs.tabletop_env import ACTION_NAMES
 from envs.tasks import task_ids
 from vla.checkpoint import CheckpointError, build_policy, read_checkpoint

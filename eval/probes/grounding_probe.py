@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.instructions import heldout_only_words, template_of
 from envs.stats import format_rate
-from vla.cli import hydra_entry
+from vla.app.cli import hydra_entry
 from vla.policy import PolicyConfig, VLAPolicy
 from vla.training.grounding import (
     ground_and_measure,

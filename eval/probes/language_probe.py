@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from envs.instructions import TEMPLATES, TRAINING_SPLITS, all_instructions, template_of
-from vla.cli import user_errors
+from vla.app.cli import user_errors
 from vla.language import MPNET, PRETRAINED_ENCODERS, PretrainedTextEncoder
 
 TASKS = tuple(TEMPLATES)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from envs.instructions import TEMPLATES, shape_words, zone_words
 from envs.vocabulary import OBJECT_COLOURS, ZONE_COLOURS
-from vla.cli import user_errors
+from vla.app.cli import user_errors
 from vla.language import MPNET, PRETRAINED_ENCODERS, PretrainedTextEncoder, sentence_embedding
 
 FEATURES = ("noun_state", "word_embedding", "phrase_states", "sentence")

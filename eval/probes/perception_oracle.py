@@ -21,10 +21,10 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from envs.dataset import DemoDataset, split_demos
 from envs.evaluation import EVAL_SEED_BASE, wilson_interval
+from envs.progress import progress as tqdm
 from envs.tasks import resolve_tasks, task_ids
 from vla.data import ActionTokenDataset, collate, observations_to_batch
 from vla.policy import KEY_POSITION_DIM, PolicyConfig, VLAPolicy

@@ -19,6 +19,7 @@ from envs.evaluation import (
     stage_table,
     swap_target_instruction,
 )
+from envs.progress import progress as progress_bar
 from envs.tasks import task_ids
 from envs.video import save_video
 from vla.data import ActionTokenDataset, collate
@@ -100,12 +101,10 @@ def run_report(
 ) -> dict[str, Any]:
     """Closed-loop evaluation over splits; writes evaluation.json, evaluation.md, rollouts.mp4.
     ``env_wrapper`` wraps every env (``envs.camera.TrueKeypoints``: the keypoint oracle)."""
-    from tqdm import tqdm
-
     runner = PolicyRunner(policy, tokenizer, device, temperature=temperature, use_cache=use_cache)
     all_results: list[TaskResult] = []
     frames: list[np.ndarray] = []
-    bar = tqdm(total=episodes * len(tasks) * len(splits), desc="eval", disable=not progress)
+    bar = progress_bar(total=episodes * len(tasks) * len(splits), desc="eval", disable=not progress)
     for split in splits:
         results, split_frames = evaluate(
             runner,

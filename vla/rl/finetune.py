@@ -32,8 +32,8 @@ from envs.evaluation import VALIDATION_SEED_BASE, evaluate
 from envs.stats import wilson_interval
 from envs.tasks import task_ids
 from envs.vocabulary import check_name
+from vla.app.console import run_log
 from vla.checkpoint import CheckpointError, build_policy, read_checkpoint, save_checkpoint
-from vla.console import run_log
 from vla.evaluation.closed_loop import policy_env_kwargs
 from vla.inference import PolicyRunner
 from vla.policy import PolicyConfig, VLAPolicy

@@ -22,12 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.dataset import DemoDataset, split_demos
 from envs.instructions import INSTRUCTION_SPLITS, TRAINING_SPLITS
+from envs.progress import progress
 from envs.tabletop_env import PROPRIO_NAMES
 from envs.tasks import resolve_tasks
 from envs.vocabulary import check_name
+from vla.app.console import run_log
 from vla.checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
 from vla.checkpoint import check_config as check_checkpoint_config
-from vla.console import progress, run_log
 from vla.data import ActionTokenDataset, collate
 from vla.evaluation.closed_loop import final_evaluation, success_rate
 from vla.language import encoder_folder, is_pretrained

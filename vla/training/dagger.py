@@ -24,8 +24,8 @@ from envs.collection import CollectConfig, collect
 from envs.dataset import DemoDataset, build_index, episode_files
 from envs.stats import wilson_interval
 from envs.tasks import resolve_tasks
+from vla.app.console import run_log
 from vla.checkpoint import build_policy, read_checkpoint
-from vla.console import run_log
 from vla.evaluation.closed_loop import run_report
 from vla.inference import policy_driver
 from vla.training.bc import check_config as check_bc_config

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla.console import progress as progress_bar
+from envs.progress import progress as progress_bar
 from vla.training.runtime import warmup_cosine
 
 HELDOUT_SCENES = 500  # the last scenes of a set, kept out of grounding to measure it (at most a tenth)

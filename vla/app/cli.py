@@ -9,7 +9,7 @@ config and stops; ``--help`` lists the groups and their options.
 
 Hydra composes the config here, but runs nothing: the run directory is the job's, made
 once the config is valid (no ``.hydra/`` folder beside an empty run), and its log holds
-what the run printed (``vla.console.run_log``).
+what the run printed (``vla.app.console.run_log``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vla.checkpoint import CheckpointError
 from vla.policy import PolicyConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # the repository's configs/
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repository's configs/
 
 
 @contextmanager
