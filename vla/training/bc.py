@@ -101,7 +101,15 @@ def train(cfg: DictConfig) -> dict | None:
 
 
 def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir: Path) -> dict | None:
-    t = cfg.trainer
+    t, c = cfg.trainer, cfg.model
+    if rank == 0:  # what this run is, first: the log then says it before any slow work
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        print(
+            f"config: tasks {list(cfg.data.tasks)} | model width {c.width} x {c.layers} layers, ViT "
+            f"{'off' if not c.vision_tokens else f'{c.patch_size}px patches x {c.vision_layers} layers'}, "
+            f"{c.keypoints} keypoints, text {c.text_encoder} | {t.steps} steps x {t.batch_size} | seed {cfg.seed} | "
+            f"full config: {run_dir / 'config.yaml'}"
+        )
 
     # --- data, model, optimiser, and (maybe) the state to resume ---------------------------
     demos, tokenizer, policy, train_idx, val_idx = build(cfg, rank, device)
@@ -135,17 +143,10 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
     writer = None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         keep_rows_up_to(run_dir / "metrics.jsonl", start_step)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(run_dir / "tb")
-        c = policy_config
-        print(
-            f"config: tasks {list(cfg.data.tasks)} | model width {c.width} x {c.layers} layers, ViT "
-            f"{'off' if not c.vision_tokens else f'{c.patch_size}px patches x {c.vision_layers} layers'}, "
-            f"{c.keypoints} keypoints, text {c.text_encoder} | {t.steps} steps x {t.batch_size} | seed {cfg.seed}"
-        )
         print(
             f"run dir: {run_dir}  | {demos.num_episodes} episodes, {len(train_idx)} train samples | "
             f"{sum(p.numel() for p in policy.parameters() if p.requires_grad) / 1e6:.2f}M trainable params | "
