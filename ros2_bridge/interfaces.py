@@ -22,6 +22,7 @@ import ctypes
 import fcntl
 import hashlib
 import os
+import site
 import subprocess
 import sys
 import sysconfig
@@ -146,8 +147,7 @@ def load_action():
     python_dir = install / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     if not python_dir.is_dir():  # some CMake setups install into a purelib-like path instead
         python_dir = install / Path(sysconfig.get_path("purelib")).relative_to(sys.prefix)
-    if str(python_dir) not in sys.path:
-        sys.path.insert(0, str(python_dir))
+    site.addsitedir(str(python_dir))  # the generated package joins the import path as a site directory
     from vla_sandbox_interfaces.action import ExecuteInstruction
 
     return ExecuteInstruction
