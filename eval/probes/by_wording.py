@@ -22,7 +22,7 @@ import gymnasium as gym
 
 import envs  # noqa: F401  (registers the VLASandbox tasks)
 from envs.instructions import template_of
-from envs.progress import progress as tqdm
+from envs.progress import progress as progress_bar
 from envs.stats import format_rate
 from vla.evaluation.closed_loop import read_outcomes
 
@@ -31,7 +31,7 @@ def success_by_wording(path: Path, progress: bool = True) -> list[dict]:
     """One row per (task, split, template): the template and its episodes' successes."""
     outcomes = read_outcomes(path)
     rows = []
-    for (task_id, split), by_seed in tqdm(outcomes.items(), desc="replaying resets", disable=not progress):
+    for (task_id, split), by_seed in progress_bar(outcomes.items(), desc="replaying resets", disable=not progress):
         env = gym.make(task_id, instruction_split=split)
         task = env.unwrapped.task.name
         successes: dict[str, list[bool]] = defaultdict(list)

@@ -37,7 +37,7 @@ from envs.camera import TrueKeypoints
 from envs.collection import record_expert_episode
 from envs.evaluation import evaluate
 from envs.milestones import describe
-from envs.progress import progress as tqdm
+from envs.progress import progress as progress_bar
 from envs.tasks import resolve_tasks, task_ids
 from vla.tokenizer import ActionTokenizer, soft_bin_targets
 
@@ -60,7 +60,7 @@ def collect(task: str, demos: int, noise: float, seed: int) -> tuple[np.ndarray,
     """States and clean expert labels of ``demos`` episodes, and the expert's own success rate."""
     env = gym.make(task_ids([task])[0], image_size=IMAGE_SIZE)
     states, labels, successes = [], [], 0
-    for i in tqdm(range(demos), desc=f"demos ({task})", leave=False):
+    for i in progress_bar(range(demos), desc=f"demos ({task})", leave=False):
         record = record_expert_episode(env, seed + i, noise)
         states.append(state_of(record.proprio, record.key_positions))
         labels.append(record.actions)
@@ -102,7 +102,7 @@ def train(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
     label_rows = soft_bin_targets(torch.arange(tokenizer.bins), tokenizer.bins, label_sigma)  # one per bin
-    for _ in tqdm(range(steps), desc="train", leave=False):
+    for _ in progress_bar(range(steps), desc="train", leave=False):
         batch = torch.randint(len(x), (256,), generator=generator)
         target = label_rows[y[batch].flatten()]
         loss = nn.functional.cross_entropy(model(x[batch]).flatten(0, 1), target)
@@ -127,7 +127,7 @@ class Imitator:
 
 def closed_loop(model: TokenMLP, tokenizer: ActionTokenizer, task: str, episodes: int) -> dict:
     """Success on the evaluation seeds (``eval/evaluate.py``'s) and where failures stalled."""
-    with tqdm(total=episodes, desc=f"closed loop ({task})", leave=False) as bar:
+    with progress_bar(total=episodes, desc=f"closed loop ({task})", leave=False) as bar:
         (result,), _ = evaluate(
             Imitator(model, tokenizer),
             task_ids([task]),

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from envs import make_expert
-from envs.progress import progress as tqdm
+from envs.progress import progress as progress_bar
 from envs.tabletop_env import ACTION_NAMES
 from envs.tasks import task_ids
 from vla.checkpoint import CheckpointError, build_policy, read_checkpoint
@@ -47,7 +47,7 @@ def expert_states(env: gym.Env, episodes: int, grasped_only: bool) -> tuple[list
     """Observations along the expert's own (noise-free) episodes and its labels there."""
     observations, labels = [], []
     base = env.unwrapped
-    for episode in tqdm(range(episodes), desc="expert episodes", leave=False):
+    for episode in progress_bar(range(episodes), desc="expert episodes", leave=False):
         obs, _ = env.reset(seed=SEED_BASE + episode)
         expert = make_expert(env, seed=episode)
         target = base.task.target(base.task_spec)

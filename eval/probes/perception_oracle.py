@@ -24,7 +24,7 @@ import torch
 
 from envs.dataset import DemoDataset, split_demos
 from envs.evaluation import EVAL_SEED_BASE, wilson_interval
-from envs.progress import progress as tqdm
+from envs.progress import progress as progress_bar
 from envs.tasks import resolve_tasks, task_ids
 from vla.data import ActionTokenDataset, collate, observations_to_batch
 from vla.policy import KEY_POSITION_DIM, PolicyConfig, VLAPolicy
@@ -68,7 +68,7 @@ def train_policy(demos: DemoDataset, indices: np.ndarray, oracle: bool, steps: i
         collate_fn=collate,
         drop_last=True,
     )
-    step, bar = 0, tqdm(total=steps, desc=f"train ({'oracle' if oracle else 'camera'})")
+    step, bar = 0, progress_bar(total=steps, desc=f"train ({'oracle' if oracle else 'camera'})")
     while step < steps:
         for batch in loader:
             out = policy.loss(with_oracle(batch, batch["key_positions"], oracle, proprio_dim), augment=False)
@@ -94,7 +94,7 @@ def closed_loop(
     error of this std per coordinate, drawn once per episode (a detector's systematic miss)."""
     env = gym.make(task_ids([task])[0], image_size=policy.config.image_size)
     outcomes = []
-    for i in tqdm(range(episodes), desc=f"closed loop ({'oracle' if oracle else 'camera'})"):
+    for i in progress_bar(range(episodes), desc=f"closed loop ({'oracle' if oracle else 'camera'})"):
         obs, info = env.reset(seed=EVAL_SEED_BASE + i)
         error = np.random.default_rng(i).normal(0.0, noise_cm / 100.0, KEY_POSITION_DIM)
         while True:
