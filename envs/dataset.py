@@ -270,6 +270,7 @@ class DemoDataset:
         self._task_specs: list[dict[str, Any]] | None = None
         self._reword_seed: int | None = None
         self._reword_split = "augmented"
+        self._rewrite: tuple[int, float] | None = None  # (seed, share) of rewrite_instructions
 
     def reword_instructions(self, seed: int, split: str = "augmented") -> DemoDataset:
         """From now on every sample's instruction is a fresh wording of its episode's task
@@ -281,6 +282,18 @@ class DemoDataset:
         if self._task_specs is None:  # preload reads them on its pass; otherwise one pass here
             self._task_specs = [json.loads(self._file(e).attrs["task_spec"]) for e in range(self.num_episodes)]
         self._reword_seed, self._reword_split = seed, split
+        return self
+
+    def rewrite_instructions(self, seed: int, share: float) -> DemoDataset:
+        """From now on that ``share`` of the samples reads its instruction as people type it
+        (``envs.rewrites.training_rewrite``: politeness, typos, word order, synonyms of the
+        training lexicon, never the robustness suite's). Each sample index keeps one wording."""
+        from envs.rewrites import training_rewrite
+
+        training_rewrite("", {}, share, seed, 0)  # checks the share before any work
+        if self._task_specs is None:
+            self._task_specs = [json.loads(self._file(e).attrs["task_spec"]) for e in range(self.num_episodes)]
+        self._rewrite = (seed, float(share)) if share > 0 else None
         return self
 
     def preload(self, progress: bool = True) -> DemoDataset:
@@ -354,6 +367,11 @@ class DemoDataset:
         if self._reword_seed is not None:
             rng = np.random.default_rng([self._reword_seed, index])
             instruction = make_instruction(self._task_specs[episode], self._reword_split, rng)
+        if self._rewrite is not None:
+            from envs.rewrites import training_rewrite
+
+            seed, share = self._rewrite
+            instruction = training_rewrite(instruction, self._task_specs[episode], share, seed, index)
         item.update(
             instruction=instruction,
             task=self.episodes[episode].task,

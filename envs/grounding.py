@@ -15,6 +15,7 @@ evaluation seeds.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import tempfile
@@ -31,6 +32,8 @@ GROUNDING_SEED_BASE = 50_000_000  # collection uses 0+, evaluation 20,000,000+ a
 GROUNDING_SEED_STRIDE = 1_000_000  # scene sets with different seeds never share a layout
 GROUNDING_START_SPREAD = 0.5  # rad: arm starts spread over the workspace (occlusion, variety)
 _CHUNK = 500  # scenes per worker task
+# what a cached scene set hands back (``render_scenes`` documents each)
+SCENE_KEYS = ("images", "instructions", "key_positions", "key_uv", "key_kinds", "tasks", "specs", "objects")
 
 
 def render_scenes(
@@ -46,7 +49,8 @@ def render_scenes(
     ``instructions`` (N,) str, ``key_positions`` (N, 6) metres, ``key_uv`` (N, 2, 2) image
     coordinates of the target and destination (``envs.camera``), ``tasks`` (N,) task names,
     ``key_kinds`` (N, 2) what each of the two names (``KEY_KINDS``: cube, cylinder, zone),
-    ``target_sibling`` (N,) whether the target's same-colour sibling is on the table.
+    ``target_sibling`` (N,) whether the target's same-colour sibling is on the table,
+    ``specs`` (N,) each task spec as JSON, ``objects`` (N,) the objects on the table, comma-joined.
 
     ``split`` picks the instruction templates; the env draws the instruction after the
     layout, so the same ``seed`` gives the same scenes on either split, only worded anew
@@ -104,8 +108,8 @@ def load_or_render_scenes(
             found = {k: int(cached[k]) for k in ("count", "seed", "image_size")}
             found["split"] = str(cached["split"]) if "split" in cached else "train"  # older caches
             found["wording"] = str(cached["wording"]) if "wording" in cached else None
-            if found == wanted and "key_kinds" in cached:  # caches from before 2026-12-04 lack the kinds
-                return {k: cached[k] for k in ("images", "instructions", "key_positions", "key_uv", "key_kinds")}
+            if found == wanted and "specs" in cached:  # older caches lack the task specs and objects
+                return {k: cached[k] for k in SCENE_KEYS}
     scenes = render_scenes(count, seed, image_size, workers, progress, split)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
@@ -124,7 +128,7 @@ def _render_chunk(first_seed: int, count: int, image_size: int, split: str) -> d
 
     options = {"image_size": image_size, "start_spread": GROUNDING_START_SPREAD, "instruction_split": split}
     task_envs = [gym.make(t, **options).unwrapped for t in TASKS]
-    images, instructions, key_positions, tasks, key_kinds, siblings = [], [], [], [], [], []
+    images, instructions, key_positions, tasks, key_kinds, siblings, specs, objects = ([] for _ in range(8))
     for i in range(count):
         seed = first_seed + i
         env = task_envs[seed % len(task_envs)]
@@ -135,6 +139,8 @@ def _render_chunk(first_seed: int, count: int, image_size: int, split: str) -> d
         tasks.append(env.task.name)
         key_kinds.append(key_kinds_of(info["task_spec"]))
         siblings.append(has_sibling(info["task_spec"], env.scene_objects))
+        specs.append(json.dumps(info["task_spec"]))
+        objects.append(",".join(env.scene_objects))
     for env in task_envs:
         env.close()
     key_positions = np.stack(key_positions).astype(np.float32)
@@ -146,7 +152,39 @@ def _render_chunk(first_seed: int, count: int, image_size: int, split: str) -> d
         "tasks": np.array(tasks),
         "key_kinds": np.array(key_kinds, dtype=np.int64),
         "target_sibling": np.array(siblings),
+        "specs": np.array(specs),
+        "objects": np.array(objects),
     }
+
+
+def training_wordings(
+    scenes: dict[str, np.ndarray], seed: int, rewrites: float, negatives: float, indices: Any
+) -> tuple[list[str], np.ndarray]:
+    """Each scene of ``indices`` worded for training the reader: with probability ``negatives``
+    an out-of-scope instruction (``envs.rewrites.out_of_scope``, training lexicon), else with
+    probability ``rewrites`` a training rewrite of its instruction, else as rendered. Returns
+    the instructions and ``named`` (N, 2): whether each keypoint's answer is in view (false:
+    the reader's abstain cell is the label). Fixed per scene and ``seed``."""
+    from envs.rewrites import OUT_OF_SCOPE_KINDS, out_of_scope, training_rewrite
+
+    if not (0.0 <= negatives <= 1.0 and 0.0 <= rewrites <= 1.0 and negatives + rewrites <= 1.0):
+        shares = f"{rewrites}, {negatives}"
+        raise ValueError(f"rewrites and negatives must be shares in [0, 1] summing to at most 1, got {shares}")
+    instructions, named = [], []
+    for i in indices:
+        spec, text = json.loads(str(scenes["specs"][i])), str(scenes["instructions"][i])
+        rng = np.random.default_rng([seed, int(i), 1])
+        if rng.random() < negatives:
+            kind = OUT_OF_SCOPE_KINDS[int(rng.integers(len(OUT_OF_SCOPE_KINDS)))]
+            instructions.append(out_of_scope(spec, str(scenes["objects"][i]).split(","), kind, rng, "training"))
+            # the destination (a zone or a base) is still there unless the task has none or the words say nothing
+            destination = kind != "nonsense" and spec["task"] not in ("reach", "lift")
+            named.append((False, destination))
+            continue
+        share = rewrites / (1.0 - negatives) if negatives < 1.0 else 0.0
+        instructions.append(training_rewrite(text, spec, share, seed, (int(i), 2)))
+        named.append((True, True))
+    return instructions, np.array(named, dtype=bool).reshape(-1, 2)
 
 
 def has_sibling(task_spec: dict[str, Any], scene_objects: list[str]) -> bool:

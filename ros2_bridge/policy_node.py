@@ -67,6 +67,8 @@ class PolicyNode(Node):
         self.gripper_pub = self.create_publisher(JointState, ros.CMD_GRIPPER, ros.STREAM_QOS)
         self.ack_pub = self.create_publisher(String, ros.INSTRUCTION_ACK, ros.LATCHED_QOS)
         self.time_pub = self.create_publisher(Float64, ros.INFERENCE_TIME, ros.STREAM_QOS)
+        self.status_pub = self.create_publisher(String, ros.POLICY_STATUS, ros.STREAM_QOS)
+        self._out_of_scope_said: str | None = None  # the instruction whose stop was announced
         self.create_subscription(String, ros.INSTRUCTION, self._on_instruction, ros.LATCHED_QOS)
         self.create_subscription(Image, ros.IMAGE, lambda msg: self._on_part("image", msg), ros.STREAM_QOS)
         self.create_subscription(PoseStamped, ros.EE_POSE, lambda msg: self._on_part("pose", msg), ros.STREAM_QOS)
@@ -89,6 +91,8 @@ class PolicyNode(Node):
             self.report(error.kind, f"instruction ignored, robot held still: {error}")
             self.ack_pub.publish(String(data=""))  # the simulator must wait for the next valid one
             return
+        self._out_of_scope_said = None
+        self.runner.reset()  # a new instruction: checked for scope at its first observation
         self.ack_pub.publish(String(data=self.instruction))
 
     def _on_part(self, part: str, msg) -> None:
@@ -154,11 +158,17 @@ class PolicyNode(Node):
     def _decode(self, obs: dict) -> np.ndarray | None:
         start = time.perf_counter()
         try:
-            action = self.runner.act(obs)
+            action, info = self.runner.act_with_info(obs)
         except Exception as error:  # a policy failure must stop the robot, not the node
             self.report("policy", f"policy failed, robot held still: {type(error).__name__}: {error}")
             return None
         self.time_pub.publish(Float64(data=time.perf_counter() - start))
+        if info["stopped"]:  # out of scope: hold still and tell the simulator why, once per instruction
+            if self._out_of_scope_said != obs["instruction"]:
+                self._out_of_scope_said = obs["instruction"]
+                self.get_logger().warning(info["message"])
+                self.status_pub.publish(String(data=ros.OUT_OF_SCOPE + info["message"]))
+            return None
         return action
 
 

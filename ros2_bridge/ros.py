@@ -11,6 +11,8 @@ Topics (all under ``/vla``; message types in docs/ros2.md):
     cmd/gripper       sensor_msgs/JointState     policy -> sim   joint ``gripper``: -1 open .. +1 closed
     estop             std_msgs/Bool              anyone -> both  true latches a stop
     policy/inference_time std_msgs/Float64       policy ->       seconds per decoded action
+    policy/status     std_msgs/String            policy -> sim   "out of scope: <why>" when the policy stops on an
+                                                                  instruction it cannot act on (the goal then aborts)
     safety/events     std_msgs/String            both ->         "<node>: <rule>" whenever the filter changed a command
 Services: ``/vla_sim/reset_estop`` and ``/vla_policy/reset_estop`` (std_srvs/Trigger).
 Action: ``/vla/execute_instruction`` (vla_sandbox_interfaces/action/ExecuteInstruction).
@@ -37,6 +39,8 @@ CMD_TWIST = f"{NAMESPACE}/cmd/ee_twist"
 CMD_GRIPPER = f"{NAMESPACE}/cmd/gripper"
 ESTOP = f"{NAMESPACE}/estop"
 INFERENCE_TIME = f"{NAMESPACE}/policy/inference_time"
+POLICY_STATUS = f"{NAMESPACE}/policy/status"
+OUT_OF_SCOPE = "out of scope: "  # policy/status prefix of a stop on an instruction the policy cannot act on
 SAFETY_EVENTS = f"{NAMESPACE}/safety/events"
 EXECUTE_INSTRUCTION = f"{NAMESPACE}/execute_instruction"
 WORLD_FRAME = "world"

@@ -69,6 +69,7 @@ class Episode:
     round_trip: list[float] = field(default_factory=list)
     waiting_for_ack: bool = False
     cancel_requested: bool = False
+    aborted: bool = False  # ended by the policy (out of scope), not by success, time limit or cancel
     message: str = ""
     finished: threading.Event = field(default_factory=threading.Event)
 
@@ -118,6 +119,7 @@ class SimNode(Node):
         self.create_subscription(TwistStamped, ros.CMD_TWIST, lambda msg: self._on_command("twist", msg), 50)
         self.create_subscription(JointState, ros.CMD_GRIPPER, lambda msg: self._on_command("gripper", msg), 50)
         self.create_subscription(String, ros.INSTRUCTION_ACK, self._on_ack, ros.LATCHED_QOS)
+        self.create_subscription(String, ros.POLICY_STATUS, self._on_policy_status, ros.STREAM_QOS)
         ros.serve_estop(self, self.safety)
         self.action_server = ActionServer(
             self,
@@ -155,6 +157,17 @@ class SimNode(Node):
         with self._cond:
             self._acked = msg.data
             self._cond.notify_all()
+
+    def _on_policy_status(self, msg: String) -> None:
+        """The policy stopped on an instruction it cannot act on: end the goal, ABORTED, with its words."""
+        if not msg.data.startswith(ros.OUT_OF_SCOPE):
+            return
+        with self._cond:
+            episode = self._episode
+            if episode is not None and not episode.cancel_requested:
+                episode.aborted = True
+                episode.message = msg.data
+                self._cond.notify_all()
 
     def _on_goal(self, goal) -> GoalResponse:
         try:
@@ -195,7 +208,7 @@ class SimNode(Node):
             while not goal_handle.is_cancel_requested and time.monotonic() < deadline:
                 time.sleep(0.001)
             goal_handle.canceled()
-        elif self._running:
+        elif self._running and not episode.aborted:
             goal_handle.succeed()
         else:
             goal_handle.abort()
@@ -284,6 +297,8 @@ class SimNode(Node):
                 self._start_pending_episode()
         elif episode.cancel_requested:
             self._finish(episode, "canceled")
+        elif episode.aborted:
+            self._finish(episode, episode.message)
         elif ack_arrived:  # the policy now holds this episode's instruction: show it the scene
             self._publish_observation()
         elif complete:
@@ -293,7 +308,11 @@ class SimNode(Node):
         episode = self._episode
         if episode is None:
             return self._new_episode is not None
-        if episode.cancel_requested or (episode.waiting_for_ack and self._acked == episode.instruction):
+        if (
+            episode.cancel_requested
+            or episode.aborted
+            or (episode.waiting_for_ack and self._acked == episode.instruction)
+        ):
             return True
         return len(self._commands.get(self._obs_key, {})) == 2
 
@@ -303,6 +322,9 @@ class SimNode(Node):
             pair = dict(self._latest)
         if episode is not None and episode.cancel_requested:
             self._finish(episode, "canceled")
+            episode = None
+        elif episode is not None and episode.aborted:
+            self._finish(episode, episode.message)
             episode = None
         if episode is None:  # idle: hold still, keep the camera streaming
             self.obs, *_ = self.env.step(self.safety.stop())

@@ -3,6 +3,8 @@ keypoint reader's pretraining on them."""
 
 from __future__ import annotations
 
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -203,3 +205,43 @@ def test_the_grounding_probe_breaks_paraphrase_errors_down_by_template_and_noun(
     assert noun_of("destination", "tap the red block") == "block"  # reach: the target is the destination
     with pytest.raises(ValueError, match="model.keypoints=2, got 0"):
         probe(compose_config("bc", [*tiny_model_overrides(), "device=cpu"]), progress=False)
+
+
+def test_training_wordings_reword_and_ask_for_absent_things_in_their_shares(tmp_path):
+    from envs.grounding import training_wordings
+    from envs.rewrites import TRAINING
+
+    scenes = load_or_render_scenes(tmp_path / "s.npz", count=60, seed=0, image_size=32, workers=1, progress=False)
+    texts, named = training_wordings(scenes, seed=0, rewrites=0.4, negatives=0.3, indices=range(60))
+    assert named.shape == (60, 2) and texts == training_wordings(scenes, 0, 0.4, 0.3, range(60))[0]
+    negatives = ~named[:, 0]
+    assert 6 <= negatives.sum() <= 30
+    for text, objects, out in zip(texts, scenes["objects"], negatives, strict=True):
+        named_objects = {o.replace("_", " ") for o in str(objects).split(",")}
+        if out and text not in TRAINING.nonsense:  # the target: an absent or unknown object
+            target = re.search(r"the (\w+ \w+)", text).group(1)
+            assert target not in named_objects, (text, objects)
+    kept = [t == str(s) for t, s, out in zip(texts, scenes["instructions"], negatives, strict=True) if not out]
+    assert 0.2 < 1 - np.mean(kept) < 0.9  # 0.4 / 0.7 of the positives re-worded (a rewrite may keep the words)
+    with pytest.raises(ValueError, match="summing to at most 1, got 0.8, 0.5"):
+        training_wordings(scenes, 0, 0.8, 0.5, range(5))
+
+
+def test_the_abstain_cell_learns_when_the_instruction_names_nothing_in_view(tmp_path):
+    from envs.grounding import training_wordings
+
+    scenes = load_or_render_scenes(tmp_path / "s.npz", count=400, seed=0, image_size=32, workers=2, progress=False)
+    policy = keypoint_policy()
+    reader = policy.keypoint_reader
+    assert reader.absent is not None  # model.scope_check defaults on
+    pretrain_keypoints(policy, scenes, steps=300, batch_size=64, lr=3e-3, heldout=40, progress=False, negatives=0.5)
+    texts, named = training_wordings(scenes, seed=7, rewrites=0.0, negatives=0.5, indices=range(360, 400))
+    images = torch.from_numpy(scenes["images"][360:])
+    with torch.no_grad():
+        states, mask = policy.text(texts, torch.device("cpu"))
+        nothing = reader.nothing_named(images, states, mask)[:, 0].numpy()
+    out, valid = nothing[~named[:, 0]], nothing[named[:, 0]]
+    assert out.mean() > valid.mean() + 0.3, (out, valid)  # held-out scenes, new draws of the negatives
+    with pytest.raises(ValueError, match="abstain cell"):
+        no_abstain = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "keypoints": 2, "scope_check": False}))
+        pretrain_keypoints(no_abstain, scenes, steps=1, batch_size=32, heldout=40, progress=False, negatives=0.5)

@@ -483,3 +483,21 @@ def test_a_reader_with_the_sentence_asks_each_keypoint_from_it_and_padding_stays
     assert torch.allclose(reader.ask(padded_states, padded_mask), changed, atol=1e-5)
     reader.freeze_reading()
     assert not reader.read_sentence.weight.requires_grad
+
+
+def test_act_stops_on_an_empty_instruction_and_says_why():
+    from vla.inference import PolicyRunner
+
+    torch.manual_seed(0)
+    config = {**TINY_MODEL, "keypoints": 2, "keypoint_channels": 8}
+    runner = PolicyRunner(VLAPolicy(PolicyConfig.from_dict(config)), ActionTokenizer(bins=256))
+    obs = {"image": np.zeros((32, 32, 3), np.uint8), "proprio": np.zeros(9, np.float32), "instruction": " ?! "}
+    action, info = runner.act_with_info(obs)
+    assert info["stopped"] and "is empty" in info["message"] and not action[:6].any()
+    _, info = runner.act_with_info({**obs, "instruction": "touch the red cube"})
+    assert set(info) == {"stopped", "message", "nothing_named"} and 0 <= info["nothing_named"] <= 1
+    with pytest.raises(ValueError, match=r"scope_threshold must be in \(0, 1\) or None, got 1.5"):
+        PolicyRunner(runner.policy, runner.tokenizer, scope_threshold=1.5)
+    plain = PolicyRunner(VLAPolicy(PolicyConfig.from_dict({**config, "scope_check": False})), runner.tokenizer)
+    assert plain.scope_threshold is None  # no abstain cell: it stops only on empty instructions
+    assert plain.act_with_info(obs)[1]["stopped"]

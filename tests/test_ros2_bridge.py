@@ -169,6 +169,18 @@ def test_action_goal_gives_feedback_every_step_and_a_result(lockstep):
     assert len(result.round_trip) == result.steps and all(0 < t < 5 for t in result.round_trip)
 
 
+def test_an_instruction_the_policy_cannot_act_on_aborts_the_goal_with_its_reason(lockstep):
+    # punctuation alone normalises to nothing: the policy stops and says so (out-of-scope
+    # objects take the same path, with the reader's "nothing named" answer as the reason)
+    outcome = lockstep.peer.client.run(task="reach", seed=EVAL_SEED_BASE, instruction="?!", max_steps=50, timeout=60)
+    assert outcome.accepted and outcome.status == GoalStatus.STATUS_ABORTED, outcome
+    assert outcome.result.message.startswith(ros.OUT_OF_SCOPE) and "is empty" in outcome.result.message
+    assert outcome.result.steps < 50 and not outcome.result.success
+    assert all(not np.any(f.last_action[:6]) for f in outcome.feedback)  # it never moved
+    followed = lockstep.peer.client.run(task="reach", seed=EVAL_SEED_BASE, max_steps=3, timeout=60)
+    assert followed.status == GoalStatus.STATUS_SUCCEEDED  # the next goal runs as usual
+
+
 def test_cancel_ends_the_goal_and_stops_the_robot_at_once(lockstep):
     peer = lockstep.peer
     outcome = peer.client.run(task="reach", seed=EVAL_SEED_BASE + 1, timeout=60, cancel_when=lambda fb: len(fb) >= 3)

@@ -112,11 +112,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return migrate(payload)
 
 
+# Settings added after format 2 was fixed: checkpoints that lack them were trained without
+# them, so they load with them off and act exactly as they did.
+ADDED_SINCE = {"text_normalise": False, "scope_check": False}
+
+
 def migrate(payload: dict[str, Any]) -> dict[str, Any]:
     """A format-1 checkpoint as format 2: every field explicit, encoders by their Hugging Face
-    ids, keypoint roles always on; options retired since are refused by name."""
+    ids, keypoint roles always on; options retired since are refused by name. Settings added
+    since (``ADDED_SINCE``) are filled in as off."""
     if payload["format"] == FORMAT:
-        return payload
+        return {**payload, "policy_config": {**ADDED_SINCE, **payload["policy_config"]}}
     config = {**FORMAT_1_DEFAULTS, **payload["policy_config"]}
     retired = []
     if config["text_encoder"] not in (*FORMAT_1_ENCODERS, "scratch"):
@@ -133,7 +139,7 @@ def migrate(payload: dict[str, Any]) -> dict[str, Any]:
     config["text_encoder"] = FORMAT_1_ENCODERS.get(config["text_encoder"], config["text_encoder"])
     for key in ("keypoint_roles", "keypoint_reads_untuned"):
         config.pop(key)
-    return {**payload, "format": FORMAT, "policy_config": config}
+    return {**payload, "format": FORMAT, "policy_config": {**ADDED_SINCE, **config}}
 
 
 def check_config(payload: dict[str, Any], expected: dict[str, Any]) -> None:

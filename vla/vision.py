@@ -156,6 +156,7 @@ class TextQueriedKeypoints(nn.Module):
         channels: int = 32,
         frequencies: int = 6,
         sentence: bool = False,
+        abstain: bool = False,
     ):
         super().__init__()
         self.keypoints, self.channels = keypoints, channels
@@ -180,6 +181,10 @@ class TextQueriedKeypoints(nn.Module):
         self.roles = nn.Parameter(torch.zeros(keypoints, width))
         # made last: without it every weight above starts as before (same random draws)
         self.read_sentence = nn.Linear(text_dim, keypoints * width) if sentence else None
+        # abstain: each question may answer "nothing I name is in view", as one more cell
+        # beside the map's whose logit the question alone sets; trained on instructions that
+        # name absent or unknown objects, or nonsense (grounding.negatives)
+        self.absent = nn.Linear(width, 1) if abstain else None
 
     def heatmaps(
         self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor
@@ -196,6 +201,15 @@ class TextQueriedKeypoints(nn.Module):
         logits = self.query(questions) @ features.flatten(2) / self.channels**0.5
         cells = _pixel_grid(1, *features.shape[2:], x.device)[0].flatten(1).T
         return logits, cells
+
+    def nothing_named(self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """(B, K) probability that what each keypoint's question names is nowhere in view
+        (the abstain cell's share of the heatmap softmax); needs ``abstain=True``."""
+        if self.absent is None:
+            raise ValueError("this keypoint reader was built without an abstain cell (model.scope_check=false)")
+        questions = self.ask(text_states, text_mask)
+        logits, _ = self.heatmaps_for(images, questions)
+        return torch.cat([logits.float(), self.absent(questions).float()], -1).softmax(-1)[..., -1]
 
     def ask(self, text_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Each keypoint's question (B, K, width), read from the instruction's token states."""
@@ -227,25 +241,41 @@ class TextQueriedKeypoints(nn.Module):
         """Stop training the part that reads the image (conv map, text queries): its
         coordinates of a demo step then never change and can be read once. The token
         embedding and the roles go on learning from the action loss."""
-        for part in (self.features, self.text_proj, self.read_text, self.query, self.read_sentence):
+        for part in (self.features, self.text_proj, self.read_text, self.query, self.read_sentence, self.absent):
             if part is not None:
                 part.requires_grad_(False)
         self.questions.requires_grad_(False)
 
-    def heatmap_loss(self, logits: torch.Tensor, target_uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def heatmap_loss(
+        self,
+        logits: torch.Tensor,
+        target_uv: torch.Tensor,
+        absent_logits: torch.Tensor | None = None,
+        named: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy of the heatmaps against a Gaussian around each true point (std one
         cell), and the mean distance of the soft-argmax from it in pixels at full resolution.
         A heatmap target gives every cell a gradient; regressing the soft-argmax alone gives
-        a weak one and learned far slower in one-off trials."""
+        a weak one and learned far slower in one-off trials.
+
+        With ``absent_logits`` (B, K, 1) the abstain cell joins the softmax: where ``named``
+        (B, K) is false, nothing the question names is in view and the abstain cell is the
+        target; the distance is measured over the named keypoints only."""
         side = int(round(logits.shape[-1] ** 0.5))
         cells = _pixel_grid(1, side, side, logits.device)[0].flatten(1).T
         sigma = 2.0 / side
         distance2 = ((cells[None, None] - target_uv[:, :, None].float()) ** 2).sum(-1)  # (B, K, cells)
         target = (-distance2 / (2 * sigma**2)).softmax(-1)
+        coords = logits.float().softmax(-1) @ cells
+        if named is None:
+            named = torch.ones(target_uv.shape[:2], dtype=torch.bool, device=logits.device)
+        if absent_logits is not None:
+            logits = torch.cat([logits.float(), absent_logits.float()], -1)
+            target = torch.cat([target * named[..., None], (~named)[..., None].float()], -1)
         log_p = logits.float().log_softmax(-1)
         loss = -(target * log_p).sum(-1).mean()
-        coords = log_p.exp() @ cells
-        error_px = (coords - target_uv).norm(dim=-1).mean() * side  # [-1, 1] spans 2 x side pixels
+        distance = (coords - target_uv).norm(dim=-1)
+        error_px = distance[named].mean() * side  # [-1, 1] spans 2 x side pixels
         return loss, error_px
 
 

@@ -208,7 +208,7 @@ def final_evaluation(
     run_dir: Path,
 ) -> dict[str, Any]:
     open_loop = open_loop_accuracy(policy, tokenizer, demos, val_idx, device)
-    return run_report(
+    report = run_report(
         policy,
         tokenizer,
         device,
@@ -222,6 +222,26 @@ def final_evaluation(
         progress=cfg.trainer.progress,
         swap=cfg.eval.get("language_swap", False),
     )
+    if cfg.eval.robustness_episodes > 0:  # instructions as people type them (eval/robustness.py)
+        from envs.rewrites import KINDS
+        from vla.evaluation.robustness import robustness_suite, robustness_table
+
+        robustness = robustness_suite(
+            PolicyRunner(policy, tokenizer, device),
+            list(cfg.data.tasks),
+            cfg.eval.robustness_episodes,
+            list(KINDS),
+            cfg.eval.num_envs,
+            policy_env_kwargs(policy),
+            cfg.eval.robustness_episodes,
+            progress=cfg.trainer.progress,
+        )
+        (run_dir / "robustness.json").write_text(json.dumps(robustness, indent=1))
+        table = robustness_table(robustness)
+        (run_dir / "robustness.md").write_text(table + "\n")
+        print(table)
+        report["robustness"] = robustness
+    return report
 
 
 Outcomes = dict[tuple[str, str], dict[int, bool]]

@@ -71,6 +71,18 @@ def check_config(cfg: DictConfig) -> PolicyConfig:
             f"need trainer.lr > 0, grounding.steps >= 0, grounding.kind_weight >= 0; got {t.lr}, "
             f"{g.steps}, {g.kind_weight}"
         )
+    episodes = cfg.eval.robustness_episodes
+    if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 0:
+        raise ValueError(f"eval.robustness_episodes must be a whole number >= 0 (0: off), got {episodes!r}")
+    shares = {"data.rewrites": cfg.data.rewrites, "grounding.rewrites": g.rewrites, "grounding.negatives": g.negatives}
+    bad = {k: v for k, v in shares.items() if not (isinstance(v, (int, float)) and 0 <= v <= 1)}
+    if bad or g.rewrites + g.negatives > 1:
+        raise ValueError(f"shares must be in [0, 1], grounding.rewrites + grounding.negatives at most 1; got {shares}")
+    if g.negatives > 0 and config.keypoints and not config.scope_check:
+        raise ValueError(
+            f"grounding.negatives={g.negatives} trains the reader's abstain cell, which model.scope_check=false "
+            "removes: set grounding.negatives=0 too"
+        )
     if t.cache_keypoints and (config.keypoints != 2 or config.aux_weight != 0 or cfg.data.instructions != "train"):
         raise ValueError(  # keypoints read once must stay right: the reader frozen, each step worded as recorded
             "trainer.cache_keypoints=true needs model.keypoints=2, model.aux_weight=0 and data.instructions=train; "
@@ -285,6 +297,8 @@ def load_demos(cfg: DictConfig, rank: int, config: PolicyConfig) -> DemoDataset:
         demos.preload(progress=rank == 0 and cfg.trainer.progress)
     if cfg.data.instructions != "train":
         demos.reword_instructions(cfg.seed, cfg.data.instructions)
+    if cfg.data.rewrites > 0:
+        demos.rewrite_instructions(cfg.seed, cfg.data.rewrites)
     return demos
 
 
@@ -304,6 +318,7 @@ def load_or_collect(cfg: DictConfig, rank: int) -> DemoDataset:
                     output=path,
                     image_size=cfg.model.image_size,
                     cameras=tuple(cfg.model.cameras),
+                    workers=cfg.data.collect_workers,
                 )
             )
         if torch.distributed.is_initialized():

@@ -29,6 +29,8 @@ def pretrain_keypoints(
     seed: int = 0,
     progress: bool = True,
     kind_weight: float = 0.0,
+    rewrites: float = 0.0,
+    negatives: float = 0.0,
 ) -> dict[str, float]:
     """Train ``policy.keypoint_reader`` to put its heatmaps on the true image coordinates
     (``scenes["key_uv"]``) of the scenes' targets and destinations. The last ``heldout``
@@ -39,7 +41,11 @@ def pretrain_keypoints(
     question names (``scenes["key_kinds"]``: cube, cylinder or zone), read by a linear head
     that is dropped after grounding. The heatmap alone needs the shape only where the
     target's same-colour sibling is on the table (about 2 scenes in 7); this asks for it in
-    every scene, so that a new noun ("can") must land on a shape's side of the question."""
+    every scene, so that a new noun ("can") must land on a shape's side of the question.
+
+    ``rewrites`` and ``negatives`` re-word that share of the training scenes
+    (``envs.grounding.training_wordings``): as people type (training lexicon), or naming
+    nothing in view, where the reader's abstain cell (``model.scope_check``) is the label."""
     if kind_weight < 0:
         raise ValueError(f"kind_weight must be 0 or more, got {kind_weight}")
     reader = policy.keypoint_reader
@@ -52,8 +58,17 @@ def pretrain_keypoints(
     device = policy.proprio_mean.device
     images = torch.from_numpy(scenes["images"])
     key_uv = torch.from_numpy(scenes["key_uv"]).float()
-    instructions = [str(s) for s in scenes["instructions"]]
     train_count = count - heldout
+    if negatives > 0 and reader.absent is None:
+        raise ValueError("grounding.negatives > 0 trains the reader's abstain cell: it needs model.scope_check=true")
+    instructions = [str(s) for s in scenes["instructions"]]
+    named = torch.ones(count, 2, dtype=torch.bool)
+    if rewrites > 0 or negatives > 0:
+        from envs.grounding import training_wordings
+
+        worded, worded_named = training_wordings(scenes, seed, rewrites, negatives, range(train_count))
+        instructions[:train_count] = worded
+        named[:train_count] = torch.from_numpy(worded_named)
     use_bf16 = device.type == "cuda"
     kind_head, key_kinds = None, None
     if kind_weight > 0:
@@ -69,10 +84,14 @@ def pretrain_keypoints(
             questions = reader.ask(text_states, text_mask)
             logits, _ = reader.heatmaps_for(images[index].to(device), questions)
             kinds = kind_head(questions) if kind_head is not None else None
-        loss, error_px = reader.heatmap_loss(logits, key_uv[index].to(device))
-        if kinds is not None:
+            absent = reader.absent(questions) if reader.absent is not None else None
+        in_view = named[index].to(device)
+        loss, error_px = reader.heatmap_loss(logits, key_uv[index].to(device), absent, in_view)
+        if kinds is not None:  # what a question names, asked where it names something in view
             labels = key_kinds[index].to(device)
-            loss = loss + kind_weight * torch.nn.functional.cross_entropy(kinds.float().flatten(0, 1), labels.flatten())
+            kinds = kinds.float().flatten(0, 1)
+            kind_loss = torch.nn.functional.cross_entropy(kinds, labels.flatten(), reduction="none")
+            loss = loss + kind_weight * (kind_loss * in_view.flatten()).sum() / in_view.sum().clamp(min=1)
         return loss, error_px
 
     parameters = list(reader.parameters()) + (list(kind_head.parameters()) if kind_head is not None else [])
@@ -117,6 +136,8 @@ def ground_and_measure(
         seed=seed,
         progress=progress,
         kind_weight=g.kind_weight,
+        rewrites=g.get("rewrites", 0.0),
+        negatives=g.get("negatives", 0.0),
     )
     reworded = paraphrased_heldout_scenes(g.scenes, seed, image_size, g.workers)
     errors = keypoint_errors(policy, reworded, range(len(reworded["images"])))

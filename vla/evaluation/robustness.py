@@ -1,0 +1,139 @@
+"""The robustness suite: closed-loop success on instructions as people type them, and how
+often the policy stops on instructions it cannot act on.
+
+For each kind of ``envs.rewrites.KINDS`` the episodes of the training wording's seeds run
+again with each instruction rewritten that way (suite lexicon: words no training split
+and no training rewrite uses), so every kind is compared with the training wording on the
+same scenes. Out of scope: the first observation of each scene asked with an instruction
+that names an object not on the table, a colour or shape this world lacks, nonsense, or
+nothing at all; the share where ``act`` stops, against the share where it stops on valid ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.evaluation import EVAL_SEED_BASE, TaskResult, evaluate
+from envs.progress import progress as progress_bar
+from envs.rewrites import KINDS, OUT_OF_SCOPE_KINDS, out_of_scope, suite_instruction
+from envs.stats import wilson_interval
+from envs.tasks import task_ids
+from vla.inference import PolicyRunner
+
+SCOPE_CASES = (*OUT_OF_SCOPE_KINDS, "empty")  # out-of-scope instructions the suite asks
+TRAINING_WORDING = "train"
+
+
+class StopCounter:
+    """A batch policy that counts the steps where ``runner`` stopped (false stops on valid words)."""
+
+    def __init__(self, runner: PolicyRunner):
+        self.runner, self.steps, self.stopped = runner, 0, 0
+
+    def reset(self) -> None:
+        self.runner.reset()
+
+    def act_batch(self, observations: list[dict[str, Any]]) -> np.ndarray:
+        actions, infos = self.runner.act_batch_with_info(observations)
+        self.steps += len(infos)
+        self.stopped += sum(info["stopped"] for info in infos)
+        return actions
+
+
+def robustness_suite(
+    runner: PolicyRunner,
+    tasks: list[str],
+    episodes: int,
+    kinds: list[str],
+    num_envs: int,
+    env_kwargs: dict[str, Any],
+    scope_scenes: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Success per wording kind (``episodes`` per task, the training wording first) and the
+    out-of-scope stop rates over ``scope_scenes`` scenes per task."""
+    for kind in kinds:
+        if kind not in KINDS:
+            raise ValueError(f"unknown rewrite kind {kind!r}; valid values are: {', '.join(KINDS)}")
+    ids = task_ids(tasks)
+    bar = progress_bar(total=episodes * len(ids) * (1 + len(kinds)), desc="robustness", disable=not progress)
+    wordings: dict[str, Any] = {}
+    for kind in [TRAINING_WORDING, *kinds]:
+        counter = StopCounter(runner)
+        instruction_fn = None if kind == TRAINING_WORDING else functools.partial(suite_instruction, kind=kind)
+        results, _ = evaluate(
+            counter, ids, episodes, "train", num_envs, env_kwargs=env_kwargs, instruction_fn=instruction_fn,
+            progress=bar.update,
+        )  # fmt: skip
+        wordings[kind] = _summary(results) | {"stopped_steps": counter.stopped / max(counter.steps, 1)}
+    bar.close()
+    base = wordings[TRAINING_WORDING]["success_rate"]
+    for row in wordings.values():
+        row["ratio"] = row["success_rate"] / base if base > 0 else float("nan")
+    scope = scope_stops(runner, ids, scope_scenes, env_kwargs)
+    return {"episodes_per_task": episodes, "wordings": wordings, "scope": scope}
+
+
+def _summary(results: list[TaskResult]) -> dict[str, Any]:
+    outcomes = [s for r in results for s in r.successes]
+    k, n = int(sum(outcomes)), len(outcomes)
+    per_task = {r.task_id.split("/")[-1]: r.rate for r in results}
+    seeds = {r.task_id: r.seeds for r in results}
+    return {"success_rate": k / n, "ci95": list(wilson_interval(k, n)), "episodes": n, "per_task": per_task,
+            "successes": {r.task_id: r.successes for r in results}, "seeds": seeds}  # fmt: skip
+
+
+def scope_stops(runner: PolicyRunner, ids: list[str], scenes: int, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Share of first observations where ``act`` stops: for each out-of-scope case (should
+    be 1) and for the scene's own training wording (should be 0), on the evaluation seeds."""
+    asked: dict[str, list[bool]] = {case: [] for case in (TRAINING_WORDING, *SCOPE_CASES)}
+    messages: dict[str, str] = {}
+    for task_id in ids:
+        env = gym.make(task_id, **env_kwargs)
+        for i in range(scenes):
+            seed = EVAL_SEED_BASE + i
+            obs, info = env.reset(seed=seed)
+            rng = np.random.default_rng(seed)
+            for case in asked:
+                if case == TRAINING_WORDING:
+                    text = obs["instruction"]
+                elif case == "empty":
+                    text = ""
+                else:
+                    text = out_of_scope(info["task_spec"], info["scene_objects"], case, rng, "suite")
+                runner.reset()  # each case is a new instruction's first sighting
+                _, answer = runner.act_with_info({**obs, "instruction": text})
+                asked[case].append(answer["stopped"])
+                if answer["stopped"]:
+                    messages.setdefault(case, answer["message"])
+        env.close()
+    rows = {}
+    for case, stops in asked.items():
+        k, n = int(sum(stops)), len(stops)
+        rows[case] = {"stop_rate": k / n, "ci95": list(wilson_interval(k, n)), "scenes": n}
+    return {"cases": rows, "example_messages": messages}
+
+
+def robustness_table(report: dict[str, Any]) -> str:
+    """Markdown: success per wording kind with the ratio to the training wording, and the
+    out-of-scope stop rates."""
+    lines = [
+        "| wording | success | 95% CI | ratio to training wording | episodes | steps stopped |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, row in report["wordings"].items():
+        lo, hi = row["ci95"]
+        lines.append(
+            f"| {kind} | {100 * row['success_rate']:.1f}% | [{100 * lo:.1f}, {100 * hi:.1f}] | "
+            f"{row['ratio']:.2f} | {row['episodes']} | {100 * row['stopped_steps']:.1f}% |"
+        )
+    lines += ["", "| instruction asked at the first step | stopped | 95% CI | scenes |", "|---|---|---|---|"]
+    for case, row in report["scope"]["cases"].items():
+        lo, hi = row["ci95"]
+        name = "training wording (valid)" if case == TRAINING_WORDING else case
+        lines.append(f"| {name} | {100 * row['stop_rate']:.1f}% | [{100 * lo:.1f}, {100 * hi:.1f}] | {row['scenes']} |")
+    return "\n".join(lines)
