@@ -35,8 +35,9 @@ def check_config(cfg: DictConfig) -> None:
     for kind in cfg.kinds:
         check_name("kinds", kind, KINDS)
     check_whole_numbers({"episodes": cfg.episodes, "scope_scenes": cfg.scope_scenes, "num_envs": cfg.num_envs})
-    if not 0 < cfg.scope_threshold < 1:
-        raise ValueError(f"scope_threshold must be in (0, 1), got {cfg.scope_threshold!r}")
+    threshold = cfg.scope_threshold
+    if threshold != "calibrated" and not (isinstance(threshold, float) and 0 < threshold < 1):
+        raise ValueError(f"scope_threshold must be 'calibrated' or a number in (0, 1), got {threshold!r}")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -48,6 +49,8 @@ def run(cfg: DictConfig) -> dict:
         print(f"checkpoint {payload['path']} (step {payload.get('step')})")
         if runner.scope_threshold is None:
             print("this checkpoint was trained without model.scope_check: it never stops")
+        else:
+            print(f"out-of-scope threshold {runner.scope_threshold:.3f}")
         report = robustness_suite(
             runner,
             list(cfg.tasks),

@@ -496,7 +496,10 @@ def test_act_stops_on_an_empty_instruction_and_says_why():
     assert info["stopped"] and "is empty" in info["message"] and not action[:6].any()
     _, info = runner.act_with_info({**obs, "instruction": "touch the red cube"})
     assert set(info) == {"stopped", "message", "nothing_named"} and 0 <= info["nothing_named"] <= 1
-    with pytest.raises(ValueError, match=r"scope_threshold must be in \(0, 1\) or None, got 1.5"):
+    assert runner.scope_threshold == 0.5  # an uncalibrated reader's default
+    with pytest.raises(
+        ValueError, match=r"scope_threshold must be 'calibrated', a number in \(0, 1\) or None, got 1.5"
+    ):
         PolicyRunner(runner.policy, runner.tokenizer, scope_threshold=1.5)
     plain = PolicyRunner(VLAPolicy(PolicyConfig.from_dict({**config, "scope_check": False})), runner.tokenizer)
     assert plain.scope_threshold is None  # no abstain cell: it stops only on empty instructions

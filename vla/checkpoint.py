@@ -80,6 +80,19 @@ def save_checkpoint(path: str | Path, policy: VLAPolicy, tokenizer: ActionTokeni
     return path
 
 
+def update_weights(path: str | Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """Replace (or add) these entries of checkpoint file ``path``'s weights, atomically; the
+    rest of the payload (optimiser, step, ...) stays as saved."""
+    path = Path(path)
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload["model"] = {**payload["model"], **tensors}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def save_weights_fp16(source: str | Path, path: str | Path) -> Path:
     """A copy of checkpoint ``source`` (a file or a run directory) for moving between machines:
     weights in fp16, no optimiser or loader state (a GPU-config checkpoint: ~6x smaller). It

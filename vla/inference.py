@@ -35,7 +35,7 @@ from vla.language import normalise_instruction
 from vla.policy import VLAPolicy
 from vla.tokenizer import ActionTokenizer
 
-SCOPE_THRESHOLD = 0.5  # stop where the reader gives "nothing named is in view" more than this
+CALIBRATED = "calibrated"  # scope_threshold: the one training set from validation scenes (calibrate_scope)
 ARM_DIMS = 6  # the action's translation and rotation elements: zero when stopped
 
 
@@ -51,7 +51,7 @@ class PolicyRunner:
         use_cache: bool = True,
         seed: int = 0,
         threads: int | str = "auto",
-        scope_threshold: float | None = SCOPE_THRESHOLD,
+        scope_threshold: float | str | None = CALIBRATED,
     ):
         if threads != "auto" and not (isinstance(threads, int) and threads >= 1):
             raise ValueError(f"threads must be 'auto' or a whole number >= 1, got {threads!r}")
@@ -63,9 +63,13 @@ class PolicyRunner:
         self.use_cache = use_cache
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         # None: never stop (also where the checkpoint was trained without model.scope_check)
-        if scope_threshold is not None and not 0.0 < scope_threshold < 1.0:
-            raise ValueError(f"scope_threshold must be in (0, 1) or None, got {scope_threshold!r}")
         checks = policy.keypoint_reader is not None and policy.keypoint_reader.absent is not None
+        if scope_threshold == CALIBRATED:
+            scope_threshold = float(policy.keypoint_reader.scope_threshold) if checks else None
+        elif scope_threshold is not None and not (isinstance(scope_threshold, float) and 0.0 < scope_threshold < 1.0):
+            raise ValueError(
+                f"scope_threshold must be 'calibrated', a number in (0, 1) or None, got {scope_threshold!r}"
+            )
         self.scope_threshold = scope_threshold if checks else None
         self._verdicts: dict[str, float] = {}  # instruction -> "nothing named" probability at its first sighting
 

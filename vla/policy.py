@@ -416,6 +416,8 @@ class VLAPolicy(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         frozen = is_pretrained(self.config.text_encoder)
         missing = [k for k in missing if not (frozen and k.startswith("text.model."))]
+        # checkpoints from before the reader's calibrated threshold keep its default (0.5)
+        missing = [k for k in missing if k != "keypoint_reader.scope_threshold"]
         if missing or unexpected:
             raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

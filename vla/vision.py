@@ -185,6 +185,8 @@ class TextQueriedKeypoints(nn.Module):
         # beside the map's whose logit the question alone sets; trained on instructions that
         # name absent or unknown objects, or nonsense (grounding.negatives)
         self.absent = nn.Linear(width, 1) if abstain else None
+        if abstain:  # act stops above this "nothing named" probability; set after training (calibrate_scope)
+            self.register_buffer("scope_threshold", torch.tensor(0.5))
 
     def heatmaps(
         self, images: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor

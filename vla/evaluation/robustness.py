@@ -16,16 +16,21 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
-from envs.evaluation import EVAL_SEED_BASE, TaskResult, evaluate
+from envs.evaluation import EVAL_SEED_BASE, VALIDATION_SEED_BASE, TaskResult, evaluate
 from envs.progress import progress as progress_bar
-from envs.rewrites import KINDS, OUT_OF_SCOPE_KINDS, out_of_scope, suite_instruction
+from envs.rewrites import KINDS, OUT_OF_SCOPE_KINDS, out_of_scope, suite_instruction, training_rewrite
 from envs.stats import wilson_interval
 from envs.tasks import task_ids
+from vla.data import observations_to_batch
 from vla.inference import PolicyRunner
+from vla.policy import VLAPolicy
 
 SCOPE_CASES = (*OUT_OF_SCOPE_KINDS, "empty")  # out-of-scope instructions the suite asks
 TRAINING_WORDING = "train"
+FALSE_STOPS = 0.01  # calibrate_scope: the share of valid instructions on validation scenes allowed to stop
+THRESHOLD_RANGE = (0.5, 0.99)  # calibrate_scope never goes outside it
 
 
 class StopCounter:
@@ -116,6 +121,42 @@ def scope_stops(runner: PolicyRunner, ids: list[str], scenes: int, env_kwargs: d
         k, n = int(sum(stops)), len(stops)
         rows[case] = {"stop_rate": k / n, "ci95": list(wilson_interval(k, n)), "scenes": n}
     return {"cases": rows, "example_messages": messages}
+
+
+@torch.no_grad()
+def calibrate_scope(
+    policy: VLAPolicy, ids: list[str], scenes: int, env_kwargs: dict[str, Any], false_stops: float = FALSE_STOPS
+) -> float:
+    """Set the reader's ``scope_threshold`` to the (1 - ``false_stops``) quantile of its
+    "nothing named" probability on valid instructions (each scene's training wording and
+    training rewrites, never the suite's), on the first observation of ``scenes`` validation
+    scenes per task, clipped to ``THRESHOLD_RANGE``; returns it. How sure the reader is of
+    its "nothing named" differs from model to model, so one fixed threshold stopped 15% of
+    valid first steps of one model and 1.5% of another (2026-12-06)."""
+    reader = policy.keypoint_reader
+    if reader is None or reader.absent is None:
+        raise ValueError("calibrate_scope needs a keypoint reader with an abstain cell (model.scope_check=true)")
+    device = policy.proprio_mean.device
+    observations = []
+    for task_id in ids:
+        env = gym.make(task_id, **env_kwargs)
+        for i in range(scenes):
+            obs, info = env.reset(seed=VALIDATION_SEED_BASE + i)
+            for draw in range(4):  # the training wording, then rewrites of it
+                share = 0.0 if draw == 0 else 1.0
+                text = training_rewrite(obs["instruction"], info["task_spec"], share, VALIDATION_SEED_BASE + i, draw)
+                observations.append({**obs, "instruction": text})
+        env.close()
+    probabilities = []
+    policy.eval()
+    for start in range(0, len(observations), 256):
+        batch = observations_to_batch(observations[start : start + 256], device)
+        states, mask = policy.text(batch["instruction"], device)
+        probabilities.append(reader.nothing_named(batch["image"], states, mask)[:, 0].float().cpu())
+    quantile = float(torch.cat(probabilities).quantile(1.0 - false_stops))
+    threshold = float(np.clip(quantile, *THRESHOLD_RANGE))
+    reader.scope_threshold.fill_(threshold)
+    return threshold
 
 
 def robustness_table(report: dict[str, Any]) -> str:
