@@ -279,20 +279,27 @@ class DemoDataset:
         one episode read differently while a resumed run and every DataLoader worker see the
         same words."""
         check_name("instruction split to re-word with", split, [s for s in TRAINING_SPLITS if s != "train"])
-        if self._task_specs is None:  # preload reads them on its pass; otherwise one pass here
-            self._task_specs = [json.loads(self._file(e).attrs["task_spec"]) for e in range(self.num_episodes)]
+        self._load_task_specs()
         self._reword_seed, self._reword_split = seed, split
         return self
+
+    def task_spec(self, episode: int) -> dict[str, Any]:
+        """The task spec episode ``episode`` was recorded with (its instruction names it)."""
+        return self._load_task_specs()[episode]
+
+    def _load_task_specs(self) -> list[dict[str, Any]]:
+        if self._task_specs is None:  # preload reads them on its pass; otherwise one pass here
+            self._task_specs = [json.loads(self._file(e).attrs["task_spec"]) for e in range(self.num_episodes)]
+        return self._task_specs
 
     def rewrite_instructions(self, seed: int, share: float) -> DemoDataset:
         """From now on that ``share`` of the samples reads its instruction as people type it
         (``envs.rewrites.training_rewrite``: politeness, typos, word order, synonyms of the
         training lexicon, never the robustness suite's). Each sample index keeps one wording."""
-        from envs.rewrites import training_rewrite
+        from envs.rewrites import check_share
 
-        training_rewrite("", {}, share, seed, 0)  # checks the share before any work
-        if self._task_specs is None:
-            self._task_specs = [json.loads(self._file(e).attrs["task_spec"]) for e in range(self.num_episodes)]
+        check_share(share)
+        self._load_task_specs()
         self._rewrite = (seed, float(share)) if share > 0 else None
         return self
 

@@ -282,14 +282,20 @@ def _short(spec: dict[str, Any]) -> str:
 REWRITE_VARIANTS = 12  # distinct training rewrites of one instruction: a frozen encoder encodes each once
 
 
+def check_share(share: float) -> float:
+    """``share`` if it is a share of rewritten instructions in [0, 1], else a ValueError."""
+    if not (isinstance(share, (int, float)) and 0.0 <= share <= 1.0):
+        raise ValueError(f"the share of rewritten instructions must be in [0, 1], got {share!r}")
+    return share
+
+
 def training_rewrite(
     instruction: str, spec: dict[str, Any], share: float, seed: int, draw: int | tuple[int, ...]
 ) -> str:
     """With probability ``share``, ``instruction`` rewritten with the training lexicon, one of
     ``REWRITE_VARIANTS`` variants of it; otherwise as it is. ``draw`` (a sample index) picks,
     so each sample keeps its wording across epochs, resumes and DataLoader workers."""
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"the share of rewritten instructions must be in [0, 1], got {share!r}")
+    check_share(share)
     pick = np.random.default_rng([seed, *np.atleast_1d(draw)])
     if share == 0.0 or pick.random() >= share:
         return instruction

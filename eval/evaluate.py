@@ -16,14 +16,13 @@ import torch
 from omegaconf import DictConfig
 
 from envs.camera import TrueKeypoints
-from envs.dataset import split_demos
 from envs.instructions import INSTRUCTION_SPLITS
 from envs.tasks import task_ids
 from envs.vocabulary import check_name
 from vla.app.cli import hydra_entry
 from vla.app.console import run_log
 from vla.checkpoint import build_policy, read_checkpoint
-from vla.evaluation.closed_loop import open_loop_accuracy, run_report
+from vla.evaluation.closed_loop import held_out_demos, open_loop_accuracy, run_report
 from vla.training.runtime import resolve_device
 
 KEYPOINT_SOURCES = ("read", "oracle")  # who points: the policy's reader, or the simulator's truth
@@ -77,18 +76,8 @@ def _evaluate(cfg: DictConfig) -> dict:
 
 def held_out_accuracy(cfg: DictConfig, payload: dict, policy, tokenizer, device: torch.device) -> dict | None:
     """Open-loop accuracy on the demo episodes the checkpoint's run held out (V3)."""
-    from envs.dataset import DemoDataset  # h5py: only when there is a dataset to read
-
-    train_config = payload.get("train_config") or {}
-    data = train_config.get("data", {})
-    path = Path(cfg.dataset or data.get("path", "data/demos"))
-    if not (path / "index.h5").exists():
-        print(f"open-loop accuracy skipped: no dataset at {path} (set dataset=<dir>)")
-        return None
-    demos = DemoDataset(path)
-    tasks = data.get("tasks", list(cfg.tasks))
-    _, val_idx = split_demos(demos, tasks, data.get("val_fraction", 0.05), train_config.get("seed", 0))
-    return open_loop_accuracy(policy, tokenizer, demos, val_idx, device)
+    found = held_out_demos(payload, cfg.dataset, list(cfg.tasks))
+    return None if found is None else open_loop_accuracy(policy, tokenizer, *found, device)
 
 
 if __name__ == "__main__":

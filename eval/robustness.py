@@ -2,7 +2,8 @@
 
 Config: configs/robustness.yaml. For each kind of rewrite (politeness, capitals,
 punctuation, typos, word order, colour and shape synonyms, short forms; envs/rewrites.py)
-closed-loop success on the training wording's seeds with the ratio to it, and the share of
+closed-loop success on the training wording's seeds with the ratio to it, open-loop token
+accuracy on the held-out demos reworded the same way (V3), and the share of
 scenes where the policy stops on out-of-scope instructions (an absent or unknown object,
 nonsense, an empty string) against valid ones. Writes robustness.json and robustness.md
 into ``out_dir``.
@@ -21,8 +22,8 @@ from envs.vocabulary import check_name
 from vla.app.cli import hydra_entry
 from vla.app.console import run_log
 from vla.checkpoint import build_policy, read_checkpoint
-from vla.evaluation.closed_loop import policy_env_kwargs
-from vla.evaluation.robustness import robustness_suite, robustness_table
+from vla.evaluation.closed_loop import held_out_demos, policy_env_kwargs
+from vla.evaluation.robustness import open_loop_by_kind, robustness_suite, robustness_table
 from vla.inference import PolicyRunner
 from vla.training.runtime import check_whole_numbers, resolve_device
 
@@ -61,6 +62,10 @@ def run(cfg: DictConfig) -> dict:
             int(cfg.scope_scenes),
             progress=bool(cfg.progress),
         )
+        if cfg.open_loop:
+            found = held_out_demos(payload, cfg.dataset, list(cfg.tasks))
+            if found is not None:
+                report["open_loop"] = open_loop_by_kind(policy, tokenizer, *found, list(cfg.kinds), runner.device)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "robustness.json").write_text(json.dumps(report, indent=1))
         table = robustness_table(report)

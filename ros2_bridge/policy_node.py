@@ -27,6 +27,7 @@ require_ros()  # before any ROS import: one clear message without the ros2 extra
 
 import rclpy  # noqa: E402
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
+from rcl_interfaces.msg import ParameterDescriptor  # noqa: E402
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
@@ -49,7 +50,14 @@ class PolicyNode(Node):
         self.workspace_clamp = bool(self.declare_parameter("workspace_clamp", True).value)
         if not checkpoint:
             raise ValueError("set the checkpoint parameter: --ros-args -p checkpoint:=<run dir or .pt>")
-        self.runner = load_policy(checkpoint, device=device)
+        # "calibrated" or a number: typed dynamically, so -p scope_threshold:=0.7 is accepted too
+        either = ParameterDescriptor(dynamic_typing=True)
+        threshold = str(self.declare_parameter("scope_threshold", "calibrated", either).value)
+        try:
+            threshold = threshold if threshold == "calibrated" else float(threshold)
+        except ValueError:
+            raise ValueError(f"scope_threshold must be 'calibrated' or a number in (0, 1), got {threshold!r}") from None
+        self.runner = load_policy(checkpoint, device=device, scope_threshold=threshold)
         self.image_size = self.runner.policy.config.image_size
         self.cameras = list(getattr(self.runner.policy.config, "cameras", ["scene"]))
         self.parts = ("image", "pose", "joints", *(["wrist"] if "wrist" in self.cameras else []))

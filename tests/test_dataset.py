@@ -162,3 +162,18 @@ def test_mismatched_lengths_are_rejected(tmp_path):
     bad = EpisodeRecord(**{**bad.__dict__, "rewards": bad.rewards[:-1]})
     with pytest.raises(ValueError, match="rewards has 4 steps"):
         write_episode(tmp_path, bad)
+
+
+def test_rewritten_instructions_keep_their_share_and_repeat_per_seed(tmp_path):
+    write_episode(tmp_path, make_record(steps=60))
+    build_index(tmp_path)
+    ds = DemoDataset(tmp_path)
+    recorded = ds.sample(0)["instruction"]
+    ds.rewrite_instructions(seed=0, share=0.5)
+    texts = [ds.sample(i)["instruction"] for i in range(len(ds))]
+    kept = sum(t == recorded for t in texts)
+    assert 15 <= kept <= 45 and len(set(texts)) >= 4  # about half as recorded, the rest reworded
+    assert texts == [ds.sample(i)["instruction"] for i in range(len(ds))]  # fixed per sample
+    assert ds.task_spec(0)["target_colour"] == "red"
+    with pytest.raises(ValueError, match=r"share of rewritten instructions must be in \[0, 1\], got 2"):
+        ds.rewrite_instructions(seed=0, share=2)

@@ -3,6 +3,7 @@ keep their meaning, and the policy's normalisation undoes capitals and punctuati
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 
@@ -43,10 +44,17 @@ def suite_wordings(kinds, count: int = 40) -> set[str]:
     return wordings
 
 
-def test_suite_wordings_are_in_no_training_split_and_no_training_rewrite():
-    training = set()
+@functools.cache
+def training_split_instructions() -> frozenset[str]:
+    """Every instruction of every training split (about 300,000: built once)."""
+    texts: set[str] = set()
     for task, split in itertools.product(TASK_CLASSES, TRAINING_SPLITS):
-        training |= set(all_instructions(task, split))
+        texts |= set(all_instructions(task, split))
+    return frozenset(texts)
+
+
+def test_suite_wordings_are_in_no_training_split_and_no_training_rewrite():
+    training = set(training_split_instructions())
     for _, spec, text in specs(40, seed=1):
         for variant in range(4 * REWRITE_VARIANTS):
             training.add(training_rewrite(text, spec, 1.0, 0, variant))
@@ -68,10 +76,7 @@ def test_suite_and_training_lexicons_share_no_synonym_or_phrase():
     assert not set(SUITE.prefixes) & set(TRAINING.prefixes)
     assert not set(SUITE.suffixes) & set(TRAINING.suffixes)
     assert not set(SUITE.nonsense) & set(TRAINING.nonsense)
-    template_words = set()
-    for task, split in itertools.product(TASK_CLASSES, TRAINING_SPLITS):
-        for text in all_instructions(task, split):
-            template_words |= set(text.split())
+    template_words = {w for text in training_split_instructions() for w in text.split()}
     suite_synonyms = {w for table in (SUITE.colours, SUITE.shapes) for ws in table.values() for w in ws}
     assert not {w for s in suite_synonyms for w in s.split()} & template_words
 
@@ -141,3 +146,30 @@ def test_normalise_instruction():
     assert normalise_instruction("  Touch the RED cube!!  ") == "touch the red cube"
     assert normalise_instruction("the red cube, pick it up.") == "the red cube pick it up"
     assert normalise_instruction("?!  ") == ""
+
+
+def test_the_robustness_suite_runs_every_kind_on_the_same_seeds_and_asks_out_of_scope_cases():
+    import torch
+
+    from tests.conftest import TINY_MODEL
+    from vla.evaluation.robustness import SCOPE_CASES, robustness_suite, robustness_table
+    from vla.inference import PolicyRunner
+    from vla.policy import PolicyConfig, VLAPolicy
+    from vla.tokenizer import ActionTokenizer
+
+    torch.manual_seed(0)
+    policy = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "keypoints": 2, "keypoint_channels": 8}))
+    runner = PolicyRunner(policy, ActionTokenizer(bins=256))
+    env_kwargs = {"image_size": 32, "max_steps": 5}
+    report = robustness_suite(runner, ["reach"], 2, ["typo", "short"], 2, env_kwargs, 2, progress=False)
+    assert list(report["wordings"]) == ["train", "typo", "short"]
+    seeds = [row["seeds"] for row in report["wordings"].values()]
+    assert seeds[0] == seeds[1] == seeds[2]  # every kind on the training wording's scenes
+    assert all(row["episodes"] == 2 for row in report["wordings"].values())
+    assert set(report["scope"]["cases"]) == {"train", *SCOPE_CASES}
+    assert report["scope"]["cases"]["empty"]["stop_rate"] == 1.0  # "" always stops, with its message
+    assert "is empty" in report["scope"]["example_messages"]["empty"]
+    table = robustness_table(report)
+    assert "| typo |" in table and "| nonsense |" in table
+    with pytest.raises(ValueError, match="unknown rewrite kind 'rude'"):
+        robustness_suite(runner, ["reach"], 1, ["rude"], 1, env_kwargs, 1, progress=False)

@@ -244,6 +244,24 @@ def final_evaluation(
     return report
 
 
+def held_out_demos(payload: dict[str, Any], dataset: str | None, tasks: list[str]) -> tuple[Any, np.ndarray] | None:
+    """The demo dataset a checkpoint trained on (or ``dataset``) and the held-out episodes'
+    sample indices its run kept for open-loop accuracy; None (said why) where there is none."""
+    from envs.dataset import DemoDataset, split_demos  # h5py: only when there is a dataset to read
+
+    train_config = payload.get("train_config") or {}
+    data = train_config.get("data", {})
+    path = Path(dataset or data.get("path", "data/demos"))
+    if not (path / "index.h5").exists():
+        print(f"open-loop accuracy skipped: no dataset at {path} (set dataset=<dir>)")
+        return None
+    demos = DemoDataset(path)
+    _, val_idx = split_demos(
+        demos, data.get("tasks", tasks), data.get("val_fraction", 0.05), train_config.get("seed", 0)
+    )
+    return demos, val_idx
+
+
 Outcomes = dict[tuple[str, str], dict[int, bool]]
 
 

@@ -20,7 +20,7 @@ import torch
 
 from envs.evaluation import EVAL_SEED_BASE, VALIDATION_SEED_BASE, TaskResult, evaluate
 from envs.progress import progress as progress_bar
-from envs.rewrites import KINDS, OUT_OF_SCOPE_KINDS, out_of_scope, suite_instruction, training_rewrite
+from envs.rewrites import KINDS, OUT_OF_SCOPE_KINDS, out_of_scope, rewrite, suite_instruction, training_rewrite
 from envs.stats import wilson_interval
 from envs.tasks import task_ids
 from vla.data import observations_to_batch
@@ -90,6 +90,40 @@ def _summary(results: list[TaskResult]) -> dict[str, Any]:
     seeds = {r.task_id: r.seeds for r in results}
     return {"success_rate": k / n, "ci95": list(wilson_interval(k, n)), "episodes": n, "per_task": per_task,
             "successes": {r.task_id: r.successes for r in results}, "seeds": seeds}  # fmt: skip
+
+
+class RewordedDemos:
+    """Demos whose instructions read the ``kind`` way (suite lexicon, seeded per sample)."""
+
+    def __init__(self, demos: Any, kind: str):
+        self.demos, self.kind = demos, kind
+
+    def __len__(self) -> int:
+        return len(self.demos)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.demos, name)
+
+    def sample(self, index: int) -> dict[str, Any]:
+        item = self.demos.sample(index)
+        if self.kind != TRAINING_WORDING:
+            rng = np.random.default_rng([EVAL_SEED_BASE, index])
+            spec = self.demos.task_spec(item["episode"])
+            item["instruction"] = rewrite(item["instruction"], spec, self.kind, rng, "suite")
+        return item
+
+
+def open_loop_by_kind(
+    policy: VLAPolicy, tokenizer: Any, demos: Any, indices: np.ndarray, kinds: list[str], device: torch.device
+) -> dict[str, dict[str, float]]:
+    """Open-loop action-token accuracy on held-out demo steps, their instructions rewritten
+    each way (V3: does it move with closed-loop success?)."""
+    from vla.evaluation.closed_loop import open_loop_accuracy
+
+    return {
+        kind: open_loop_accuracy(policy, tokenizer, RewordedDemos(demos, kind), indices, device)
+        for kind in [TRAINING_WORDING, *kinds]
+    }
 
 
 def scope_stops(runner: PolicyRunner, ids: list[str], scenes: int, env_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -163,14 +197,16 @@ def robustness_table(report: dict[str, Any]) -> str:
     """Markdown: success per wording kind with the ratio to the training wording, and the
     out-of-scope stop rates."""
     lines = [
-        "| wording | success | 95% CI | ratio to training wording | episodes | steps stopped |",
-        "|---|---|---|---|---|---|",
+        "| wording | success | 95% CI | ratio to training wording | episodes | steps stopped | open-loop tokens |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind, row in report["wordings"].items():
         lo, hi = row["ci95"]
+        open_loop = report.get("open_loop", {}).get(kind)
+        accuracy = f"{100 * open_loop['token_accuracy']:.1f}%" if open_loop else "-"
         lines.append(
             f"| {kind} | {100 * row['success_rate']:.1f}% | [{100 * lo:.1f}, {100 * hi:.1f}] | "
-            f"{row['ratio']:.2f} | {row['episodes']} | {100 * row['stopped_steps']:.1f}% |"
+            f"{row['ratio']:.2f} | {row['episodes']} | {100 * row['stopped_steps']:.1f}% | {accuracy} |"
         )
     lines += ["", "| instruction asked at the first step | stopped | 95% CI | scenes |", "|---|---|---|---|"]
     for case, row in report["scope"]["cases"].items():
