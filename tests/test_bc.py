@@ -264,6 +264,7 @@ def test_the_default_and_the_recipes_compose_to_their_measured_settings():
     assert (gpu.trainer.steps, gpu.trainer.lr, gpu.data.episodes_per_task) == (6000, 3e-4, 2000)
     assert gpu.grounding.path.endswith("_augmented_large.npz")  # its own grounding scenes
     assert list(gpu.eval.splits) == ["train", "heldout"]
+    assert (gpu.data.rewrites, gpu.grounding.negatives, gpu.eval.robustness_episodes) == (0.5, 0.25, 20)
 
 
 def test_closed_loop_probe_compares_the_policy_with_the_expert_on_its_own_states(trained_run, tmp_path):
