@@ -451,7 +451,7 @@ def test_freezing_the_reader_stops_its_reading_part_but_not_its_token_embedding(
 def test_minilm_cache_gives_what_encoding_gives_whatever_the_order_it_filled_in():
     """The frozen encoder's cache (one padded table, grown as new instructions arrive)
     returns, for any batch, the states and mask that encoding the batch afresh gives."""
-    from vla.language import MINILM, PretrainedTextEncoder
+    from vla.language import MINILM, PretrainedTextEncoder, normalise_instruction
 
     encoder = PretrainedTextEncoder(MINILM)
     device = torch.device("cpu")
@@ -460,7 +460,7 @@ def test_minilm_cache_gives_what_encoding_gives_whatever_the_order_it_filled_in(
     batch = [INSTRUCTIONS[i] for i in (1, 0, 3, 1, 2)]  # one not cached yet, one repeated
     states, mask = encoder(batch, device)
     with torch.no_grad():
-        fresh, fresh_mask = encoder._encode(batch, device)
+        fresh, fresh_mask = encoder._encode([normalise_instruction(t) for t in batch], device)  # what it encodes
     assert torch.equal(mask, fresh_mask)
     assert torch.allclose(states, fresh * fresh_mask[..., None], atol=1e-5)
     assert len(encoder._lengths) == len(INSTRUCTIONS)  # each instruction encoded once
