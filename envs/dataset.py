@@ -44,6 +44,7 @@ import numpy as np
 
 from envs.camera import key_image_coordinates
 from envs.instructions import TRAINING_SPLITS, make_instruction
+from envs.rewrites import check_share, training_rewrite
 from envs.tasks import resolve_tasks
 from envs.vocabulary import check_name
 
@@ -296,8 +297,6 @@ class DemoDataset:
         """From now on that ``share`` of the samples reads its instruction as people type it
         (``envs.rewrites.training_rewrite``: politeness, typos, word order, synonyms of the
         training lexicon, never the robustness suite's). Each sample index keeps one wording."""
-        from envs.rewrites import check_share
-
         check_share(share)
         self._load_task_specs()
         self._rewrite = (seed, float(share)) if share > 0 else None
@@ -375,8 +374,6 @@ class DemoDataset:
             rng = np.random.default_rng([self._reword_seed, index])
             instruction = make_instruction(self._task_specs[episode], self._reword_split, rng)
         if self._rewrite is not None:
-            from envs.rewrites import training_rewrite
-
             seed, share = self._rewrite
             instruction = training_rewrite(instruction, self._task_specs[episode], share, seed, index)
         item.update(

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from envs.instructions import TRAINING_SPLITS, split_fingerprint
+from envs.rewrites import OUT_OF_SCOPE_KINDS, out_of_scope, training_rewrite
 from envs.vocabulary import OBJECT_SHAPES, object_name
 
 GROUNDING_SEED_BASE = 50_000_000  # collection uses 0+, evaluation 20,000,000+ and 30,000,000+
@@ -165,8 +166,6 @@ def training_wordings(
     probability ``rewrites`` a training rewrite of its instruction, else as rendered. Returns
     the instructions and ``named`` (N, 2): whether each keypoint's answer is in view (false:
     the reader's abstain cell is the label). Fixed per scene and ``seed``."""
-    from envs.rewrites import OUT_OF_SCOPE_KINDS, out_of_scope, training_rewrite
-
     if not (0.0 <= negatives <= 1.0 and 0.0 <= rewrites <= 1.0 and negatives + rewrites <= 1.0):
         shares = f"{rewrites}, {negatives}"
         raise ValueError(f"rewrites and negatives must be shares in [0, 1] summing to at most 1, got {shares}")
