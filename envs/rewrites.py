@@ -89,19 +89,19 @@ TRAINING = Lexicon(
     suffixes=("thanks", "when you are ready", "if you can", "quickly", "okay"),
     colours={
         "red": ("ruby", "cherry", "reddish"),
-        "green": ("olive", "grassy", "greenish"),
+        "green": ("fern", "grassy", "greenish"),
         "blue": ("cobalt", "sapphire", "bluish"),
         "yellow": ("canary", "mustard", "yellowish"),
         "purple": ("lilac", "lavender", "plum"),
         "white": ("snowy", "milky", "pale"),
-        "orange": ("apricot", "ochre", "peach"),
+        "orange": ("apricot", "copper", "peach"),
     },
     shapes={
         "cube": ("box", "brick", "cuboid"),
         "cylinder": ("tube", "tin", "drum"),
         "zone": ("pad", "patch", "spot"),
     },
-    unknown_colours=("grey", "silver", "gold", "beige", "teal"),
+    unknown_colours=("grey", "silver", "charcoal", "beige", "teal"),
     unknown_shapes=("ball", "star", "ring", "banana", "bottle cap"),
     nonsense=(
         "tell me a joke",

@@ -27,6 +27,11 @@ ZONE_COLOURS: dict[str, tuple[float, float, float]] = {
 }
 
 
+def colour_palette() -> dict[str, list[float]]:
+    """Every colour an instruction can name (objects and zones) -> its sRGB in [0, 1]."""
+    return {name: list(rgb) for name, rgb in {**OBJECT_COLOURS, **ZONE_COLOURS}.items()}
+
+
 def check_name(kind: str, value, allowed: Iterable):
     """Return ``value`` if it is one of ``allowed``, else raise a ValueError listing them."""
     allowed = list(allowed)

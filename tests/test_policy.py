@@ -495,7 +495,7 @@ def test_act_stops_on_an_empty_instruction_and_says_why():
     action, info = runner.act_with_info(obs)
     assert info["stopped"] and "is empty" in info["message"] and not action[:6].any()
     _, info = runner.act_with_info({**obs, "instruction": "touch the red cube"})
-    assert set(info) == {"stopped", "message", "nothing_named"} and 0 <= info["nothing_named"] <= 1
+    assert set(info) == {"stopped", "message", "nothing_named", "read_as"} and 0 <= info["nothing_named"] <= 1
     assert runner.scope_threshold == 0.5  # an uncalibrated reader's default
     with pytest.raises(
         ValueError, match=r"scope_threshold must be 'calibrated', a number in \(0, 1\) or None, got 1.5"

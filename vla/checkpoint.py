@@ -127,7 +127,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 # Settings added after format 2 was fixed: checkpoints that lack them were trained without
 # them, so they load with them off and act exactly as they did.
-ADDED_SINCE = {"text_normalise": False, "scope_check": False}
+ADDED_SINCE = {"text_normalise": False, "scope_check": False, "colour_words": False}
 
 
 def migrate(payload: dict[str, Any]) -> dict[str, Any]:

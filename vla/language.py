@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla.colour_words import ColourWords
+
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 MPNET = "sentence-transformers/all-mpnet-base-v2"
 PRETRAINED_ENCODERS = (MPNET, MINILM)  # frozen, cached, never checkpointed (they reload by name)
@@ -48,6 +50,21 @@ def normalise_instruction(text: str) -> str:
     "  Touch the RED cube!! " -> "touch the red cube". Lossless for commands (no two
     different commands meet), so capitals, punctuation and spacing never reach the encoder."""
     return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
+
+
+class InstructionReader:
+    """What an encoder reads of an instruction: ``normalise_instruction`` of it where
+    ``normalise``, then, with a ``palette`` (colour name -> sRGB), its colour words read as
+    the palette colours they look like ("crimson" -> "red": vla/colour_words.py)."""
+
+    def __init__(self, normalise: bool = True, palette: dict[str, list[float]] | None = None):
+        self.normalise = normalise
+        self.colours = ColourWords(palette) if palette else None
+
+    def __call__(self, text: str) -> str:
+        if self.normalise:
+            text = normalise_instruction(text)
+        return self.colours(text) if self.colours is not None else text
 
 
 class EncoderNotFound(FileNotFoundError):
@@ -179,7 +196,7 @@ class PretrainedTextEncoder(nn.Module):
     """A frozen pretrained sentence encoder with a per-instruction cache: ``name`` is a Hugging
     Face id (``encoder_folder`` finds its files) or a local folder."""
 
-    def __init__(self, name: str = MPNET, max_length: int = 32, normalise: bool = True):
+    def __init__(self, name: str = MPNET, max_length: int = 32, read: InstructionReader | None = None):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -190,7 +207,7 @@ class PretrainedTextEncoder(nn.Module):
         self.model = AutoModel.from_pretrained(path, dtype=torch.float32)
         self.out_dim = self.model.config.hidden_size
         self.max_length = max_length
-        self.normalise = normalise  # normalise_instruction before encoding and caching
+        self.read = read or InstructionReader()  # what is encoded (and cached) of each instruction
         self.model.requires_grad_(False)
         # The cache is one padded table on the device the policy runs on, one row per
         # distinct instruction: a batch gathers its rows in one indexing op. Padding each
@@ -203,8 +220,7 @@ class PretrainedTextEncoder(nn.Module):
         self._table = torch.zeros(0, max_length, self.out_dim)
 
     def forward(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.normalise:
-            instructions = [normalise_instruction(t) for t in instructions]
+        instructions = [self.read(t) for t in instructions]
         missing = [t for t in dict.fromkeys(instructions) if t not in self._row]
         if missing:
             self._add_to_cache(missing, device)
@@ -251,10 +267,17 @@ class PretrainedTextEncoder(nn.Module):
 class ScratchTextEncoder(nn.Module):
     """Trainable word-piece embedding + a 2-layer transformer encoder, from scratch."""
 
-    def __init__(self, width: int = 128, layers: int = 2, heads: int = 4, max_length: int = 32, normalise: bool = True):
+    def __init__(
+        self,
+        width: int = 128,
+        layers: int = 2,
+        heads: int = 4,
+        max_length: int = 32,
+        read: InstructionReader | None = None,
+    ):
         super().__init__()
         self.tokenizer = load_wordpiece_tokenizer()
-        self.normalise = normalise  # normalise_instruction before encoding
+        self.read = read or InstructionReader()  # what is encoded of each instruction
         self.max_length = max_length
         self.out_dim = width
         self.embed = nn.Embedding(self.tokenizer.vocab_size, width)
@@ -263,8 +286,7 @@ class ScratchTextEncoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
     def forward(self, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.normalise:
-            instructions = [normalise_instruction(t) for t in instructions]
+        instructions = [self.read(t) for t in instructions]
         batch = self.tokenizer(
             instructions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(device)
@@ -281,9 +303,10 @@ def sentence_embedding(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return F.normalize((states.float() * real).sum(1) / real.sum(1).clamp(min=1.0), dim=-1)
 
 
-def make_text_encoder(name: str, width: int, max_length: int = 32, normalise: bool = True) -> nn.Module:
-    """The policy's text encoder: a frozen pretrained one by Hugging Face id or folder, or ``scratch``."""
+def make_text_encoder(name: str, width: int, max_length: int = 32, read: InstructionReader | None = None) -> nn.Module:
+    """The policy's text encoder: a frozen pretrained one by Hugging Face id or folder, or ``scratch``;
+    ``read`` says what it reads of an instruction (default: the normalised instruction)."""
     check_text_encoder(name)
     if name == "scratch":
-        return ScratchTextEncoder(width=width, max_length=max_length, normalise=normalise)
-    return PretrainedTextEncoder(name, max_length=max_length, normalise=normalise)
+        return ScratchTextEncoder(width=width, max_length=max_length, read=read)
+    return PretrainedTextEncoder(name, max_length=max_length, read=read)

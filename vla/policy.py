@@ -26,7 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla.language import check_text_encoder, is_pretrained, make_text_encoder, sentence_embedding
+from vla.language import (
+    InstructionReader,
+    check_text_encoder,
+    is_pretrained,
+    make_text_encoder,
+    sentence_embedding,
+)
 from vla.tokenizer import soft_bin_targets
 from vla.transformer import Block, KVCache
 from vla.vision import TextQueriedKeypoints, ViT, random_shift
@@ -63,6 +69,9 @@ class PolicyConfig:
     sentence_token: bool = True  # the instruction's sentence embedding as one text token
     word_tokens: bool = False  # also the encoder's per-word states as text tokens (~13 more tokens)
     text_normalise: bool = True  # lower-case, drop punctuation and extra spaces before encoding
+    colour_words: bool = True  # read colour words outside the palette as the palette colour they look like
+    colour_palette: dict[str, list[float]] = field(default_factory=dict)  # the world's colours (name -> sRGB),
+    # set by training from the world it learns (envs/vocabulary.py); empty: colour words are read as typed
     # --- proprioception ---
     use_proprio: bool = True  # one proprio token (standardised with the demos' statistics)
     proprio_dim: int = 9  # leading env proprio elements read (envs.PROPRIO_NAMES): pose, gripper opening, its velocity
@@ -126,7 +135,9 @@ class VLAPolicy(nn.Module):
         # One ViT for every camera; a learned embedding per camera tells the decoder which view
         # a token came from.
         self.camera_embed = nn.Parameter(torch.randn(len(c.cameras), c.width) * 0.02)
-        self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length, c.text_normalise)
+        palette = c.colour_palette if c.colour_words else None
+        self.reader = InstructionReader(c.text_normalise, palette)  # what the policy reads of an instruction
+        self.text = make_text_encoder(c.text_encoder, c.width, c.text_max_length, self.reader)
         self.text_proj = nn.Linear(self.text.out_dim, c.width) if c.word_tokens else None
         self.keypoint_reader = None
         if c.keypoints:

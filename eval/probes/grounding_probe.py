@@ -23,17 +23,17 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from envs.instructions import heldout_only_words, template_of
 from envs.stats import format_rate
 from vla.app.cli import hydra_entry
-from vla.policy import PolicyConfig, VLAPolicy
+from vla.policy import VLAPolicy
 from vla.training.grounding import (
     ground_and_measure,
     heldout_scene_count,
 )
-from vla.training.runtime import seed_everything
+from vla.training.runtime import policy_config, seed_everything
 
 HELDOUT_NOUNS = heldout_only_words()  # block, can, mat, area
 MISS_PX = 2.0  # beyond this the keypoint is off the object (about 2 cm on the table at 64 px)
@@ -63,7 +63,7 @@ def probe(cfg: DictConfig, progress: bool = True) -> dict:
     """Ground a fresh keypoint reader as ``train/bc.py`` would and measure it (see module doc)."""
     g = cfg.grounding
     device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    config = PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
+    config = policy_config(cfg.model)
     if config.keypoints != 2:
         raise ValueError(f"the grounding probe needs model.keypoints=2, got {config.keypoints}")
     seed_everything(cfg.seed)

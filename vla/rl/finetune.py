@@ -36,7 +36,7 @@ from vla.app.console import run_log
 from vla.checkpoint import CheckpointError, build_policy, read_checkpoint, save_checkpoint
 from vla.evaluation.closed_loop import policy_env_kwargs
 from vla.inference import PolicyRunner
-from vla.policy import PolicyConfig, VLAPolicy
+from vla.policy import VLAPolicy
 from vla.rl.ppo import RegularisedPPO
 from vla.rl.sb3_policy import VLAActorCriticPolicy
 from vla.rl.token_env import ContinuousActionEnv, TokenActionEnv
@@ -46,6 +46,7 @@ from vla.training.runtime import (
     check_start_points,
     check_whole_numbers,
     keep_rows_up_to,
+    policy_config,
     resolve_device,
     rng_state,
     seed_everything,
@@ -79,7 +80,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"ppo.kl_coef={p.kl_coef} anchors PPO to its starting policy: it needs init=<BC checkpoint>")
     check_start_points(cfg.resume, cfg.init)
     if cfg.algo == "vla" and not cfg.init and not cfg.resume:
-        PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
+        policy_config(cfg.model)
     check_device(cfg.device)
 
 
@@ -198,7 +199,7 @@ def starting_policy(cfg: DictConfig, resume: dict | None) -> tuple[VLAPolicy, Ac
         vla, tokenizer = build_policy(payload)
         print(f"initialised from {payload['path']} (step {payload.get('step')})")
     else:
-        config = PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
+        config = policy_config(cfg.model)
         vla, tokenizer = VLAPolicy(config), ActionTokenizer(config.bins, action_dim=config.action_dim)
     check_action_space(vla, tokenizer, init or cfg.resume or "model config")
     vla.config.dropout = 0.0  # rollouts run in eval mode, updates in train mode: they must agree

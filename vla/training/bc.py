@@ -43,6 +43,7 @@ from vla.training.runtime import (
     init_distributed,
     keep_rows_up_to,
     make_optimizer,
+    policy_config,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -54,7 +55,7 @@ AMP_MODES = ("auto", "bf16", "off")
 
 def check_config(cfg: DictConfig) -> PolicyConfig:
     """Every check that needs no data: one clear error before any demo, encoder or scene loads."""
-    config = PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
+    config = policy_config(cfg.model)
     resolve_tasks(list(cfg.data.tasks))
     check_name("data.instructions", cfg.data.instructions, TRAINING_SPLITS)
     check_name("tokenizer.binning", cfg.tokenizer.binning, BINNINGS)
@@ -252,7 +253,7 @@ def build(
 ) -> tuple[DemoDataset, ActionTokenizer, VLAPolicy, np.ndarray, np.ndarray]:
     """The demos, the action tokenizer, a freshly initialised policy on ``device``, and the
     training / held-out sample indices (the held-out demos give open-loop accuracy)."""
-    config = PolicyConfig.from_dict(OmegaConf.to_container(cfg.model))
+    config = policy_config(cfg.model)
     demos = load_demos(cfg, rank, config)
     tokenizer = fit_tokenizer(cfg, demos)
     seed_everything(cfg.seed)

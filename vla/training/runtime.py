@@ -14,6 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from envs.vocabulary import colour_palette
+from vla.policy import PolicyConfig
 
 
 class StepSampler(torch.utils.data.Sampler):
@@ -125,3 +129,12 @@ def keep_rows_up_to(path: Path, step: int) -> None:
     checkpoint (rows with a later ``step``); a new run starts it empty."""
     rows = path.read_text().splitlines() if path.exists() else []
     path.write_text("".join(row + "\n" for row in rows if json.loads(row)["step"] <= step))
+
+
+def policy_config(model: DictConfig) -> PolicyConfig:
+    """The policy config of a ``model`` group, reading colour words against this world's colours
+    (``model.colour_words``: the palette comes from envs/vocabulary.py unless the config gives one)."""
+    values = OmegaConf.to_container(model)
+    if values.get("colour_words", True) and not values.get("colour_palette"):
+        values["colour_palette"] = colour_palette()
+    return PolicyConfig.from_dict(values)
