@@ -9,7 +9,9 @@ still (zero translation and rotation, the gripper as decoded) instead of moving 
 toward a random object. Once per instruction, because mid-episode the gripper hides what it
 holds: checked at every step, 1 in 6 valid five-task episodes stopped (this CPU, 2026-12-06).
 ``act_with_info(obs)`` returns the action and ``{"stopped": bool, "message": str | None,
-"nothing_named": probability}``; ``act`` returns the action alone.
+"nothing_named": probability, "read_as": str}`` (what the policy read: the instruction
+normalised, its colour words read as the world's colours, vla/colour_words.py); ``act``
+returns the action alone.
 
 Threads: a batch of one is a few small matrix products, and torch's default of one thread
 per core makes each wait for the slowest core; beside another busy process that cost a
@@ -71,12 +73,18 @@ class PolicyRunner:
                 f"scope_threshold must be 'calibrated', a number in (0, 1) or None, got {scope_threshold!r}"
             )
         self.scope_threshold = scope_threshold if checks else None
-        self._verdicts: dict[str, float] = {}  # instruction -> "nothing named" probability at its first sighting
+        # (session, instruction) -> "nothing named" probability at the instruction's first sighting
+        self._verdicts: dict[tuple[str, str], float] = {}
 
-    def reset(self) -> None:
-        """Between episodes: forget which instructions were checked for scope. The policy is
-        otherwise memoryless (one observation in, one action out)."""
-        self._verdicts.clear()
+    def reset(self, session: str | None = None) -> None:
+        """Between episodes: forget which instructions were checked for scope (of one
+        ``session``: a robot served beside others; None: of all). The policy is otherwise
+        memoryless (one observation in, one action out)."""
+        if session is None:
+            self._verdicts.clear()
+        else:
+            for key in [k for k in self._verdicts if k[0] == session]:
+                del self._verdicts[key]
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
         return self.act_batch([obs])[0]
@@ -89,14 +97,21 @@ class PolicyRunner:
     def act_batch(self, observations: list[dict[str, Any]]) -> np.ndarray:
         return self.act_batch_with_info(observations)[0]
 
-    def act_batch_with_info(self, observations: list[dict[str, Any]]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    def act_batch_with_info(
+        self, observations: list[dict[str, Any]], sessions: list[str] | None = None
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Actions (B, 7) and infos; ``sessions`` names whose episode each observation belongs
+        to, so robots served together keep their own out-of-scope verdicts."""
+        sessions = sessions or [""] * len(observations)
+        if len(sessions) != len(observations):
+            raise ValueError(f"{len(sessions)} sessions for {len(observations)} observations")
         batch = observations_to_batch(observations, self.device)
         threads = inference_threads(len(observations)) if self.threads == "auto" else self.threads
         with torch_threads(threads if self.device.type == "cpu" else None):
             bins = self.policy.decode(
                 batch, use_cache=self.use_cache, temperature=self.temperature, generator=self.generator
             )
-            nothing = self._nothing_named(batch)
+            nothing = self._nothing_named(batch, sessions)
         actions = self.tokenizer.decode(bins.cpu().numpy())
         infos = []
         for i, text in enumerate(batch["instruction"]):
@@ -108,17 +123,25 @@ class PolicyRunner:
                 message = f"nothing in view matches {shown!r} (confidence {nothing[i]:.2f}): holding still"
             if message is not None:
                 actions[i, :ARM_DIMS] = 0.0
-            infos.append({"stopped": message is not None, "message": message, "nothing_named": float(nothing[i])})
+            infos.append(
+                {
+                    "stopped": message is not None,
+                    "message": message,
+                    "nothing_named": float(nothing[i]),
+                    "read_as": self.policy.reader(text),
+                }
+            )
         return actions, infos
 
     @torch.no_grad()
-    def _nothing_named(self, batch: dict[str, Any]) -> np.ndarray:
+    def _nothing_named(self, batch: dict[str, Any], sessions: list[str]) -> np.ndarray:
         """(B,) the reader's probability that each instruction's target is nowhere in view, as
-        judged at the instruction's first sighting since ``reset()``."""
+        judged at the instruction's first sighting in its session since ``reset()``."""
         texts = batch["instruction"]
         if self.scope_threshold is None:
             return np.zeros(len(texts))
-        new = [i for i, t in enumerate(texts) if t not in self._verdicts]
+        keys = list(zip(sessions, texts, strict=True))
+        new = [i for i, key in enumerate(keys) if key not in self._verdicts]
         if new:
             if len(self._verdicts) > 10_000:  # a long-running caller that never resets
                 self._verdicts.clear()
@@ -126,8 +149,8 @@ class PolicyRunner:
             images = batch["image"][new]
             nothing = self.policy.keypoint_reader.nothing_named(images, text_states, text_mask)[:, 0]
             for i, p in zip(new, nothing.tolist(), strict=True):
-                self._verdicts.setdefault(texts[i], p)
-        return np.array([self._verdicts[t] for t in texts])
+                self._verdicts.setdefault(keys[i], p)
+        return np.array([self._verdicts[key] for key in keys])
 
 
 def usable_cores() -> int:
