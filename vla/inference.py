@@ -111,10 +111,15 @@ class PolicyRunner:
             bins = self.policy.decode(
                 batch, use_cache=self.use_cache, temperature=self.temperature, generator=self.generator
             )
-            nothing = self._nothing_named(batch, sessions)
-        actions = self.tokenizer.decode(bins.cpu().numpy())
+            nothing = self.nothing_named(batch, sessions)
+        return self.finish(bins.cpu().numpy(), batch["instruction"], nothing)
+
+    def finish(self, bins: np.ndarray, texts: list[str], nothing: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Actions and infos from decoded ``bins`` (B, 7): the arm held still where an instruction
+        is empty or names nothing in view (``nothing``: ``nothing_named`` per row)."""
+        actions = self.tokenizer.decode(bins)
         infos = []
-        for i, text in enumerate(batch["instruction"]):
+        for i, text in enumerate(texts):
             message = None
             if not normalise_instruction(text):
                 message = f"the instruction {text!r} is empty: nothing to do"
@@ -134,7 +139,7 @@ class PolicyRunner:
         return actions, infos
 
     @torch.no_grad()
-    def _nothing_named(self, batch: dict[str, Any], sessions: list[str]) -> np.ndarray:
+    def nothing_named(self, batch: dict[str, Any], sessions: list[str]) -> np.ndarray:
         """(B,) the reader's probability that each instruction's target is nowhere in view, as
         judged at the instruction's first sighting in its session since ``reset()``."""
         texts = batch["instruction"]

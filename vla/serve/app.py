@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from vla.inference import PolicyRunner
-from vla.serve.batcher import BatcherConfig, DeadlineExceeded, DynamicBatcher, Overloaded
+from vla.serve.batcher import BatcherConfig, ContinuousBatcher, DeadlineExceeded, DynamicBatcher, Overloaded
 from vla.serve.protocol import BadRequest, parse_act_request
 
 LATENCY_WINDOW = 4096  # the latest requests whose server times the quantiles of /metrics cover
@@ -49,14 +49,33 @@ class BodyTooLarge(Exception):
 class PolicyService:
     """A ``PolicyRunner`` behind a ``DynamicBatcher``, with the server's counters."""
 
-    def __init__(self, runner: PolicyRunner, batching: BatcherConfig, limits: ServeLimits, name: str = ""):
+    def __init__(
+        self,
+        runner: PolicyRunner,
+        batching: BatcherConfig,
+        limits: ServeLimits,
+        name: str = "",
+        continuous: bool = True,
+        block_size: int = 16,
+    ):
+        """``continuous``: a policy that decodes token by token is served with continuous batching
+        over a paged KV cache (``block_size`` tokens per block); one that decodes its 7 tokens
+        in one pass (parallel) is dynamically batched either way."""
         self.runner = runner
         self.limits = limits
         self.name = name
         config = runner.policy.config
         self.image_size, self.proprio_dim = config.image_size, config.proprio_dim
         self.wrist = "wrist" in config.cameras
-        self.batcher = DynamicBatcher(self._run_batch, batching)
+        self.mode = "dynamic"
+        if continuous and config.decoding == "autoregressive":
+            from vla.serve.engine import ContinuousEngine
+
+            engine = ContinuousEngine(runner, batching.max_batch, block_size)
+            self.batcher: DynamicBatcher = ContinuousBatcher(engine, batching)
+            self.mode = "continuous"
+        else:
+            self.batcher = DynamicBatcher(self._run_batch, batching)
         self.started = time.time()
         self.responses: collections.Counter[int] = collections.Counter()
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
@@ -102,6 +121,7 @@ class PolicyService:
             {
                 "status": "ok",
                 "checkpoint": self.name,
+                "batching": self.mode,
                 "queue": self.batcher.depth,
                 "max_queue": self.batcher.config.max_queue,
                 "uptime_s": round(time.time() - self.started, 1),
@@ -124,6 +144,15 @@ class PolicyService:
             "# TYPE vla_batch_size_count counter",
         ]
         lines += [f'vla_batch_size_count{{size="{size}"}} {n}' for size, n in sorted(stats.batch_sizes.items())]
+        if self.mode == "continuous":
+            pool = self.batcher.engine.decoder.pool
+            lines += [
+                "# TYPE vla_kv_blocks gauge",
+                f"vla_kv_blocks_used {pool.used}",
+                f"vla_kv_blocks_peak {pool.peak_used}",
+                f"vla_kv_blocks_total {pool.num_blocks}",
+                f"vla_kv_block_bytes {pool.bytes_per_block}",
+            ]
         if self.latencies_ms:
             values = np.asarray(self.latencies_ms)
             lines.append("# TYPE vla_server_ms summary")

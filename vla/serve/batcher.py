@@ -119,27 +119,36 @@ class DynamicBatcher:
             self._lock.notify_all()
         self._worker.join(timeout=5)
 
-    def _next_batch(self) -> list[_Request]:
-        """Up to max_batch live requests: the first waits for company at most max_wait_ms."""
+    def _next_batch(self, room: int | None = None, block: bool = True) -> list[_Request]:
+        """Up to ``room`` (default max_batch) live requests. ``block``: wait for a first one,
+        then at most max_wait_ms for company; otherwise take only what is queued now."""
+        room = self.config.max_batch if room is None else room
         with self._lock:
-            while not self._queue and not self._closed:
+            while block and not self._queue and not self._closed:
                 self._lock.wait()
-            if self._closed:
+            if self._closed or not self._queue:
                 return []
             until = self._queue[0].arrived + self.config.max_wait_ms / 1e3
-            while len(self._queue) < self.config.max_batch and not self._closed:
+            while block and len(self._queue) < room and not self._closed:
                 left = until - time.monotonic()
                 if left <= 0:
                     break
                 self._lock.wait(timeout=left)
             batch, now = [], time.monotonic()
-            while self._queue and len(batch) < self.config.max_batch:
+            while self._queue and len(batch) < room:
                 request = self._queue.popleft()
                 if request.future.cancelled() or request.deadline <= now:
                     self.stats.expired += 1
                     continue
                 batch.append(request)
             return batch
+
+    def _count(self, size: int, failed: bool) -> None:
+        with self._lock:
+            self.stats.batches += 1
+            self.stats.batched_requests += size
+            self.stats.batch_sizes[size] += 1
+            self.stats.failed += size if failed else 0
 
     def _work(self) -> None:
         while True:
@@ -154,11 +163,7 @@ class DynamicBatcher:
                 error = None
             except Exception as exc:  # the batch fails; the server and the next batches go on
                 results, error = [None] * len(batch), exc
-            with self._lock:
-                self.stats.batches += 1
-                self.stats.batched_requests += len(batch)
-                self.stats.batch_sizes[len(batch)] += 1
-                self.stats.failed += len(batch) if error is not None else 0
+            self._count(len(batch), error is not None)
             for request, result in zip(batch, results, strict=True):
                 timings = {"queue_ms": (started - request.arrived) * 1e3, "batch_size": len(batch)}
                 request.loop.call_soon_threadsafe(_settle, request.future, result, error, timings)
@@ -171,3 +176,55 @@ def _settle(future: asyncio.Future, result: Any, error: Exception | None, timing
         future.set_exception(error)
     else:
         future.set_result((result, timings))
+
+
+class ContinuousBatcher(DynamicBatcher):
+    """Continuous batching for token-by-token decoding: requests join the running batch at
+    any token boundary and leave when their action is complete (vla/paged_kv.py). ``engine``
+    has ``admit([(key, item)])``, ``step() -> [(key, result)]``, ``running`` and ``abort()``;
+    ``max_batch`` bounds the running batch."""
+
+    def __init__(self, engine: Any, config: BatcherConfig):
+        self.engine = engine
+        self._requests: dict[int, _Request] = {}
+        self._admitted: dict[int, float] = {}
+        super().__init__(run_batch=lambda items: [], config=config)
+
+    def _work(self) -> None:
+        while not self._closed:
+            room = self.config.max_batch - self.engine.running
+            # idle: wait for requests (and max_wait_ms for company); running: take who is there
+            new = self._next_batch(room, block=self.engine.running == 0) if room > 0 else []
+            if new:
+                now = time.monotonic()
+                for request in new:
+                    self._requests[id(request)] = request
+                    self._admitted[id(request)] = now
+                try:
+                    self.engine.admit([(id(r), r.item) for r in new])
+                    self._count(len(new), False)
+                except Exception as error:
+                    self._count(len(new), True)
+                    self._fail([id(r) for r in new], error)
+            if not self.engine.running:
+                continue
+            try:
+                finished = self.engine.step()
+            except Exception as error:  # the running batch fails; the server goes on
+                keys = self.engine.abort()
+                self._fail(keys, error)
+                continue
+            for key, result in finished:
+                request = self._requests.pop(key)
+                timings = {
+                    "queue_ms": (self._admitted.pop(key) - request.arrived) * 1e3,
+                    "batch_size": self.engine.running + len(finished),
+                }
+                request.loop.call_soon_threadsafe(_settle, request.future, result, None, timings)
+
+    def _fail(self, keys: list[int], error: Exception) -> None:
+        for key in keys:
+            request = self._requests.pop(key, None)
+            self._admitted.pop(key, None)
+            if request is not None:
+                request.loop.call_soon_threadsafe(_settle, request.future, None, error, {})
