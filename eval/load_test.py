@@ -1,0 +1,191 @@
+"""Load test of the policy server: ``python eval/load_test.py checkpoint=<run dir or .pt>``.
+
+Config: configs/load_test.yaml. For each N in ``robots``, N processes each step a real
+MuJoCo env with actions from the server (``vla.serve.client.PolicyClient`` on loopback) for
+``seconds``; the table reports actions/s over all robots, client round-trip latency p50/p95/p99
+and the server's mean batch size, for the batched server and (``batch1``) one that decodes one
+request at a time. Then ``success_episodes`` per task's seeds through the server and in
+process: the success rates and how many episodes ended alike (L4, L10).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from envs.tasks import task_ids
+from vla.app.cli import hydra_entry
+from vla.serve.batcher import BatcherConfig
+from vla.serve.client import PolicyClient, ServerError
+from vla.training.runtime import check_whole_numbers, resolve_device
+
+
+def check_config(cfg: DictConfig) -> None:
+    if not Path(cfg.checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
+    task_ids([cfg.task])
+    robots = {f"robots[{i}]": n for i, n in enumerate(cfg.robots)}
+    check_whole_numbers({"seconds": cfg.seconds, "num_envs": cfg.num_envs} | robots)
+    episodes = cfg.success_episodes
+    if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 0:
+        raise ValueError(f"success_episodes must be a whole number >= 0, got {episodes!r}")
+    BatcherConfig(int(cfg.max_batch), float(cfg.max_wait_ms))
+
+
+def robot(url: str, task_id: str, index: int, seconds: float, env_kwargs: dict, barrier, results) -> None:
+    """One simulated robot: a real env stepped with the server's actions until time is up."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the tasks)
+
+    env = gym.make(task_id, **env_kwargs)
+    client = PolicyClient(url, session=f"robot-{index}", timeout=60)
+    seed = 50_000_000 + 1000 * index
+    obs, _ = env.reset(seed=seed)
+    latencies, refused, episodes, successes = [], 0, 0, 0
+    barrier.wait()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        try:
+            action = client.act(obs)
+        except ServerError as error:
+            if error.status != 503:
+                raise
+            refused += 1
+            time.sleep(0.005)
+            continue
+        latencies.append(time.perf_counter() - started)
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            episodes, successes = episodes + 1, successes + int(info["is_success"])
+            obs, _ = env.reset(seed=seed + episodes)
+            client.reset()
+    client.close()
+    env.close()
+    results.put({"latencies": latencies, "refused": refused, "episodes": episodes, "successes": successes})
+
+
+def load_row(url: str, service, task_id: str, robots: int, seconds: float, env_kwargs: dict) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(robots + 1), context.Queue()
+    workers = [
+        context.Process(target=robot, args=(url, task_id, i, seconds, env_kwargs, barrier, results))
+        for i in range(robots)
+    ]
+    for w in workers:
+        w.start()
+    stats = service.batcher.stats
+    before = (stats.batches, stats.batched_requests)
+    barrier.wait()
+    started = time.monotonic()
+    reports = [results.get(timeout=seconds + 300) for _ in workers]
+    elapsed = time.monotonic() - started
+    for w in workers:
+        w.join()
+    latencies = np.concatenate([r["latencies"] for r in reports]) * 1e3
+    batches, requests = stats.batches - before[0], stats.batched_requests - before[1]
+    return {
+        "robots": robots,
+        "actions_per_s": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p95_ms": float(np.percentile(latencies, 95)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "mean_batch": requests / max(batches, 1),
+        "refused": int(sum(r["refused"] for r in reports)),
+        "episodes": int(sum(r["episodes"] for r in reports)),
+    }
+
+
+class ServedPolicy:
+    """``act_batch`` through the server: each observation its own concurrent request (one
+    client per env slot), as robots would send them."""
+
+    def __init__(self, url: str, slots: int):
+        self.clients = [PolicyClient(url, session=f"slot-{i}", timeout=60) for i in range(slots)]
+        self.pool = ThreadPoolExecutor(slots)
+
+    def reset(self) -> None:
+        for client in self.clients:
+            client.reset()
+
+    def act_batch(self, observations: list[dict[str, Any]]) -> np.ndarray:
+        futures = [self.pool.submit(c.act, o) for c, o in zip(self.clients, observations, strict=False)]
+        return np.stack([f.result() for f in futures])
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    from envs.evaluation import evaluate
+    from vla.evaluation.closed_loop import policy_env_kwargs
+    from vla.inference import load_policy
+    from vla.serve.app import PolicyService, ServeLimits, serve_in_background
+
+    device = resolve_device(cfg.device)
+    task_id = task_ids([cfg.task])[0]
+    report: dict[str, Any] = {"checkpoint": str(cfg.checkpoint), "task": cfg.task, "device": str(device), "rows": []}
+    servers = {"batched": int(cfg.max_batch)} | ({"batch-1": 1} if cfg.batch1 else {})
+    for name, max_batch in servers.items():
+        runner = load_policy(cfg.checkpoint, device=device)
+        env_kwargs = policy_env_kwargs(runner.policy)
+        service = PolicyService(runner, BatcherConfig(max_batch, float(cfg.max_wait_ms), max_queue=1024), ServeLimits())
+        with serve_in_background(service) as url:
+            for robots in cfg.robots:
+                measured = load_row(url, service, task_id, int(robots), float(cfg.seconds), env_kwargs)
+                row = {"server": name, "batching": service.mode, **measured}
+                report["rows"].append(row)
+                print(
+                    f"{name:<8} robots {robots:>3}: {row['actions_per_s']:8.1f} actions/s  p50 {row['p50_ms']:6.2f}  "
+                    f"p95 {row['p95_ms']:6.2f}  p99 {row['p99_ms']:6.2f} ms  mean batch {row['mean_batch']:.2f}",
+                    flush=True,
+                )
+            if name == "batched" and cfg.success_episodes:
+                report["success"] = compare_success(url, runner, task_id, cfg, env_kwargs, evaluate)
+    print(load_table(report))
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+    return report
+
+
+def compare_success(url, runner, task_id, cfg, env_kwargs, evaluate) -> dict[str, Any]:
+    episodes, num_envs = int(cfg.success_episodes), int(cfg.num_envs)
+    served, _ = evaluate(ServedPolicy(url, num_envs), [task_id], episodes, num_envs=num_envs, env_kwargs=env_kwargs)
+    local, _ = evaluate(runner, [task_id], episodes, num_envs=num_envs, env_kwargs=env_kwargs)
+    alike = sum(a == b for a, b in zip(served[0].successes, local[0].successes, strict=True))
+    result = {
+        "episodes": episodes,
+        "served": served[0].rate,
+        "in_process": local[0].rate,
+        "episodes_alike": alike,
+        "lengths_alike": sum(a == b for a, b in zip(served[0].lengths, local[0].lengths, strict=True)),
+    }
+    print(
+        f"success through the server {result['served']:.1%}, in process {result['in_process']:.1%} "
+        f"({alike}/{episodes} episodes ended alike, {result['lengths_alike']} with the same length)"
+    )
+    return result
+
+
+def load_table(report: dict[str, Any]) -> str:
+    lines = [
+        "| server | robots | actions/s | p50 ms | p95 ms | p99 ms | mean batch | refused |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['server']} ({r['batching']}) | {r['robots']} | {r['actions_per_s']:.0f} | {r['p50_ms']:.2f} | "
+            f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_batch']:.2f} | {r['refused']} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    hydra_entry("load_test", run, check_config)
