@@ -1,22 +1,31 @@
-"""Batch-1 decoding speed: KV cache vs recomputing per token vs parallel decoding.
+"""How fast the policy decodes, and what each trick buys (L1, L2, L6, L7, V9, V10, V20).
 
-Rows: ``kv_cache`` (prefill once, then one token at a time against cached keys/values);
-``recompute`` (decoder re-run over the whole sequence per token, encoder outputs reused);
-``recompute_all`` (the whole model per token: image and instruction re-encoded too, what a
-plain forward call per token costs); ``parallel`` (all 7 tokens in one pass).
-
-    python eval/bench_inference.py [--checkpoint RUN_DIR_OR_PT] [--repeats 200] [--model small|large]
+    python eval/bench_inference.py [--checkpoint RUN_OR_PT | --model small|large] [--device cpu|cuda]
+        [--sections latency,throughput,phases,vision,decoding] [--batch-sizes 1,16,256,4096]
+        [--dtypes fp32,bf16,fp16] [--modes eager,compile,graph,int8] [--repeats 200] [--out bench.json]
     python eval/bench_inference.py --compete     # batch 1 beside a CPU-bound process: threads matter
 
-Times ``policy.decode`` on one observation (the policy's whole per-step cost), checks that
-cached and both uncached decodings give identical tokens on every call, and reports ratios
-within this one run (timings on a shared machine drift; ratios drift less). Without a
-checkpoint it times a freshly initialised model of the named config (the speed does not
-depend on the weights); the parallel row then is the same architecture in parallel mode.
+Sections (each prints one table; ``--out`` writes them all as JSON):
 
-``--compete`` times batch-1 parallel decoding with torch's default threads and with the
-threads ``vla.load_policy`` chooses (``threads="auto"``: one thread for a batch of one), each
-alone and beside a CPU-bound process on every core (a shared laptop, a simulator next door).
+- ``latency``: batch 1, the whole decode of one observation (instruction features read
+  once, as a deployed policy caches them), per decoding (parallel; autoregressive with and
+  without KV cache), dtype and execution mode: ``eager``, ``compile`` (torch.compile),
+  ``graph`` (one CUDA graph replay, GPU only), ``int8`` (dynamic int8 matrix products, CPU
+  only). Median and p90 ms, actions/s, peak GPU memory, and the share of observations whose
+  greedy tokens equal eager fp32's.
+- ``throughput``: parallel decoding against batch size: actions/s per dtype and mode, and the
+  batch size where it saturates (first to reach 90% of the best).
+- ``phases``: autoregressive decoding split into prefill (image + instruction + proprio, one
+  pass) and decode (6 one-token steps against the KV cache), against batch size, with each
+  phase's FLOPs, bytes moved and arithmetic intensity (L2: which is compute-, which
+  memory-bound).
+- ``vision``: latency against the number of vision tokens (image size, patch size, pooling),
+  batch 1 and batched (V20).
+- ``decoding``: the KV cache against recomputing per token, tokens checked identical (L1).
+
+Without a checkpoint it times a freshly initialised model of the named config (speed does
+not depend on the weights; ``--text-encoder scratch`` avoids loading a pretrained encoder).
+Timings on a shared machine drift: compare rows of one run, as ratios.
 """
 
 from __future__ import annotations
@@ -27,113 +36,355 @@ import multiprocessing
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
 from vla.app.cli import compose_config
 from vla.checkpoint import build_policy, read_checkpoint
+from vla.fast_inference import StaticDecoder, text_inputs
 from vla.inference import inference_threads
 from vla.policy import PolicyConfig, VLAPolicy
 
-INSTRUCTIONS = ["pick up the red cube and put it in the orange zone", "stack the blue cylinder on the green cube"]
+INSTRUCTIONS = [
+    "pick up the red cube and put it in the orange zone",
+    "stack the blue cylinder on the green cube",
+    "touch the yellow cylinder",
+    "push the green cube to the white zone",
+    "lift the red cylinder",
+    "reach the blue cube",
+    "put the yellow cube in the purple zone",
+    "stack the red cube on the yellow cylinder",
+]
+SECTIONS = ("latency", "throughput", "phases", "vision", "decoding")
 
 
-def make_policies(args: argparse.Namespace) -> tuple[VLAPolicy, VLAPolicy]:
+def policy_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     if args.checkpoint:
         trained, _ = build_policy(read_checkpoint(args.checkpoint))
-        values, weights = trained.config_dict(), trained.state_dict()
-    else:
-        values = OmegaConf.to_container(compose_config("bc", [f"model={args.model}"]).model)
-        weights = None
-    # The same weights both ways, whichever decoding the config trained with: the KV cache
-    # only exists for autoregressive decoding.
-    policy, parallel = (
-        VLAPolicy(PolicyConfig.from_dict({**values, "decoding": decoding}))
-        for decoding in ("autoregressive", "parallel")
-    )
-    if weights is None:
-        weights = policy.state_dict()
-    policy.load_state_dict(weights)
-    parallel.load_state_dict(weights)
-    return policy.eval(), parallel.eval()
+        return trained.config_dict(), trained.state_dict()
+    values = OmegaConf.to_container(compose_config("bc", [f"model={args.model}"]).model)
+    if args.text_encoder:
+        values["text_encoder"] = args.text_encoder
+    return values, None
 
 
-def timed(fn, repeats: int) -> list[float]:
-    for _ in range(5):  # warm-up: allocator, caches, instruction-feature cache
+def make_policy(values: dict[str, Any], weights: dict | None, device: torch.device, **changes: Any) -> VLAPolicy:
+    torch.manual_seed(0)
+    policy = VLAPolicy(PolicyConfig.from_dict({**values, **changes}))
+    if weights is not None:
+        policy.load_state_dict(weights, strict=False)
+    return policy.to(device).eval()
+
+
+def observations(policy: VLAPolicy, n: int, device: torch.device, seed: int = 0) -> dict[str, Any]:
+    c = policy.config
+    g = torch.Generator().manual_seed(seed)
+    batch = {
+        "image": torch.randint(0, 256, (n, c.image_size, c.image_size, 3), dtype=torch.uint8, generator=g),
+        "proprio": torch.randn(n, c.proprio_dim, generator=g),
+        "instruction": [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(n)],
+    }
+    if "wrist" in c.cameras:
+        batch["wrist_image"] = batch["image"].flip(1)
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch["text_states"], batch["text_mask"] = text_inputs(policy, batch["instruction"], device)
+    return batch
+
+
+def timed(fn: Callable[[], Any], repeats: int, device: torch.device) -> list[float]:
+    """Seconds per call, each call synchronised (the GPU's work counted, not just its launch)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(5):
         fn()
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--model", default="small", choices=["small", "large"])
-    parser.add_argument("--repeats", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default=None, help="also write the results as JSON here")
-    parser.add_argument("--compete", action="store_true", help="batch 1 alone and beside a CPU-bound process")
-    args = parser.parse_args()
-    if args.repeats < 1:
-        raise SystemExit(f"error: --repeats must be >= 1, got {args.repeats}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    policy, parallel = make_policies(args)
-    size = policy.config.image_size
-    g = torch.Generator().manual_seed(0)
-    observations = [
-        {
-            "image": torch.randint(0, 256, (1, size, size, 3), dtype=torch.uint8, generator=g),
-            "proprio": torch.randn(1, policy.config.proprio_dim, generator=g),
-            "instruction": [INSTRUCTIONS[i % 2]],
-        }
-        for i in range(8)
-    ]
-    if args.compete:
-        return compete(parallel, observations, args.repeats)
+def peak_memory_mb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def int8_policy(policy: VLAPolicy) -> VLAPolicy:
+    """Dynamic int8: Linear weights stored as int8, activations quantised per call (CPU)."""
+    import copy
+
+    from torch.ao.quantization import quantize_dynamic
+
+    quantised = copy.deepcopy(policy)
+    quantised.text = None  # the frozen encoder runs once per instruction: leave it out
+    quantised = quantize_dynamic(quantised, {torch.nn.Linear}, dtype=torch.qint8)
+    quantised.text = policy.text
+    return quantised
+
+
+def mode_supported(mode: str, dtype: str, device: torch.device) -> str | None:
+    """Why a (mode, dtype) row cannot run here, or None."""
+    if mode == "graph" and device.type != "cuda":
+        return "CUDA graphs need a GPU"
+    if mode == "int8" and (device.type != "cpu" or dtype != "fp32"):
+        return "dynamic int8 runs on the CPU, from fp32"
+    if dtype == "fp16" and device.type == "cpu":
+        return "fp16 matrix products are slow on CPUs"
+    return None
+
+
+def decoder_for(
+    policy: VLAPolicy, batch_size: int, device: torch.device, dtype: str, mode: str, use_cache: bool = True
+) -> StaticDecoder:
+    if mode == "int8":
+        return StaticDecoder(int8_policy(policy), batch_size, device, "fp32", "eager", use_cache)
+    return StaticDecoder(policy, batch_size, device, dtype, mode, use_cache)
+
+
+def latency(args, values, weights, device) -> list[dict[str, Any]]:
+    rows = []
+    probes = args.probes  # observations whose tokens are compared with eager fp32's
+    for decoding, use_cache in (("parallel", True), ("autoregressive", True), ("autoregressive", False)):
+        if decoding not in args.decodings or (not use_cache and "no-cache" not in args.decodings):
+            continue
+        policy = make_policy(values, weights, device, decoding=decoding)
+        check = observations(policy, probes, device, seed=1)
+        reference = policy.decode(check, use_cache=use_cache)
+        one = observations(policy, 1, device)
+        for dtype in args.dtypes:
+            for mode in args.modes:
+                name = f"{decoding}{'' if use_cache or decoding == 'parallel' else ' (no cache)'}"
+                why = mode_supported(mode, dtype, device)
+                if why is None and mode == "graph" and not use_cache:
+                    why = "the no-cache baseline stays eager"
+                if why is not None:
+                    continue
+                decoder = decoder_for(policy, 1, device, dtype, mode, use_cache)
+                agree = 0
+                for i in range(probes):
+                    row = {k: v[i : i + 1] for k, v in check.items()}
+                    agree += int(torch.equal(decoder.decode(row), reference[i : i + 1]))
+                decoder.load(one)
+                reset_peak(device)
+                times = timed(decoder.decode, args.repeats, device)
+                median = statistics.median(times) * 1e3
+                rows.append(
+                    {
+                        "decoding": name,
+                        "dtype": dtype,
+                        "mode": mode,
+                        "median_ms": median,
+                        "p90_ms": sorted(times)[int(0.9 * len(times))] * 1e3,
+                        "actions_per_s": 1e3 / median,
+                        "peak_mb": peak_memory_mb(device),
+                        "tokens_equal": agree / probes,
+                    }
+                )
+                print_row(
+                    rows[-1], ["decoding", "dtype", "mode", "median_ms", "p90_ms", "actions_per_s", "tokens_equal"]
+                )
+    return rows
+
+
+def throughput(args, values, weights, device) -> list[dict[str, Any]]:
+    rows = []
+    policy = make_policy(values, weights, device, decoding="parallel")
+    for dtype in args.dtypes:
+        for mode in args.modes:
+            if mode_supported(mode, dtype, device) or mode == "compile":  # compile: one shape per size, slow to build
+                continue
+            for size in args.batch_sizes:
+                decoder = decoder_for(policy, size, device, dtype, mode)
+                decoder.load(observations(policy, size, device))
+                reset_peak(device)
+                try:
+                    times = timed(decoder.decode, max(5, args.repeats // 10), device)
+                except torch.OutOfMemoryError:
+                    print(f"batch {size}: out of memory")
+                    break
+                median = statistics.median(times)
+                rows.append(
+                    {
+                        "dtype": dtype,
+                        "mode": mode,
+                        "batch": size,
+                        "ms_per_batch": median * 1e3,
+                        "actions_per_s": size / median,
+                        "peak_mb": peak_memory_mb(device),
+                    }
+                )
+                print_row(rows[-1], ["dtype", "mode", "batch", "ms_per_batch", "actions_per_s", "peak_mb"])
+                del decoder
+    for dtype in args.dtypes:
+        for mode in args.modes:
+            series = [r for r in rows if r["dtype"] == dtype and r["mode"] == mode]
+            if series:
+                best = max(r["actions_per_s"] for r in series)
+                saturated = next(r["batch"] for r in series if r["actions_per_s"] >= 0.9 * best)
+                print(f"{dtype} {mode}: best {best:,.0f} actions/s; 90% of it from batch {saturated}")
+    return rows
+
+
+def _prefill(policy: VLAPolicy, batch: dict[str, Any]):
+    """Prefix + start token through the decoder, filling a KV cache: (out, cache, key mask)."""
+    from vla.transformer import KVCache
+
+    prefix, valid = policy.prefix(batch)
+    size = len(prefix)
+    cache = KVCache(len(policy.blocks))
+    valid = torch.cat([valid, torch.ones(size, 1, dtype=torch.bool, device=prefix.device)], 1)
+    x = torch.cat([prefix, policy._action_inputs(None, size, 1)], 1)
+    return policy._run(x, policy._mask(valid, prefix.shape[1]), cache), cache, valid
+
+
+def _decode_steps(policy: VLAPolicy, out: torch.Tensor, cache, valid: torch.Tensor, keys, values) -> torch.Tensor:
+    """The 6 one-token steps after prefill, from a copy of the prefilled cache (keys, values)."""
+    cache.keys, cache.values = list(keys), list(values)
+    one = torch.ones(len(valid), 1, dtype=torch.bool, device=valid.device)
+    bins = policy.head(policy.norm(out[:, -1:])).argmax(-1)
+    for i in range(1, policy.config.action_dim):
+        token = policy.action_embed(bins) + policy.action_position[i] + policy.type_embed[3]
+        valid = torch.cat([valid, one], 1)
+        out = policy._run(token, valid[:, None, None, :], cache)
+        bins = policy.head(policy.norm(out[:, -1:])).argmax(-1)
+    return bins
+
+
+def _flops(fn: Callable[[], Any]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # with autograd on: the counter's module tracker hooks the graph it builds
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def phases(args, values, weights, device) -> list[dict[str, Any]]:
+    """Prefill and decode of autoregressive decoding, timed apart, with their FLOPs and bytes."""
+    policy = make_policy(values, weights, device, decoding="autoregressive")
+    dtype = torch.bfloat16 if "bf16" in args.dtypes and device.type == "cuda" else torch.float32
+    element = torch.finfo(dtype).bits // 8
+    decoder_weights = sum(p.numel() for n, p in policy.named_parameters() if n.startswith(("blocks.", "head.")))
+    all_weights = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    repeats = max(5, args.repeats // 10)
+    rows = []
+    for size in args.batch_sizes:
+        batch = observations(policy, size, device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            try:
+                prefill_s = statistics.median(timed(lambda b=batch: _prefill(policy, b), repeats, device))
+                out, cache, valid = _prefill(policy, batch)
+                kept = (list(cache.keys), list(cache.values))
+                decode_s = statistics.median(
+                    timed(lambda o=out, c=cache, v=valid, k=kept: _decode_steps(policy, o, c, v, *k), repeats, device)
+                )
+            except torch.OutOfMemoryError:
+                print(f"batch {size}: out of memory")
+                break
+            prefill_flops = _flops(lambda b=batch: _prefill(policy, b))
+            decode_flops = _flops(lambda o=out, c=cache, v=valid, k=kept: _decode_steps(policy, o, c, v, *k))
+        tokens = valid.shape[1]
+        kv_bytes = 2 * len(policy.blocks) * size * tokens * policy.config.width * element
+        # decode reads every decoder weight and the whole KV cache once per token; prefill reads
+        # every weight once and writes the cache (its activations are small beside them)
+        decode_bytes = (policy.config.action_dim - 1) * (decoder_weights * element + kv_bytes)
+        prefill_bytes = all_weights * element + kv_bytes
+        rows.append(
+            {
+                "batch": size,
+                "prefill_ms": prefill_s * 1e3,
+                "decode_ms": decode_s * 1e3,
+                "prefill_gflop": prefill_flops / 1e9,
+                "decode_gflop": decode_flops / 1e9,
+                "prefill_flop_per_byte": prefill_flops / prefill_bytes,
+                "decode_flop_per_byte": decode_flops / decode_bytes,
+                "prefill_tflops": prefill_flops / prefill_s / 1e12,
+                "decode_tflops": decode_flops / decode_s / 1e12,
+            }
+        )
+        print_row(rows[-1], list(rows[-1]))
+    return rows
+
+
+def vision(args, values, weights, device) -> list[dict[str, Any]]:
+    """Latency and memory against the number of vision tokens (a fresh model per setting)."""
+    rows = []
+    settings = [(64, 16, 1), (64, 8, 1), (64, 8, 2), (64, 4, 1), (64, 4, 2), (96, 8, 1), (128, 8, 1), (128, 16, 1)]
+    dtype = "bf16" if device.type == "cuda" else "fp32"
+    mode = "graph" if device.type == "cuda" else "eager"
+    batched = max(args.batch_sizes)
+    for image, patch, pool in settings:
+        changes = {"image_size": image, "patch_size": patch, "vision_pool": pool, "decoding": "parallel"}
+        policy = make_policy(values, None, device, **changes)  # fresh weights: shapes differ
+        tokens = policy.vision.num_tokens if policy.vision is not None else 0
+        row = {"image": image, "patch": patch, "pool": pool, "vision_tokens": tokens}
+        for size in (1, batched):
+            decoder = StaticDecoder(policy, size, device, dtype, mode)
+            decoder.load(observations(policy, size, device))
+            reset_peak(device)
+            try:
+                median = statistics.median(timed(decoder.decode, max(5, args.repeats // 10), device))
+            except torch.OutOfMemoryError:
+                row[f"batch{size}_ms"] = None
+                continue
+            row[f"batch{size}_ms"] = median * 1e3
+            row[f"batch{size}_actions_per_s"] = size / median
+            row[f"batch{size}_peak_mb"] = peak_memory_mb(device)
+        rows.append(row)
+        print_row(row, list(row))
+    return rows
+
+
+def decoding(args, values, weights, device) -> dict[str, Any]:
+    """Batch 1: KV cache against recomputing the decoder (or the whole model) per token."""
+    policy = make_policy(values, weights, device, decoding="autoregressive")
+    parallel = make_policy(values, weights, device, decoding="parallel")
+    batches = [{k: v for k, v in observations(policy, 1, device, seed=i).items() if "text" not in k} for i in range(8)]
     mismatches = 0
-    for batch in observations:
+    for batch in batches:
         cached = policy.decode(batch, use_cache=True)
         mismatches += int(not torch.equal(cached, policy.decode(batch, use_cache=False)))
         mismatches += int(not torch.equal(cached, policy.decode(batch, use_cache=False, reuse_prefix=False)))
-
-    checks = 2 * len(observations)
     counter = iter(range(10**9))
 
     def next_obs():
-        return observations[next(counter) % len(observations)]
+        return batches[next(counter) % len(batches)]
 
     with torch.inference_mode():
         rows = {
-            "kv_cache": timed(lambda: policy.decode(next_obs(), use_cache=True), args.repeats),
-            "recompute": timed(lambda: policy.decode(next_obs(), use_cache=False), args.repeats),
+            "kv_cache": timed(lambda: policy.decode(next_obs(), use_cache=True), args.repeats, device),
+            "recompute": timed(lambda: policy.decode(next_obs(), use_cache=False), args.repeats, device),
             "recompute_all": timed(
-                lambda: policy.decode(next_obs(), use_cache=False, reuse_prefix=False), args.repeats
+                lambda: policy.decode(next_obs(), use_cache=False, reuse_prefix=False), args.repeats, device
             ),
-            "parallel": timed(lambda: parallel.decode(next_obs()), args.repeats),
+            "parallel": timed(lambda: parallel.decode(next_obs()), args.repeats, device),
         }
     medians = {k: statistics.median(v) * 1e3 for k, v in rows.items()}
-    print(
-        f"batch 1, {policy.config.layers} layers x width {policy.config.width}, "
-        f"torch threads {torch.get_num_threads()}, "
-        f"{args.repeats} calls each; cached == uncached tokens in {checks - mismatches}/{checks} checks"
-    )
-    print(f"{'decoding':<14}{'median ms':>10}{'p90 ms':>9}{'vs recompute':>14}{'vs recompute_all':>18}")
-    for name, times in rows.items():
-        p90 = sorted(times)[int(0.9 * len(times))] * 1e3
-        ratio, ratio_all = medians["recompute"] / medians[name], medians["recompute_all"] / medians[name]
-        print(f"{name:<14}{medians[name]:>10.2f}{p90:>9.2f}{ratio:>13.2f}x{ratio_all:>17.2f}x")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"median_ms": medians, "identical_tokens": mismatches == 0}, indent=1))
+    print(f"cached == uncached tokens in {2 * len(batches) - mismatches}/{2 * len(batches)} checks")
+    for name in rows:
+        print(f"{name:<14} median {medians[name]:7.2f} ms  vs recompute {medians['recompute'] / medians[name]:5.2f}x")
     if mismatches:
         raise SystemExit(f"error: KV-cache decoding differed from full recomputation on {mismatches} observations")
+    return {"median_ms": medians, "identical_tokens": mismatches == 0}
+
+
+def print_row(row: dict[str, Any], keys: list[str]) -> None:
+    def show(v):
+        if isinstance(v, float):
+            return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
+    print("  ".join(f"{k}={show(row[k])}" for k in keys if k in row), flush=True)
 
 
 def _spin(stop) -> None:
@@ -141,7 +392,7 @@ def _spin(stop) -> None:
         sum(i * i for i in range(10_000))
 
 
-def compete(policy: VLAPolicy, observations: list[dict], repeats: int) -> None:
+def compete(policy: VLAPolicy, batch: dict[str, Any], repeats: int) -> None:
     """Median batch-1 latency by thread count, alone and beside one busy process per core."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     settings = {"torch default": torch.get_num_threads(), "auto (vla.load_policy)": inference_threads(1)}
@@ -155,7 +406,7 @@ def compete(policy: VLAPolicy, observations: list[dict], repeats: int) -> None:
             for name, threads in settings.items():
                 torch.set_num_threads(threads)
                 with torch.inference_mode():
-                    times = timed(lambda: policy.decode(observations[0]), repeats)
+                    times = timed(lambda: policy.decode(batch), repeats, torch.device("cpu"))
                 rows.append(
                     (load, name, threads, statistics.median(times) * 1e3, sorted(times)[int(0.9 * len(times))] * 1e3)
                 )
@@ -167,6 +418,57 @@ def compete(policy: VLAPolicy, observations: list[dict], repeats: int) -> None:
     print(f"{'load':<26}{'threads':<24}{'n':>3}{'median ms':>11}{'p90 ms':>9}")
     for load, name, threads, median, p90 in rows:
         print(f"{load:<26}{name:<24}{threads:>3}{median:>11.2f}{p90:>9.2f}")
+
+
+def comma_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    return lambda text: [kind(x) for x in text.split(",") if x]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--model", default="small", choices=["small", "large"])
+    parser.add_argument("--text-encoder", default=None, help="override the config's encoder (e.g. scratch)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--sections", type=comma_list(str), default=["latency", "decoding"])
+    parser.add_argument("--batch-sizes", type=comma_list(int), default=[1, 16, 256, 4096])
+    parser.add_argument("--dtypes", type=comma_list(str), default=["fp32", "bf16"])
+    parser.add_argument("--modes", type=comma_list(str), default=["eager", "compile", "graph", "int8"])
+    parser.add_argument(
+        "--decodings",
+        type=comma_list(str),
+        default=["parallel", "autoregressive", "no-cache"],
+        help="latency rows: parallel, autoregressive (KV cache), no-cache (autoregressive, recomputing)",
+    )
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--probes", type=int, default=64, help="observations whose tokens are checked per row")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--compete", action="store_true", help="batch 1 alone and beside a CPU-bound process")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        raise SystemExit(f"error: --repeats must be >= 1, got {args.repeats}")
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"error: unknown sections {unknown}; valid values are: {', '.join(SECTIONS)}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but this machine has no CUDA GPU")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    values, weights = policy_values(args)
+    if args.compete:
+        policy = make_policy(values, weights, device, decoding="parallel")
+        return compete(policy, observations(policy, 1, device), args.repeats)
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads",
+        "model": args.checkpoint or args.model,
+    }
+    for section in args.sections:
+        print(f"--- {section} ({report['device']}) ---")
+        report[section] = globals()[section](args, values, weights, device)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 
 from vla.app.cli import compose_config, user_errors
 from vla.data import ActionTokenDataset, collate
-from vla.training.bc import build, check_config, make_dataset, make_loader, mixed_precision, to_device
+from vla.training.bc import build, check_config, loss_scaler, make_dataset, make_loader, mixed_precision, to_device
 from vla.training.runtime import StepSampler, make_optimizer
 
 STAGES = ("data wait", "to device", "forward", "backward", "optimizer")
@@ -99,6 +99,7 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
     config = policy.config
     optimizer = make_optimizer(policy, t.lr, t.weight_decay, device)
     autocast = mixed_precision(t.amp, device)
+    scaler = loss_scaler(t.amp, device)
     use_bf16 = not isinstance(autocast, nullcontext)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -109,10 +110,12 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
             out = policy(batch, augment=t.augment)
         mark("forward")
         optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        scaler.scale(out["loss"]).backward()
         mark("backward")
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(policy.parameters(), t.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         mark("optimizer")
 
     dataset = make_dataset(cfg, policy, demos, tokenizer, train_idx, progress=False)  # as bc.py builds it
@@ -126,7 +129,7 @@ def profile(cfg: DictConfig, device: torch.device, args: argparse.Namespace) -> 
         "trainable_params_M": sum(p.numel() for p in policy.parameters() if p.requires_grad) / 1e6,
         "batch_size": t.batch_size,
         "loader_workers": cfg.data.num_workers,
-        "bf16": use_bf16,
+        "amp": t.amp if use_bf16 else "off",
         "steps": args.steps,
         "command": " ".join(sys.argv[1:]),
     }
@@ -244,7 +247,7 @@ def to_markdown(report: dict) -> str:
         "",
         f"Model width {report['model']['width']} x {report['model']['layers']} layers "
         f"({report['trainable_params_M']:.1f}M trainable), batch {report['batch_size']}, "
-        f"{report['loader_workers']} loader workers, bf16 {report['bf16']}, {report['steps']} timed steps each.",
+        f"{report['loader_workers']} loader workers, amp {report['amp']}, {report['steps']} timed steps each.",
         f"Command: `python eval/profile_training.py {report['command']}`",
         "",
         f"End to end (bc.py's loop): **{report['end_to_end_samples_per_s']:,.0f} samples/s** right after "

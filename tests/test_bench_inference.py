@@ -1,5 +1,6 @@
 """eval/bench_inference.py runs on the default and the large model config (few repeats: a
-smoke test of the script, never of its timings) and checks KV-cache tokens against recomputation."""
+smoke test of the script, never of its timings) and checks KV-cache tokens against recomputation;
+the fast decoding modes give the tokens plain decoding gives."""
 
 from __future__ import annotations
 
@@ -8,21 +9,80 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TINY_MODEL
+from vla.fast_inference import StaticDecoder, text_inputs
+from vla.policy import PolicyConfig, VLAPolicy
 
 
 @pytest.mark.parametrize("model", ["small", "large"])
 def test_the_inference_benchmark_runs_on_the_model_configs(model, tmp_path):
     out = tmp_path / "bench.json"
     command = [sys.executable, "eval/bench_inference.py", "--model", model, "--repeats", "2", "--out", str(out)]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    command += ["--sections", "latency,throughput,decoding", "--modes", "eager,int8", "--batch-sizes", "1,4"]
+    command += ["--probes", "3", "--dtypes", "fp32"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["identical_tokens"] and set(report["median_ms"]) == {
+    decoding = report["decoding"]
+    assert decoding["identical_tokens"] and set(decoding["median_ms"]) == {
         "kv_cache",
         "recompute",
         "recompute_all",
         "parallel",
     }
-    assert "kv_cache" in result.stdout and "parallel" in result.stdout
+    eager = [r for r in report["latency"] if r["mode"] == "eager" and r["dtype"] == "fp32"]
+    assert len(eager) == 3 and all(r["tokens_equal"] == 1.0 for r in eager)  # the reference itself
+    assert {r["mode"] for r in report["latency"]} == {"eager", "int8"}
+    assert {r["batch"] for r in report["throughput"]} == {1, 4}
+
+
+def batch(policy: VLAPolicy, n: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    words = ["touch the red cube", "stack the blue cylinder on the green cube please", "lift it"]
+    return {
+        "image": torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g),
+        "proprio": torch.randn(n, 8, generator=g),
+        "instruction": [words[i % 3] for i in range(n)],
+    }
+
+
+@pytest.mark.parametrize("decoding", ["parallel", "autoregressive"])
+@pytest.mark.parametrize("word_tokens", [False, True])
+def test_static_decoding_gives_the_tokens_of_plain_decoding(decoding, word_tokens):
+    torch.manual_seed(0)
+    overrides = {"decoding": decoding, "proprio_dim": 8, "word_tokens": word_tokens, "sentence_token": True}
+    policy = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, **overrides})).eval()
+    policy.head.weight.data *= 50  # far-apart logits: padding the text to full length cannot flip a token
+    data = batch(policy, 5)
+    expected = policy.decode(data)
+    decoder = StaticDecoder(policy, 5, torch.device("cpu"))
+    assert torch.equal(decoder.decode(data), expected)
+    states, mask = text_inputs(policy, data["instruction"], torch.device("cpu"))
+    _, unpadded = policy.text(data["instruction"], torch.device("cpu"))
+    assert states.shape[1] == policy.config.text_max_length > unpadded.shape[1]
+    assert torch.equal(mask.sum(1), unpadded.sum(1))  # padding added, masked
+    assert torch.equal(decoder.decode({**data, "text_states": states, "text_mask": mask}), expected)
+    with pytest.raises(ValueError, match="built for batches of 5, got 2"):
+        decoder.decode(batch(policy, 2))
+
+
+def test_static_decoding_refuses_what_this_machine_cannot_run():
+    policy = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "proprio_dim": 8}))
+    with pytest.raises(ValueError, match="mode=graph captures a CUDA graph: it needs device=cuda"):
+        StaticDecoder(policy, 1, torch.device("cpu"), mode="graph")
+    with pytest.raises(ValueError, match="unknown dtype 'int4'"):
+        StaticDecoder(policy, 1, torch.device("cpu"), dtype="int4")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("decoding", ["parallel", "autoregressive"])
+def test_a_cuda_graph_replays_the_tokens_of_eager_decoding(decoding):
+    torch.manual_seed(0)
+    policy = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "decoding": decoding, "proprio_dim": 8})).cuda().eval()
+    policy.head.weight.data *= 50
+    decoder = StaticDecoder(policy, 3, torch.device("cuda"), mode="graph")
+    for seed in range(3):  # new inputs each replay
+        data = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch(policy, 3, seed).items()}
+        assert torch.equal(decoder.decode(data), policy.decode(data))

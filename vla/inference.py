@@ -114,7 +114,9 @@ class PolicyRunner:
             nothing = self.nothing_named(batch, sessions)
         return self.finish(bins.cpu().numpy(), batch["instruction"], nothing)
 
-    def finish(self, bins: np.ndarray, texts: list[str], nothing: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    def finish(
+        self, bins: np.ndarray, texts: list[str], nothing: np.ndarray
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Actions and infos from decoded ``bins`` (B, 7): the arm held still where an instruction
         is empty or names nothing in view (``nothing``: ``nothing_named`` per row)."""
         actions = self.tokenizer.decode(bins)

@@ -180,9 +180,14 @@ class VLAPolicy(nn.Module):
 
     # --- the prefix ----------------------------------------------------------------------
     def prefix(self, batch: dict[str, Any], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens and key mask of [vision | text | proprio]: (B, P, W), (B, P) bool."""
+        """Tokens and key mask of [vision | text | proprio]: (B, P, W), (B, P) bool. The
+        instruction's encoder states may come read already (``text_states``, ``text_mask``:
+        vla/fast_inference.py keeps them in static buffers) instead of ``instruction``."""
         device = batch["proprio"].device
-        text_states, text_mask = self.text(batch["instruction"], device)
+        if "text_states" in batch:
+            text_states, text_mask = batch["text_states"], batch["text_mask"]
+        else:
+            text_states, text_mask = self.text(batch["instruction"], device)
         views = []
         reads_pixels = self.reads_pixels(cached_keypoints="keypoint_coords" in batch)
         for i, camera in enumerate(self.config.cameras):

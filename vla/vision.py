@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla.kernels import soft_argmax
 from vla.language import sentence_embedding
 from vla.transformer import Block
 
@@ -229,7 +230,7 @@ class TextQueriedKeypoints(nn.Module):
         """Keypoint tokens (B, K, width) read from detached coordinates, the coordinates
         (B, K, 2), and the heatmap logits (B, K, cells) for ``heatmap_loss``."""
         logits, cells = self.heatmaps(images, text_states, text_mask)
-        coords = logits.float().softmax(-1) @ cells
+        coords = soft_argmax(logits, cells)  # fused on a GPU at inference (vla/kernels.py)
         return self.tokens(coords), coords, logits
 
     def tokens(self, coords: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,7 @@ from vla.training.runtime import (
     warmup_cosine,
 )
 
-AMP_MODES = ("auto", "bf16", "off")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 def check_config(cfg: DictConfig) -> PolicyConfig:
@@ -129,7 +129,7 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
     policy_config = policy.config
     optimizer = make_optimizer(policy, t.lr, t.weight_decay, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, t.warmup_steps, t.steps))
-    start_step, best_success = 0, -1.0
+    start_step, best_success, payload = 0, -1.0, None
     if cfg.get("init") and not cfg.resume:  # fine-tune: weights (and proprio statistics) from a checkpoint
         tokenizer = load_init_weights(Path(cfg.init), policy_config, policy)
     if cfg.resume:
@@ -152,6 +152,9 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
     sampler = StepSampler(len(train_idx), cfg.seed, start_step * t.batch_size, rank, world)
     loader = make_loader(cfg, dataset, sampler, per_rank_batch)
     autocast = mixed_precision(t.amp, device)
+    scaler = loss_scaler(t.amp, device)
+    if payload is not None and "loss_scaler" in payload:
+        scaler.load_state_dict(payload["loss_scaler"])
 
     writer = None
     if rank == 0:
@@ -171,7 +174,7 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
         print(f"token layout per step (V1): [{layout}] x width {policy_config.width}")
 
     def checkpoint(name: str, step: int) -> None:
-        save(run_dir / "checkpoints" / name, policy, tokenizer, optimizer, schedule, step, best_success, cfg)
+        save(run_dir / "checkpoints" / name, policy, tokenizer, optimizer, schedule, step, best_success, cfg, scaler)
 
     # --- the training loop -------------------------------------------------------------------
     stop = min(t.steps, t.stop_at_step or t.steps)
@@ -184,9 +187,11 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
         with autocast:
             out = model(batch, augment=t.augment)
         optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        scaler.scale(out["loss"]).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), t.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)  # skipped where fp16 gradients overflowed
+        scaler.update()
         schedule.step()
         samples += per_rank_batch * world
 
@@ -298,10 +303,19 @@ def make_loader(
 
 
 def mixed_precision(amp: str, device: torch.device) -> AbstractContextManager:
-    """bf16 autocast for trainer.amp=bf16, or auto on CUDA; otherwise a no-op context."""
+    """bf16 autocast for trainer.amp=bf16, or auto on CUDA; fp16 autocast for fp16 (with
+    ``loss_scaler``); otherwise a no-op context."""
     if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
+    if amp == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
     return nullcontext()
+
+
+def loss_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
+    """fp16 gradients underflow below ~6e-8: the loss is scaled up before backward and the
+    gradients down before the step, the scale halving on overflow (a no-op unless amp=fp16)."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
 def load_demos(cfg: DictConfig, rank: int, config: PolicyConfig) -> DemoDataset:
@@ -414,7 +428,8 @@ def load_resume_state(run_dir: Path, config: PolicyConfig, policy, optimizer, sc
     return payload
 
 
-def save(path, policy, tokenizer, optimizer, schedule, step, best_success, cfg) -> None:
+def save(path, policy, tokenizer, optimizer, schedule, step, best_success, cfg, scaler=None) -> None:
+    extra = {"loss_scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}
     save_checkpoint(
         path,
         policy,
@@ -425,6 +440,7 @@ def save(path, policy, tokenizer, optimizer, schedule, step, best_success, cfg) 
         best_success=best_success,
         rng=rng_state(),
         train_config=OmegaConf.to_container(cfg, resolve=True),
+        **extra,
     )
 
 

@@ -1,0 +1,120 @@
+"""Decoding at fixed shapes, for speed: the instruction read once, static input buffers, and
+on a GPU the whole decode replayed as one CUDA graph (L1, L2, V10).
+
+At batch 1 the policy is launch-bound: a decode is a few hundred small kernels, each costing
+more to launch from Python than to run. ``StaticDecoder`` removes what a fixed shape allows:
+
+- the instruction's encoder states come in already read (``text_inputs``: the frozen encoder
+  runs once per instruction, padded to ``text_max_length`` so every call has one shape;
+  padding is masked, so the tokens do not change);
+- ``mode="graph"``: the decode is captured once as a CUDA graph and replayed, one launch for
+  everything (inputs are copied into the graph's static buffers first);
+- ``mode="compile"``: ``torch.compile`` fuses the small ops (on a CPU into C++ loops);
+- ``dtype``: bf16 / fp16 matrix products under autocast, as training runs them (the tokens
+  may then differ from fp32's: eval/bench_inference.py reports how often).
+
+``decode(batch)`` returns the action bins of ``policy.decode`` (greedy) for a batch of exactly
+``batch_size`` observations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vla.policy import VLAPolicy
+
+MODES = ("eager", "graph", "compile")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def text_inputs(policy: VLAPolicy, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The instructions' encoder states and mask, padded to ``text_max_length`` tokens."""
+    states, mask = policy.text(instructions, device)
+    pad = policy.config.text_max_length - states.shape[1]
+    return F.pad(states, (0, 0, 0, pad)), F.pad(mask, (0, pad))
+
+
+class StaticDecoder:
+    """Greedy decoding of ``batch_size`` observations at a time (module docstring)."""
+
+    def __init__(
+        self,
+        policy: VLAPolicy,
+        batch_size: int,
+        device: torch.device,
+        dtype: str = "fp32",
+        mode: str = "eager",
+        use_cache: bool = True,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; valid values are: {', '.join(MODES)}")
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; valid values are: {', '.join(DTYPES)}")
+        if mode == "graph" and device.type != "cuda":
+            raise ValueError("mode=graph captures a CUDA graph: it needs device=cuda")
+        self.policy = policy.to(device).eval()
+        self.dtype, self.device, self.mode, self.batch_size = DTYPES[dtype], device, mode, batch_size
+        self.use_cache = use_cache  # autoregressive decoding: the KV cache, or recompute per token
+        c = policy.config
+        length, width = c.text_max_length, policy.text.out_dim
+        self.inputs = {
+            "image": torch.zeros(batch_size, c.image_size, c.image_size, 3, dtype=torch.uint8, device=device),
+            "proprio": torch.zeros(batch_size, c.proprio_dim, device=device),
+            "text_states": torch.zeros(batch_size, length, width, device=device),
+            "text_mask": torch.ones(batch_size, length, dtype=torch.bool, device=device),
+        }
+        if "wrist" in c.cameras:
+            self.inputs["wrist_image"] = torch.zeros_like(self.inputs["image"])
+        self._run = self._eager
+        if mode == "compile":
+            self._run = torch.compile(self._eager, dynamic=False)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    @torch.no_grad()
+    def _eager(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.dtype == torch.float32:
+            return self.policy.decode(inputs, use_cache=self.use_cache)
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            return self.policy.decode(inputs, use_cache=self.use_cache)
+
+    def load(self, batch: dict[str, Any]) -> None:
+        """Copy ``batch`` (images, proprio, and instructions or their text states) into the buffers."""
+        n = len(batch["proprio"])
+        if n != self.batch_size:
+            raise ValueError(f"this decoder was built for batches of {self.batch_size}, got {n}")
+        if "text_states" in batch:
+            states, mask = batch["text_states"], batch["text_mask"]
+        else:
+            states, mask = text_inputs(self.policy, list(batch["instruction"]), self.device)
+        for key, value in (("text_states", states), ("text_mask", mask)):
+            self.inputs[key].copy_(value)
+        for key in ("image", "wrist_image", "proprio"):
+            if key in self.inputs:
+                self.inputs[key].copy_(torch.as_tensor(batch[key]))
+
+    @torch.no_grad()
+    def decode(self, batch: dict[str, Any] | None = None) -> torch.Tensor:
+        """Bins (batch_size, action_dim) of ``batch`` (None: of what the buffers hold now)."""
+        if batch is not None:
+            self.load(batch)
+        if self.mode != "graph":
+            return self._run(self.inputs)
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        return self.output.clone()
+
+    def _capture(self) -> None:
+        # warm up on a side stream (lazy initialisation, cuBLAS workspaces), then capture
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._eager(self.inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = self._eager(self.inputs)
