@@ -45,7 +45,7 @@ from omegaconf import OmegaConf
 
 from vla.app.cli import compose_config
 from vla.checkpoint import build_policy, read_checkpoint
-from vla.fast_inference import StaticDecoder, text_inputs
+from vla.fast_inference import StaticDecoder, quantize_int8, text_inputs
 from vla.inference import inference_threads
 from vla.policy import PolicyConfig, VLAPolicy
 
@@ -59,7 +59,7 @@ INSTRUCTIONS = [
     "put the yellow cube in the purple zone",
     "stack the red cube on the yellow cylinder",
 ]
-SECTIONS = ("latency", "throughput", "phases", "vision", "decoding")
+SECTIONS = ("latency", "throughput", "phases", "vision", "decoding", "paged")
 
 
 def policy_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
@@ -114,27 +114,23 @@ def peak_memory_mb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
 
 
+def free_memory(device: torch.device) -> None:
+    """Release what earlier rows held (CUDA graphs keep private memory pools until collected)."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
 
-def int8_policy(policy: VLAPolicy) -> VLAPolicy:
-    """Dynamic int8: Linear weights stored as int8, activations quantised per call (CPU)."""
-    import copy
-
-    from torch.ao.quantization import quantize_dynamic
-
-    quantised = copy.deepcopy(policy)
-    quantised.text = None  # the frozen encoder runs once per instruction: leave it out
-    quantised = quantize_dynamic(quantised, {torch.nn.Linear}, dtype=torch.qint8)
-    quantised.text = policy.text
-    return quantised
-
-
 def mode_supported(mode: str, dtype: str, device: torch.device) -> str | None:
     """Why a (mode, dtype) row cannot run here, or None."""
-    if mode == "graph" and device.type != "cuda":
+    if mode.endswith("graph") and device.type != "cuda":
         return "CUDA graphs need a GPU"
     if mode == "int8" and (device.type != "cpu" or dtype != "fp32"):
         return "dynamic int8 runs on the CPU, from fp32"
@@ -147,7 +143,7 @@ def decoder_for(
     policy: VLAPolicy, batch_size: int, device: torch.device, dtype: str, mode: str, use_cache: bool = True
 ) -> StaticDecoder:
     if mode == "int8":
-        return StaticDecoder(int8_policy(policy), batch_size, device, "fp32", "eager", use_cache)
+        return StaticDecoder(quantize_int8(policy), batch_size, device, "fp32", "eager", use_cache)
     return StaticDecoder(policy, batch_size, device, dtype, mode, use_cache)
 
 
@@ -165,10 +161,11 @@ def latency(args, values, weights, device) -> list[dict[str, Any]]:
             for mode in args.modes:
                 name = f"{decoding}{'' if use_cache or decoding == 'parallel' else ' (no cache)'}"
                 why = mode_supported(mode, dtype, device)
-                if why is None and mode == "graph" and not use_cache:
+                if why is None and mode != "eager" and not use_cache:
                     why = "the no-cache baseline stays eager"
                 if why is not None:
                     continue
+                free_memory(device)
                 decoder = decoder_for(policy, 1, device, dtype, mode, use_cache)
                 agree = 0
                 for i in range(probes):
@@ -201,16 +198,18 @@ def throughput(args, values, weights, device) -> list[dict[str, Any]]:
     policy = make_policy(values, weights, device, decoding="parallel")
     for dtype in args.dtypes:
         for mode in args.modes:
-            if mode_supported(mode, dtype, device) or mode == "compile":  # compile: one shape per size, slow to build
+            if mode_supported(mode, dtype, device):
                 continue
             for size in args.batch_sizes:
-                decoder = decoder_for(policy, size, device, dtype, mode)
-                decoder.load(observations(policy, size, device))
+                free_memory(device)
                 reset_peak(device)
                 try:
+                    decoder = decoder_for(policy, size, device, dtype, mode)
+                    decoder.load(observations(policy, size, device))
                     times = timed(decoder.decode, max(5, args.repeats // 10), device)
                 except torch.OutOfMemoryError:
-                    print(f"batch {size}: out of memory")
+                    print(f"{dtype} {mode} batch {size}: out of memory")
+                    decoder = None
                     break
                 median = statistics.median(times)
                 rows.append(
@@ -224,7 +223,7 @@ def throughput(args, values, weights, device) -> list[dict[str, Any]]:
                     }
                 )
                 print_row(rows[-1], ["dtype", "mode", "batch", "ms_per_batch", "actions_per_s", "peak_mb"])
-                del decoder
+                decoder = None
     for dtype in args.dtypes:
         for mode in args.modes:
             series = [r for r in rows if r["dtype"] == dtype and r["mode"] == mode]
@@ -279,7 +278,12 @@ def phases(args, values, weights, device) -> list[dict[str, Any]]:
     repeats = max(5, args.repeats // 10)
     rows = []
     for size in args.batch_sizes:
-        batch = observations(policy, size, device)
+        free_memory(device)
+        try:
+            batch = observations(policy, size, device)
+        except torch.OutOfMemoryError:
+            print(f"batch {size}: out of memory")
+            break
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             try:
                 prefill_s = statistics.median(timed(lambda b=batch: _prefill(policy, b), repeats, device))
@@ -329,10 +333,12 @@ def vision(args, values, weights, device) -> list[dict[str, Any]]:
         tokens = policy.vision.num_tokens if policy.vision is not None else 0
         row = {"image": image, "patch": patch, "pool": pool, "vision_tokens": tokens}
         for size in (1, batched):
-            decoder = StaticDecoder(policy, size, device, dtype, mode)
-            decoder.load(observations(policy, size, device))
+            decoder = None
+            free_memory(device)
             reset_peak(device)
             try:
+                decoder = StaticDecoder(policy, size, device, dtype, mode)
+                decoder.load(observations(policy, size, device))
                 median = statistics.median(timed(decoder.decode, max(5, args.repeats // 10), device))
             except torch.OutOfMemoryError:
                 row[f"batch{size}_ms"] = None
@@ -376,6 +382,37 @@ def decoding(args, values, weights, device) -> dict[str, Any]:
     if mismatches:
         raise SystemExit(f"error: KV-cache decoding differed from full recomputation on {mismatches} observations")
     return {"median_ms": medians, "identical_tokens": mismatches == 0}
+
+
+def paged(args, values, weights, device) -> dict[str, Any]:
+    """Continuous batching over the paged KV cache against a per-request cache reserved for
+    the longest sequence: KV memory held, and tokens against the plain KV cache (L4, L10).
+    An autoregressive policy with word tokens, so sequence lengths vary with the instruction."""
+    from vla.paged_kv import ContinuousDecoder
+
+    policy = make_policy(values, None, device, decoding="autoregressive", word_tokens=True)
+    requests, running = 8 * max(args.batch_sizes), max(args.batch_sizes)
+    batch = observations(policy, requests, device, seed=2)
+    batch = {k: v for k, v in batch.items() if not k.startswith("text")}
+    expected = torch.cat([policy.decode({k: v[i : i + 64] for k, v in batch.items()}) for i in range(0, requests, 64)])
+    rows = {}
+    for block_size in (4, 16, 32):
+        decoder = ContinuousDecoder(policy, block_size=block_size, max_batch=running)
+        start = time.perf_counter()
+        bins = decoder.decode_all(batch).to(expected.device)
+        seconds = time.perf_counter() - start
+        per_token = decoder.pool.bytes_per_block / block_size
+        reserved = running * decoder.longest_sequence(policy) * per_token  # a plain cache per running request
+        rows[block_size] = {
+            "tokens_equal": float((bins == expected).all(1).float().mean()),
+            "peak_kv_mb": decoder.pool.peak_used * decoder.pool.bytes_per_block / 2**20,
+            "reserved_kv_mb": reserved / 2**20,
+            "actions_per_s": requests / seconds,
+        }
+        rows[block_size]["saved"] = 1 - rows[block_size]["peak_kv_mb"] / rows[block_size]["reserved_kv_mb"]
+        print_row({"block": block_size, **rows[block_size]}, ["block", *rows[block_size]])
+    longest = ContinuousDecoder.longest_sequence(policy)
+    return {"requests": requests, "running": running, "longest": longest, "blocks": rows}
 
 
 def print_row(row: dict[str, Any], keys: list[str]) -> None:

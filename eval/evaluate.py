@@ -26,6 +26,7 @@ from vla.evaluation.closed_loop import held_out_demos, open_loop_accuracy, run_r
 from vla.training.runtime import resolve_device
 
 KEYPOINT_SOURCES = ("read", "oracle")  # who points: the policy's reader, or the simulator's truth
+PRECISIONS = ("fp32", "int8")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -34,6 +35,9 @@ def check_config(cfg: DictConfig) -> None:
         raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
     task_ids(list(cfg.tasks))
     check_name("keypoints", cfg.keypoints, KEYPOINT_SOURCES)
+    check_name("precision", cfg.precision, PRECISIONS)
+    if cfg.precision == "int8" and resolve_device(cfg.device).type != "cpu":
+        raise ValueError(f"precision=int8 is PyTorch's dynamic int8 for the CPU: set device=cpu, got {cfg.device}")
     for split in cfg.splits:
         check_name("splits", split, INSTRUCTION_SPLITS)
     if not isinstance(cfg.episodes, int) or cfg.episodes < 1:
@@ -52,7 +56,13 @@ def _evaluate(cfg: DictConfig) -> dict:
         raise ValueError("keypoints=oracle replaces the policy's keypoints: this checkpoint has none (keypoints=0)")
     device = resolve_device(cfg.device)
     policy.to(device)
-    print(f"checkpoint {payload['path']} (step {payload.get('step')}, {policy.config.decoding} decoding)")
+    if cfg.precision == "int8":
+        from vla.fast_inference import quantize_int8
+
+        policy = quantize_int8(policy)
+    print(
+        f"checkpoint {payload['path']} (step {payload.get('step')}, {policy.config.decoding} decoding, {cfg.precision})"
+    )
     open_loop = held_out_accuracy(cfg, payload, policy, tokenizer, device) if cfg.open_loop else None
     return run_report(
         policy,

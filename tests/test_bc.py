@@ -84,6 +84,18 @@ def test_resumed_run_has_exactly_the_losses_of_the_uninterrupted_run(tiny_demos,
     assert losses(run_dir) == losses(trained_run)
 
 
+def test_fp16_training_scales_its_loss_and_resumes_exactly(tiny_demos, tmp_path):
+    """trainer.amp=fp16: autocast to fp16 with a loss scaler whose state the checkpoint keeps."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    steps = ("trainer.steps=4", "trainer.checkpoint_every=2", "trainer.amp=fp16", "eval.final_episodes=1")
+    assert train(tiny_demos, whole, *steps).returncode == 0
+    payload = torch.load(whole / "checkpoints" / "latest.pt", weights_only=False)
+    assert payload["loss_scaler"]["scale"] > 1  # the loss was scaled up before backward
+    assert train(tiny_demos, split, *steps, "trainer.stop_at_step=2").returncode == 0
+    assert train(tiny_demos, split, *steps, f"resume={split}").returncode == 0
+    assert losses(split) == losses(whole)
+
+
 def test_two_process_ddp_on_cpu_trains_and_checkpoints(tiny_demos, tmp_path):
     run_dir = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -184,6 +196,28 @@ def test_a_chunked_policy_trains_on_future_actions_and_evaluates_closed_loop(tin
     assert "action 28]" in result.stdout  # the token layout: 4 actions of 7 tokens
     report = json.loads((tmp_path / "chunk" / "evaluation.json").read_text())
     assert report["tasks"] and 0 <= report["open_loop"]["token_accuracy"] <= 1
+
+
+def test_an_int8_evaluation_runs_the_quantised_policy_closed_loop(trained_run, tmp_path):
+    out = tmp_path / "int8"
+    result = run(
+        "eval/evaluate.py",
+        f"checkpoint={trained_run}",
+        "episodes=2",
+        "tasks=[reach]",
+        "num_envs=2",
+        "splits=[train]",
+        "precision=int8",
+        "language_swap=false",
+        "video_episodes=0",
+        "progress=false",
+        f"out_dir={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "int8" in result.stdout and (out / "evaluation.json").exists()
+    assert_one_clear_error(
+        run("eval/evaluate.py", f"checkpoint={trained_run}", "precision=int4"), "unknown precision 'int4'", "fp32, int8"
+    )
 
 
 def test_an_oracle_evaluation_needs_a_policy_with_keypoints(trained_run, tmp_path):

@@ -16,7 +16,17 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 CORE = ["vla/" + p.name for p in (REPO_ROOT / "vla").glob("*.py")]  # the model core: vla/*.py, no subpackage
-FORBIDDEN_IN_CORE = ("envs", "train", "eval", "ros2_bridge", "vla.training", "vla.rl", "vla.evaluation", "vla.app")
+FORBIDDEN_IN_CORE = (
+    "envs",
+    "train",
+    "eval",
+    "ros2_bridge",
+    "vla.training",
+    "vla.rl",
+    "vla.evaluation",
+    "vla.app",
+    "vla.serve",
+)
 DOCS_WITH_COMMANDS = ["README.md", "docs/results.md"]
 HYDRA_SCRIPTS = {
     "train/bc.py": "bc",

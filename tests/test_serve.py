@@ -248,3 +248,15 @@ def test_the_serve_command_refuses_a_missing_checkpoint_in_one_line():
     assert done.returncode == 1 and done.stderr.strip().splitlines() == [
         "error: checkpoint=/nonexistent.pt: no such checkpoint file or run directory"
     ]
+
+
+def test_the_load_generator_drives_real_env_processes_through_the_server():
+    from vla.evaluation.closed_loop import policy_env_kwargs
+    from vla.serve.load import load_row
+
+    runner = tiny_runner()
+    service = PolicyService(runner, BatcherConfig(max_batch=8, max_wait_ms=2.0), ServeLimits(256))
+    with serve_in_background(service) as url:
+        row = load_row(url, service, "VLASandbox/Reach-v0", 2, 2.0, policy_env_kwargs(runner.policy))
+    assert row["robots"] == 2 and row["actions_per_s"] > 0 and row["refused"] == 0
+    assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] and row["mean_batch"] >= 1

@@ -10,6 +10,7 @@ more to launch from Python than to run. ``StaticDecoder`` removes what a fixed s
 - ``mode="graph"``: the decode is captured once as a CUDA graph and replayed, one launch for
   everything (inputs are copied into the graph's static buffers first);
 - ``mode="compile"``: ``torch.compile`` fuses the small ops (on a CPU into C++ loops);
+  ``"compile-graph"``: the compiled decode (fewer, fused kernels) captured as a CUDA graph;
 - ``dtype``: bf16 / fp16 matrix products under autocast, as training runs them (the tokens
   may then differ from fp32's: eval/bench_inference.py reports how often).
 
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 
 from vla.policy import VLAPolicy
 
-MODES = ("eager", "graph", "compile")
+MODES = ("eager", "graph", "compile", "compile-graph")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -53,8 +54,8 @@ class StaticDecoder:
             raise ValueError(f"unknown mode {mode!r}; valid values are: {', '.join(MODES)}")
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; valid values are: {', '.join(DTYPES)}")
-        if mode == "graph" and device.type != "cuda":
-            raise ValueError("mode=graph captures a CUDA graph: it needs device=cuda")
+        if mode in ("graph", "compile-graph") and device.type != "cuda":
+            raise ValueError(f"mode={mode} captures a CUDA graph: it needs device=cuda")
         self.policy = policy.to(device).eval()
         self.dtype, self.device, self.mode, self.batch_size = DTYPES[dtype], device, mode, batch_size
         self.use_cache = use_cache  # autoregressive decoding: the KV cache, or recompute per token
@@ -69,7 +70,7 @@ class StaticDecoder:
         if "wrist" in c.cameras:
             self.inputs["wrist_image"] = torch.zeros_like(self.inputs["image"])
         self._run = self._eager
-        if mode == "compile":
+        if mode in ("compile", "compile-graph"):
             self._run = torch.compile(self._eager, dynamic=False)
         self.graph: torch.cuda.CUDAGraph | None = None
 
@@ -100,7 +101,7 @@ class StaticDecoder:
         """Bins (batch_size, action_dim) of ``batch`` (None: of what the buffers hold now)."""
         if batch is not None:
             self.load(batch)
-        if self.mode != "graph":
+        if not self.mode.endswith("graph"):
             return self._run(self.inputs)
         if self.graph is None:
             self._capture()
@@ -113,8 +114,25 @@ class StaticDecoder:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):
-                self._eager(self.inputs)
+                self._run(self.inputs)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.output = self._eager(self.inputs)
+            self.output = self._run(self.inputs)
+
+
+def quantize_int8(policy: VLAPolicy) -> VLAPolicy:
+    """A copy whose Linear layers hold int8 weights and quantise their inputs per call
+    (PyTorch's dynamic int8, for the CPU); the frozen text encoder stays as it is (it runs
+    once per instruction)."""
+    import copy
+
+    from torch.ao.quantization import quantize_dynamic
+
+    text, policy.text = policy.text, None
+    try:
+        quantised = quantize_dynamic(copy.deepcopy(policy), {torch.nn.Linear}, dtype=torch.qint8)
+    finally:
+        policy.text = text
+    quantised.text = text
+    return quantised.eval()
