@@ -10,9 +10,10 @@ Sections (each prints one table; ``--out`` writes them all as JSON):
 - ``latency``: batch 1, the whole decode of one observation (instruction features read
   once, as a deployed policy caches them), per decoding (parallel; autoregressive with and
   without KV cache), dtype and execution mode: ``eager``, ``compile`` (torch.compile),
-  ``graph`` (one CUDA graph replay, GPU only), ``int8`` (dynamic int8 matrix products, CPU
-  only). Median and p90 ms, actions/s, peak GPU memory, and the share of observations whose
-  greedy tokens equal eager fp32's.
+  ``graph`` (one CUDA graph replay, GPU only), ``compile-graph`` (both), ``onnx`` (ONNX
+  Runtime, CPU only), ``int8`` (dynamic int8 matrix products, CPU only). Median and p90
+  ms, actions/s, peak GPU memory, and the share of observations whose greedy tokens equal
+  eager fp32's.
 - ``throughput``: parallel decoding against batch size: actions/s per dtype and mode, and the
   batch size where it saturates (first to reach 90% of the best).
 - ``phases``: autoregressive decoding split into prefill (image + instruction + proprio, one
@@ -134,6 +135,8 @@ def mode_supported(mode: str, dtype: str, device: torch.device) -> str | None:
         return "CUDA graphs need a GPU"
     if mode == "int8" and (device.type != "cpu" or dtype != "fp32"):
         return "dynamic int8 runs on the CPU, from fp32"
+    if mode == "onnx" and (device.type != "cpu" or dtype != "fp32"):
+        return "ONNX Runtime runs here on the CPU, in fp32"
     if dtype == "fp16" and device.type == "cpu":
         return "fp16 matrix products are slow on CPUs"
     return None
@@ -470,7 +473,7 @@ def main() -> None:
     parser.add_argument("--sections", type=comma_list(str), default=["latency", "decoding"])
     parser.add_argument("--batch-sizes", type=comma_list(int), default=[1, 16, 256, 4096])
     parser.add_argument("--dtypes", type=comma_list(str), default=["fp32", "bf16"])
-    parser.add_argument("--modes", type=comma_list(str), default=["eager", "compile", "graph", "int8"])
+    parser.add_argument("--modes", type=comma_list(str), default=["eager", "compile", "graph", "onnx", "int8"])
     parser.add_argument(
         "--decodings",
         type=comma_list(str),

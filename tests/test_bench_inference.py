@@ -68,6 +68,19 @@ def test_static_decoding_gives_the_tokens_of_plain_decoding(decoding, word_token
         decoder.decode(batch(policy, 2))
 
 
+@pytest.mark.parametrize("decoding", ["parallel", "autoregressive"])
+def test_onnx_runtime_decodes_the_tokens_of_pytorch(decoding):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    policy = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "decoding": decoding, "proprio_dim": 8})).eval()
+    policy.head.weight.data *= 50
+    decoder = StaticDecoder(policy, 3, torch.device("cpu"), mode="onnx")
+    for seed in range(3):
+        data = batch(policy, 3, seed)
+        assert torch.equal(decoder.decode(data), policy.decode(data))
+
+
 def test_static_decoding_refuses_what_this_machine_cannot_run():
     policy = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "proprio_dim": 8}))
     with pytest.raises(ValueError, match="mode=graph captures a CUDA graph: it needs device=cuda"):

@@ -11,6 +11,8 @@ more to launch from Python than to run. ``StaticDecoder`` removes what a fixed s
   everything (inputs are copied into the graph's static buffers first);
 - ``mode="compile"``: ``torch.compile`` fuses the small ops (on a CPU into C++ loops);
   ``"compile-graph"``: the compiled decode (fewer, fused kernels) captured as a CUDA graph;
+- ``mode="onnx"``: the decode exported once to ONNX and run by ONNX Runtime (CPU; the ``onnx``
+  extra): one call into C++ per decode instead of a few hundred PyTorch operator calls;
 - ``dtype``: bf16 / fp16 matrix products under autocast, as training runs them (the tokens
   may then differ from fp32's: eval/bench_inference.py reports how often).
 
@@ -27,7 +29,8 @@ import torch.nn.functional as F
 
 from vla.policy import VLAPolicy
 
-MODES = ("eager", "graph", "compile", "compile-graph")
+MODES = ("eager", "graph", "compile", "compile-graph", "onnx")
+INPUT_NAMES = ("image", "proprio", "text_states", "text_mask")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -56,6 +59,8 @@ class StaticDecoder:
             raise ValueError(f"unknown dtype {dtype!r}; valid values are: {', '.join(DTYPES)}")
         if mode in ("graph", "compile-graph") and device.type != "cuda":
             raise ValueError(f"mode={mode} captures a CUDA graph: it needs device=cuda")
+        if mode == "onnx" and (device.type != "cpu" or dtype != "fp32" or "wrist" in policy.config.cameras):
+            raise ValueError("mode=onnx runs the scene-camera decode in fp32 on the CPU: needs device=cpu, dtype=fp32")
         self.policy = policy.to(device).eval()
         self.dtype, self.device, self.mode, self.batch_size = DTYPES[dtype], device, mode, batch_size
         self.use_cache = use_cache  # autoregressive decoding: the KV cache, or recompute per token
@@ -72,6 +77,8 @@ class StaticDecoder:
         self._run = self._eager
         if mode in ("compile", "compile-graph"):
             self._run = torch.compile(self._eager, dynamic=False)
+        if mode == "onnx":
+            self._run = self._onnx_session()
         self.graph: torch.cuda.CUDAGraph | None = None
 
     @torch.no_grad()
@@ -108,6 +115,32 @@ class StaticDecoder:
         self.graph.replay()
         return self.output.clone()
 
+    def _onnx_session(self):
+        """The decode at this batch size as an ONNX Runtime session (exported once, by tracing)."""
+        import tempfile
+        import warnings
+
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ImportError("mode=onnx needs ONNX Runtime: pip install -e '.[onnx]'") from None
+        decode = _FeatureDecode(self.policy, self.use_cache)
+        inputs = tuple(self.inputs[name] for name in INPUT_NAMES)
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer warns of every Python-level shape check
+            path = f"{folder}/decode.onnx"
+            names = {"input_names": list(INPUT_NAMES), "output_names": ["bins"]}
+            torch.onnx.export(decode, inputs, path, dynamo=False, opset_version=17, **names)
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+        def run(buffers: dict[str, torch.Tensor]) -> torch.Tensor:
+            feed = {name: buffers[name].numpy() for name in INPUT_NAMES}
+            return torch.from_numpy(session.run(None, feed)[0])
+
+        return run
+
     def _capture(self) -> None:
         # warm up on a side stream (lazy initialisation, cuBLAS workspaces), then capture
         stream = torch.cuda.Stream()
@@ -119,6 +152,18 @@ class StaticDecoder:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.output = self._run(self.inputs)
+
+
+class _FeatureDecode(torch.nn.Module):
+    """``policy.decode`` as a module of tensors alone (what ONNX export traces)."""
+
+    def __init__(self, policy: VLAPolicy, use_cache: bool):
+        super().__init__()
+        self.policy, self.use_cache = policy, use_cache
+
+    def forward(self, image, proprio, text_states, text_mask) -> torch.Tensor:
+        batch = {"image": image, "proprio": proprio, "text_states": text_states, "text_mask": text_mask}
+        return self.policy.decode(batch, use_cache=self.use_cache)
 
 
 def quantize_int8(policy: VLAPolicy) -> VLAPolicy:

@@ -285,8 +285,8 @@ class TextQueriedKeypoints(nn.Module):
 def _pixel_grid(batch: int, h: int, w: int, device: torch.device) -> torch.Tensor:
     """(B, 2, h, w) pixel-centre coordinates in [-1, 1]: u (right) then v (down)."""
     v, u = torch.meshgrid(
-        (torch.arange(h, device=device) + 0.5) / h * 2 - 1,
-        (torch.arange(w, device=device) + 0.5) / w * 2 - 1,
+        (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 - 1,
+        (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 - 1,
         indexing="ij",
     )
     return torch.stack([u, v]).expand(batch, 2, h, w)
