@@ -7,6 +7,8 @@
 
 Sections (each prints one table; ``--out`` writes them all as JSON):
 
+- ``act``: ``vla.load_policy(checkpoint).act(obs)`` end to end, batch 1, per backend (what a
+  robot calls: batching the observation, the decode, the out-of-scope check, tokens -> action).
 - ``latency``: batch 1, the whole decode of one observation (instruction features read
   once, as a deployed policy caches them), per decoding (parallel; autoregressive with and
   without KV cache), dtype and execution mode: ``eager``, ``compile`` (torch.compile),
@@ -60,7 +62,7 @@ INSTRUCTIONS = [
     "put the yellow cube in the purple zone",
     "stack the red cube on the yellow cylinder",
 ]
-SECTIONS = ("latency", "throughput", "phases", "vision", "decoding", "paged")
+SECTIONS = ("act", "latency", "throughput", "phases", "vision", "decoding", "paged")
 
 
 def policy_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
@@ -385,6 +387,45 @@ def decoding(args, values, weights, device) -> dict[str, Any]:
     if mismatches:
         raise SystemExit(f"error: KV-cache decoding differed from full recomputation on {mismatches} observations")
     return {"median_ms": medians, "identical_tokens": mismatches == 0}
+
+
+def act(args, values, weights, device) -> list[dict[str, Any]]:
+    """The public API at batch 1, end to end (needs --checkpoint), per backend."""
+    import numpy as np
+
+    from vla.inference import load_policy
+
+    if not args.checkpoint:
+        raise SystemExit("error: --sections act times a trained policy: give --checkpoint")
+    rows = []
+    for backend in ("torch", "onnx"):
+        if backend == "onnx" and device.type != "cpu":
+            continue
+        runner = load_policy(args.checkpoint, device=str(device), backend=backend)
+        size = runner.policy.config.image_size
+        rng = np.random.default_rng(0)
+        observations = [
+            {
+                "image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+                "proprio": rng.normal(size=9).astype(np.float32),
+                "instruction": INSTRUCTIONS[i % len(INSTRUCTIONS)],
+            }
+            for i in range(16)
+        ]
+        counter = iter(range(10**9))
+        times = timed(lambda r=runner, o=observations, c=counter: r.act(o[next(c) % len(o)]), args.repeats, device)
+        median = statistics.median(times) * 1e3
+        rows.append(
+            {
+                "backend": backend,
+                "threads": torch.get_num_threads(),
+                "median_ms": median,
+                "p90_ms": sorted(times)[int(0.9 * len(times))] * 1e3,
+                "hz": 1e3 / median,
+            }
+        )
+        print_row(rows[-1], list(rows[-1]))
+    return rows
 
 
 def paged(args, values, weights, device) -> dict[str, Any]:

@@ -140,6 +140,28 @@ def test_runner_acts_on_env_observations(tmp_path):
         runner.act({**obs, "image": np.zeros((32, 32, 3), np.float32)})
 
 
+def test_the_onnx_backend_acts_as_the_torch_backend(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from vla.checkpoint import save_checkpoint
+    from vla.inference import load_policy
+
+    policy = make_policy()
+    policy.head.weight.data *= 50  # far-apart logits: float order cannot flip a token
+    path = save_checkpoint(tmp_path / "policy.pt", policy, ActionTokenizer(256))
+    torch_runner, onnx_runner = load_policy(path), load_policy(path, backend="onnx")
+    for i in range(4):
+        obs = {
+            "image": np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8),
+            "proprio": np.random.default_rng(i).normal(size=9).astype(np.float32),  # one more than it reads
+            "instruction": INSTRUCTIONS[i],
+        }
+        np.testing.assert_array_equal(onnx_runner.act(obs), torch_runner.act(obs))
+    assert onnx_runner._onnx is not None  # batch 1 went through ONNX Runtime
+    with pytest.raises(ValueError, match="backend must be one of torch, onnx"):
+        load_policy(path, backend="tensorrt")
+
+
 def test_a_run_directory_without_best_loads_its_latest_checkpoint(tmp_path):
     from vla.checkpoint import read_checkpoint, save_checkpoint
 

@@ -100,8 +100,8 @@ class StaticDecoder:
         for key, value in (("text_states", states), ("text_mask", mask)):
             self.inputs[key].copy_(value)
         for key in ("image", "wrist_image", "proprio"):
-            if key in self.inputs:
-                self.inputs[key].copy_(torch.as_tensor(batch[key]))
+            if key in self.inputs:  # proprio: the leading elements the policy reads
+                self.inputs[key].copy_(torch.as_tensor(batch[key])[..., : self.inputs[key].shape[-1]])
 
     @torch.no_grad()
     def decode(self, batch: dict[str, Any] | None = None) -> torch.Tensor:

@@ -17,7 +17,9 @@ Threads: a batch of one is a few small matrix products, and torch's default of o
 per core makes each wait for the slowest core; beside another busy process that cost a
 median of 640 ms per call against 9 ms on one thread (2-core CPU, 2026-12-06). So
 ``threads="auto"`` (the default) decodes a batch of one on one thread and a larger batch on
-every core this process may use; an integer fixes the count.
+every core this process may use; an integer fixes the count. ``backend="onnx"`` decodes a
+batch of one through ONNX Runtime (exported at the first call; the ``onnx`` extra): the same
+tokens, one C++ call instead of a few hundred PyTorch operator calls.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from vla.tokenizer import ActionTokenizer
 
 CALIBRATED = "calibrated"  # scope_threshold: the one training set from validation scenes (calibrate_scope)
 ARM_DIMS = 6  # the action's translation and rotation elements: zero when stopped
+BACKENDS = ("torch", "onnx")  # onnx: batch-1 greedy decoding through ONNX Runtime (CPU; the onnx extra)
 
 
 class PolicyRunner:
@@ -54,9 +57,14 @@ class PolicyRunner:
         seed: int = 0,
         threads: int | str = "auto",
         scope_threshold: float | str | None = CALIBRATED,
+        backend: str = "torch",
     ):
         if threads != "auto" and not (isinstance(threads, int) and threads >= 1):
             raise ValueError(f"threads must be 'auto' or a whole number >= 1, got {threads!r}")
+        if backend not in BACKENDS or (backend == "onnx" and torch.device(device).type != "cpu"):
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)} (onnx on the CPU only), got {backend!r}")
+        self.backend = backend
+        self._onnx = None  # the batch-1 ONNX Runtime decoder, made at the first call
         self.threads = threads
         self.device = torch.device(device)
         self.policy = policy.to(self.device).eval()  # eval mode: no dropout, no augmentation
@@ -108,9 +116,12 @@ class PolicyRunner:
         batch = observations_to_batch(observations, self.device)
         threads = inference_threads(len(observations)) if self.threads == "auto" else self.threads
         with torch_threads(threads if self.device.type == "cpu" else None):
-            bins = self.policy.decode(
-                batch, use_cache=self.use_cache, temperature=self.temperature, generator=self.generator
-            )
+            if self.backend == "onnx" and len(observations) == 1 and self.temperature <= 0:
+                bins = self._onnx_decoder().decode(batch)
+            else:
+                bins = self.policy.decode(
+                    batch, use_cache=self.use_cache, temperature=self.temperature, generator=self.generator
+                )
             nothing = self.nothing_named(batch, sessions)
         return self.finish(bins.cpu().numpy(), batch["instruction"], nothing)
 
@@ -139,6 +150,13 @@ class PolicyRunner:
                 }
             )
         return actions, infos
+
+    def _onnx_decoder(self):
+        if self._onnx is None:
+            from vla.fast_inference import StaticDecoder
+
+            self._onnx = StaticDecoder(self.policy, 1, self.device, mode="onnx", use_cache=self.use_cache)
+        return self._onnx
 
     @torch.no_grad()
     def nothing_named(self, batch: dict[str, Any], sessions: list[str]) -> np.ndarray:
