@@ -48,7 +48,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for name, max_batch in servers.items():
         runner = load_policy(cfg.checkpoint, device=device)
         env_kwargs = policy_env_kwargs(runner.policy)
-        service = PolicyService(runner, BatcherConfig(max_batch, float(cfg.max_wait_ms), max_queue=1024), ServeLimits())
+        batching = BatcherConfig(max_batch, float(cfg.max_wait_ms), max_queue=1024)
+        service = PolicyService(runner, batching, ServeLimits(), continuous=bool(cfg.continuous))
         with serve_in_background(service) as url:
             for robots in cfg.robots:
                 measured = load_row(url, service, task_id, int(robots), float(cfg.seconds), env_kwargs)
