@@ -273,13 +273,15 @@ def test_keypoints_read_once_after_grounding_train_as_reading_them_every_step_do
 
 
 def test_the_default_and_the_recipes_compose_to_their_measured_settings():
+    from envs.vocabulary import colour_palette
     from vla.app.cli import compose_config
     from vla.policy import PolicyConfig
     from vla.training.bc import check_config
 
     cfg = compose_config("bc", [])  # python train/bc.py: five tasks, the ViT model, on the CPU
     config = check_config(cfg)
-    assert config == PolicyConfig()  # the small model is PolicyConfig's defaults, nothing more
+    # the small model is PolicyConfig's defaults, with the world's colours for its colour words
+    assert config == PolicyConfig(colour_palette=colour_palette())
     assert (
         config.vision_tokens
         and config.keypoints == 2
