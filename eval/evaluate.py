@@ -26,7 +26,7 @@ from vla.evaluation.closed_loop import held_out_demos, open_loop_accuracy, run_r
 from vla.training.runtime import resolve_device
 
 KEYPOINT_SOURCES = ("read", "oracle")  # who points: the policy's reader, or the simulator's truth
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -81,6 +81,7 @@ def _evaluate(cfg: DictConfig) -> dict:
         temperature=float(cfg.temperature),
         use_cache=bool(cfg.use_cache),
         env_wrapper=TrueKeypoints if cfg.keypoints == "oracle" else None,
+        precision=cfg.precision if cfg.precision in ("bf16", "fp16") else "fp32",
     )
 
 

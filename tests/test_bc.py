@@ -216,7 +216,7 @@ def test_an_int8_evaluation_runs_the_quantised_policy_closed_loop(trained_run, t
     assert result.returncode == 0, result.stderr[-3000:]
     assert "int8" in result.stdout and (out / "evaluation.json").exists()
     assert_one_clear_error(
-        run("eval/evaluate.py", f"checkpoint={trained_run}", "precision=int4"), "unknown precision 'int4'", "fp32, int8"
+        run("eval/evaluate.py", f"checkpoint={trained_run}", "precision=int4"), "unknown precision 'int4'", "fp32, bf16"
     )
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from vla.tokenizer import ActionTokenizer
 
 CALIBRATED = "calibrated"  # scope_threshold: the one training set from validation scenes (calibrate_scope)
 ARM_DIMS = 6  # the action's translation and rotation elements: zero when stopped
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> autocast dtype
 BACKENDS = ("torch", "onnx")  # onnx: batch-1 greedy decoding through ONNX Runtime (CPU; the onnx extra)
 
 
@@ -58,11 +59,15 @@ class PolicyRunner:
         threads: int | str = "auto",
         scope_threshold: float | str | None = CALIBRATED,
         backend: str = "torch",
+        precision: str = "fp32",
     ):
         if threads != "auto" and not (isinstance(threads, int) and threads >= 1):
             raise ValueError(f"threads must be 'auto' or a whole number >= 1, got {threads!r}")
         if backend not in BACKENDS or (backend == "onnx" and torch.device(device).type != "cpu"):
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)} (onnx on the CPU only), got {backend!r}")
+        if precision not in AUTOCAST:
+            raise ValueError(f"precision must be one of {', '.join(AUTOCAST)}, got {precision!r}")
+        self.autocast = AUTOCAST[precision]  # decode under autocast to this dtype (None: fp32)
         self.backend = backend
         self._onnx = None  # the batch-1 ONNX Runtime decoder, made at the first call
         self.threads = threads
@@ -119,9 +124,11 @@ class PolicyRunner:
             if self.backend == "onnx" and len(observations) == 1 and self.temperature <= 0:
                 bins = self._onnx_decoder().decode(batch)
             else:
-                bins = self.policy.decode(
-                    batch, use_cache=self.use_cache, temperature=self.temperature, generator=self.generator
-                )
+                cast = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext()
+                with cast:
+                    bins = self.policy.decode(
+                        batch, use_cache=self.use_cache, temperature=self.temperature, generator=self.generator
+                    )
             nothing = self.nothing_named(batch, sessions)
         return self.finish(bins.cpu().numpy(), batch["instruction"], nothing)
 

@@ -98,10 +98,12 @@ def run_report(
     temperature: float = 0.0,
     use_cache: bool = True,
     env_wrapper: Callable | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Closed-loop evaluation over splits; writes evaluation.json, evaluation.md, rollouts.mp4.
-    ``env_wrapper`` wraps every env (``envs.camera.TrueKeypoints``: the keypoint oracle)."""
-    runner = PolicyRunner(policy, tokenizer, device, temperature=temperature, use_cache=use_cache)
+    ``env_wrapper`` wraps every env (``envs.camera.TrueKeypoints``: the keypoint oracle);
+    ``precision`` bf16 | fp16 decodes under autocast."""
+    runner = PolicyRunner(policy, tokenizer, device, temperature=temperature, use_cache=use_cache, precision=precision)
     all_results: list[TaskResult] = []
     frames: list[np.ndarray] = []
     bar = progress_bar(total=episodes * len(tasks) * len(splits), desc="eval", disable=not progress)
