@@ -101,6 +101,7 @@ def good_body(**changes) -> dict:
     "body, status, message",
     [
         (b"{not json", 400, "not valid JSON"),
+        (b"[" * 50_000 + b"]" * 50_000, 400, "nested too deeply"),
         (b"[1, 2]", 422, "must be a JSON object"),
         (json.dumps({k: v for k, v in good_body().items() if k != "image"}).encode(), 422, "missing field 'image'"),
         (json.dumps(good_body(image_shape=[64, 64, 3])).encode(), 422, r"image_shape must be \[32, 32, 3\]"),

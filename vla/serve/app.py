@@ -93,8 +93,8 @@ class PolicyService:
             raw = await _read_limited(request, self.limits.max_body_kb * 1024)
             try:
                 body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                return self._error(400, "the body is not valid JSON")
+            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+                return self._error(400, "the body is not valid JSON (or is nested too deeply)")
             obs, session, reset, deadline_ms = parse_act_request(body, self.image_size, self.proprio_dim, self.wrist)
             result, timings = await self.batcher.submit((obs, session, reset), deadline_ms)
         except BodyTooLarge:
