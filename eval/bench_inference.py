@@ -243,12 +243,9 @@ def _prefill(policy: VLAPolicy, batch: dict[str, Any]):
     """Prefix + start token through the decoder, filling a KV cache: (out, cache, key mask)."""
     from vla.transformer import KVCache
 
-    prefix, valid = policy.prefix(batch)
-    size = len(prefix)
     cache = KVCache(len(policy.blocks))
-    valid = torch.cat([valid, torch.ones(size, 1, dtype=torch.bool, device=prefix.device)], 1)
-    x = torch.cat([prefix, policy._action_inputs(None, size, 1)], 1)
-    return policy._run(x, policy._mask(valid, prefix.shape[1]), cache), cache, valid
+    x, valid, mask = policy.prefill_inputs(*policy.prefix(batch))
+    return policy._run(x, mask, cache), cache, valid
 
 
 def _decode_steps(policy: VLAPolicy, out: torch.Tensor, cache, valid: torch.Tensor, keys, values) -> torch.Tensor:
@@ -257,9 +254,8 @@ def _decode_steps(policy: VLAPolicy, out: torch.Tensor, cache, valid: torch.Tens
     one = torch.ones(len(valid), 1, dtype=torch.bool, device=valid.device)
     bins = policy.head(policy.norm(out[:, -1:])).argmax(-1)
     for i in range(1, policy.config.action_dim):
-        token = policy.action_embed(bins) + policy.action_position[i] + policy.type_embed[3]
         valid = torch.cat([valid, one], 1)
-        out = policy._run(token, valid[:, None, None, :], cache)
+        out = policy._run(policy.next_token_input(bins, i), valid[:, None, None, :], cache)
         bins = policy.head(policy.norm(out[:, -1:])).argmax(-1)
     return bins
 

@@ -105,18 +105,15 @@ def test_two_process_ddp_on_cpu_trains_and_checkpoints(tiny_demos, tmp_path):
     assert (run_dir / "checkpoints" / "latest.pt").exists()
 
 
+def evaluate_reach(checkpoint: Path, out: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """eval/evaluate.py on two reach episodes with two envs, quietly, into ``out``."""
+    common = ("episodes=2", "tasks=[reach]", "num_envs=2", "progress=false", f"out_dir={out}")
+    return run("eval/evaluate.py", f"checkpoint={checkpoint}", *common, *overrides)
+
+
 def test_evaluate_reports_splits_language_swap_open_loop_and_video(trained_run, tmp_path):
     out = tmp_path / "eval"
-    result = run(
-        "eval/evaluate.py",
-        f"checkpoint={trained_run}",
-        "episodes=2",
-        "tasks=[reach]",
-        "num_envs=2",
-        "splits=[train,heldout]",
-        "progress=false",
-        f"out_dir={out}",
-    )
+    result = evaluate_reach(trained_run, out, "splits=[train,heldout]")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "evaluation.json").read_text())
     assert [(r["split"], r["episodes"]) for r in report["tasks"]] == [("train", 2), ("heldout", 2)]
@@ -200,19 +197,8 @@ def test_a_chunked_policy_trains_on_future_actions_and_evaluates_closed_loop(tin
 
 def test_an_int8_evaluation_runs_the_quantised_policy_closed_loop(trained_run, tmp_path):
     out = tmp_path / "int8"
-    result = run(
-        "eval/evaluate.py",
-        f"checkpoint={trained_run}",
-        "episodes=2",
-        "tasks=[reach]",
-        "num_envs=2",
-        "splits=[train]",
-        "precision=int8",
-        "language_swap=false",
-        "video_episodes=0",
-        "progress=false",
-        f"out_dir={out}",
-    )
+    quiet = ("language_swap=false", "video_episodes=0")
+    result = evaluate_reach(trained_run, out, "splits=[train]", "precision=int8", *quiet)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "int8" in result.stdout and (out / "evaluation.json").exists()
     assert_one_clear_error(

@@ -167,16 +167,14 @@ class ContinuousDecoder:
             return
         policy = self.policy
         batch = _stack([item for _, item in requests])
-        prefix, key_valid = policy.prefix(batch)
-        b, p, _ = prefix.shape
-        start = policy._action_inputs(None, b, 1)
-        valid = torch.cat([key_valid, torch.ones(b, 1, dtype=torch.bool, device=prefix.device)], 1)
+        x, valid, mask = policy.prefill_inputs(*policy.prefix(batch))
+        b = len(x)
         sequences = [_Sequence(key) for key, _ in requests]
         for sequence, kept in zip(sequences, valid.sum(1).tolist(), strict=True):
             # the prefix and all 7 action tokens: a sequence never needs a block mid-decode
             sequence.table = self.pool.allocate(self.blocks_for(kept + policy.config.action_dim - 1))
         cache = PagedSequences(self.pool, [s.table for s in sequences], [0] * b, keep=valid)
-        out = policy._run(torch.cat([prefix, start], 1), policy._mask(valid, p), cache)
+        out = policy._run(x, mask, cache)
         first = policy.head(policy.norm(out[:, -1])).argmax(-1).tolist()
         for sequence, length, token in zip(sequences, cache.new_lengths, first, strict=True):
             sequence.length, sequence.bins = length, [token]
@@ -192,9 +190,8 @@ class ContinuousDecoder:
             device = self.pool.keys.device
             last = torch.tensor([[s.bins[-1]] for s in active], device=device)
             index = torch.tensor([len(s.bins) for s in active], device=device)
-            token = policy.action_embed(last) + policy.action_position[index][:, None] + policy.type_embed[3]
             cache = PagedSequences(self.pool, [s.table for s in active], [s.length for s in active])
-            out = policy._run(token, cache.key_valid[:, None, None, :], cache)
+            out = policy._run(policy.next_token_input(last, index), cache.key_valid[:, None, None, :], cache)
             chosen = policy.head(policy.norm(out[:, -1])).argmax(-1).tolist()
             for sequence, length, t in zip(active, cache.new_lengths, chosen, strict=True):
                 sequence.length = length

@@ -325,11 +325,8 @@ class VLAPolicy(nn.Module):
         """Final normalised state at the first action position, from the prefix and the start
         token only (B, width): equal to ``action_states(...)[:, 0]`` for any action bins, since
         action positions are causal (a value head reads it without choosing actions)."""
-        prefix, key_valid = self.prefix(batch)
-        b, p, _ = prefix.shape
-        x = torch.cat([prefix, self._action_inputs(None, b, 1)], 1)
-        key_valid = torch.cat([key_valid, torch.ones(b, 1, dtype=torch.bool, device=prefix.device)], 1)
-        return self.norm(self._run(x, self._mask(key_valid, p))[:, p])
+        x, _, mask = self.prefill_inputs(*self.prefix(batch))
+        return self.norm(self._run(x, mask)[:, -1])
 
     def forward(self, batch: dict[str, Any], augment: bool = True) -> dict[str, torch.Tensor]:
         """The training loss (so DistributedDataParallel can wrap the policy)."""
@@ -409,17 +406,34 @@ class VLAPolicy(nn.Module):
                 bins[:, i] = _choose(logits, temperature, generator)[:, 0]
             return bins
         cache = KVCache(len(self.blocks))
-        valid = torch.cat([key_valid, ones[:, :1]], 1)
-        x = torch.cat([prefix, self._action_inputs(bins, b, 1)], 1)
-        out = self._run(x, self._mask(valid, p), cache)  # prefill: prefix + start token
+        x, valid, mask = self.prefill_inputs(prefix, key_valid)
+        out = self._run(x, mask, cache)  # prefill: prefix + start token
         for i in range(d):
             logits = self.head(self.norm(out[:, -1:]))
             bins[:, i] = _choose(logits, temperature, generator)[:, 0]
             if i + 1 < d:  # decode: one new token attends to everything cached
-                token = self.action_embed(bins[:, i : i + 1]) + self.action_position[i + 1] + self.type_embed[3]
                 valid = torch.cat([valid, ones[:, :1]], 1)
-                out = self._run(token, valid[:, None, None, :], cache)
+                out = self._run(self.next_token_input(bins[:, i : i + 1], i + 1), valid[:, None, None, :], cache)
         return bins
+
+    # --- the pieces of incremental decoding (decode above, vla/paged_kv.py, the benchmark) ---
+    def prefill_inputs(
+        self, prefix: torch.Tensor, key_valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prefill's decoder inputs (the prefix and the start token, (B, P + 1, W)), their
+        key mask (B, P + 1) and attention mask: what a KV cache is filled with first."""
+        b, p, _ = prefix.shape
+        x = torch.cat([prefix, self._action_inputs(None, b, 1)], 1)
+        valid = torch.cat([key_valid, torch.ones(b, 1, dtype=torch.bool, device=prefix.device)], 1)
+        return x, valid, self._mask(valid, p)
+
+    def next_token_input(self, previous: torch.Tensor, index: int | torch.Tensor) -> torch.Tensor:
+        """(B, 1, W) input at action position ``index`` (one for all rows, or a tensor of one
+        per row), fed the token chosen at the position before it (``previous``, (B, 1))."""
+        position = self.action_position[index]
+        if torch.is_tensor(index):
+            position = position[:, None]
+        return self.action_embed(previous) + position + self.type_embed[3]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights to checkpoint: a frozen pretrained text encoder reloads by name instead."""
