@@ -1,7 +1,8 @@
-"""How fast the policy decodes, and what each trick buys (L1, L2, L6, L7, V9, V10, V20).
+"""How fast the policy decodes, and what each trick buys (L1, L2, L5, L6, L7, V9, V10, V20).
 
     python eval/bench_inference.py [--checkpoint RUN_OR_PT | --model small|large] [--device cpu|cuda]
         [--sections latency,throughput,phases,vision,decoding] [--batch-sizes 1,16,256,4096]
+        [--draft DRAFT_PT --observations 100]   # --sections speculative
         [--dtypes fp32,bf16,fp16] [--modes eager,compile,graph,int8] [--repeats 200] [--out bench.json]
     python eval/bench_inference.py --compete     # batch 1 beside a CPU-bound process: threads matter
 
@@ -25,6 +26,11 @@ Sections (each prints one table; ``--out`` writes them all as JSON):
 - ``vision``: latency against the number of vision tokens (image size, patch size, pooling),
   batch 1 and batched (V20).
 - ``decoding``: the KV cache against recomputing per token, tokens checked identical (L1).
+- ``speculative``: batch 1 on real env observations (``--observations``): the target
+  (``--checkpoint``) decoding autoregressively and in parallel, the draft (``--draft``) alone,
+  and speculative decoding (vla/speculative.py: the draft guesses, the target checks all 7
+  tokens in one pass), with an autoregressive and a parallel draft; median and p90 ms, target
+  passes, acceptance, and tokens against the target's autoregressive ones (must all be equal).
 
 Without a checkpoint it times a freshly initialised model of the named config (speed does
 not depend on the weights; ``--text-encoder scratch`` avoids loading a pretrained encoder).
@@ -62,7 +68,7 @@ INSTRUCTIONS = [
     "put the yellow cube in the purple zone",
     "stack the red cube on the yellow cylinder",
 ]
-SECTIONS = ("act", "latency", "throughput", "phases", "vision", "decoding", "paged")
+SECTIONS = ("act", "latency", "throughput", "phases", "vision", "decoding", "paged", "speculative")
 
 
 def policy_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
@@ -455,6 +461,190 @@ def paged(args, values, weights, device) -> dict[str, Any]:
     return {"requests": requests, "running": running, "longest": longest, "blocks": rows}
 
 
+def env_observations(n: int, tasks: list[str], image_size: int, cameras: list[str], seed: int = 0) -> list[dict]:
+    """``n`` real observations, round-robin over ``tasks``: an env reset (the task's own
+    instruction) at seed ``seed + i``, then 0 to 39 steps of the scripted expert, so approach,
+    grasp and carry states all appear. The same arguments give the same observations."""
+    import gymnasium as gym
+    import numpy as np
+
+    import envs
+
+    ids = envs.task_ids(tasks)
+    made = {env_id: gym.make(env_id, image_size=image_size, cameras=tuple(cameras)) for env_id in ids}
+    rng = np.random.default_rng(seed)
+    result = []
+    try:
+        for i in range(n):
+            env = made[ids[i % len(ids)]]
+            obs, _ = env.reset(seed=seed + i)
+            expert = envs.make_expert(env)
+            for _ in range(int(rng.integers(0, 40))):
+                obs, _, terminated, truncated, _ = env.step(expert(obs))
+                if terminated or truncated:
+                    break
+            result.append(obs)
+    finally:
+        for env in made.values():
+            env.close()
+    return result
+
+
+def checkpoint_policy(payload: dict[str, Any], device: torch.device, decoding: str) -> tuple[VLAPolicy, Any]:
+    """A checkpoint's policy built to decode with ``decoding`` (the mode it was not trained in
+    runs on weights never trained for it: timings hold, tokens are not the trained policy's),
+    and its tokenizer."""
+    policy, tokenizer = build_policy({**payload, "policy_config": {**payload["policy_config"], "decoding": decoding}})
+    return policy.to(device).eval(), tokenizer
+
+
+def speculative(args, values, weights, device) -> dict[str, Any]:
+    """Batch 1 on real observations (L5): the target decoding autoregressively (KV cache) and in
+    parallel, the draft alone, and speculative decoding (the draft guesses the 7 tokens, the
+    target checks them in one pass and goes on from the first wrong one) with an autoregressive
+    and a parallel draft: latency, target passes, acceptance, and tokens against the target's
+    own autoregressive tokens (greedy speculation is exact: they must all be equal)."""
+    import envs
+    from vla.data import observations_to_batch
+    from vla.fast_inference import text_inputs
+    from vla.inference import torch_threads
+    from vla.speculative import SpeculativeDecoder, vocabulary_mismatch
+
+    if not args.checkpoint or not args.draft:
+        raise SystemExit("error: --sections speculative needs --checkpoint (the target) and --draft (the draft)")
+    payloads = {"target": read_checkpoint(args.checkpoint), "draft": read_checkpoint(args.draft)}
+    trained = {role: payload["policy_config"]["decoding"] for role, payload in payloads.items()}
+    policies, tokenizers = {}, {}
+    for role, payload in payloads.items():
+        for decoding in ("autoregressive", "parallel"):
+            policies[role, decoding], tokenizers[role] = checkpoint_policy(payload, device, decoding)
+    why = vocabulary_mismatch(
+        policies["target", "autoregressive"],
+        policies["draft", "autoregressive"],
+        tokenizers["target"],
+        tokenizers["draft"],
+    )
+    if why is not None:
+        raise SystemExit(f"error: {args.draft} cannot draft for {args.checkpoint}: {why}")
+    n = args.observations
+    tasks = payloads["target"].get("train_config", {}).get("data", {}).get("tasks") or list(envs.TASKS)
+    batches: dict[str, list[dict[str, Any]]] = {}
+    for role in ("target", "draft"):  # each reads the observations at its own image size, with its own encoder
+        policy = policies[role, "autoregressive"]
+        c = policy.config
+        obs = env_observations(n, tasks, c.image_size, c.cameras, seed=args.observation_seed)
+        texts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        batches[role] = []
+        for o in obs:
+            batch = observations_to_batch([o], device)
+            text = batch["instruction"][0]
+            if text not in texts:  # read once per instruction, as a deployed policy caches it
+                texts[text] = text_inputs(policy, [text], device)
+            batch["text_states"], batch["text_mask"] = texts[text]
+            batches[role].append(batch)
+    spec_ar = SpeculativeDecoder(policies["target", "autoregressive"], policies["draft", "autoregressive"])
+    spec_par = SpeculativeDecoder(policies["target", "autoregressive"], policies["draft", "parallel"])
+    stats: dict[str, list[Any]] = {"speculative, autoregressive draft": [], "speculative, parallel draft": []}
+
+    def speculate(name, decoder, i):
+        tokens, s = decoder.decode(batches["target"][i], batches["draft"][i])
+        stats[name].append(s)
+        return tokens
+
+    methods = {
+        "target autoregressive": (
+            "target",
+            lambda i: policies["target", "autoregressive"].decode(batches["target"][i]),
+        ),
+        "target parallel": ("target", lambda i: policies["target", "parallel"].decode(batches["target"][i])),
+        "draft autoregressive": ("draft", lambda i: policies["draft", "autoregressive"].decode(batches["draft"][i])),
+        "draft parallel": ("draft", lambda i: policies["draft", "parallel"].decode(batches["draft"][i])),
+        "speculative, autoregressive draft": (
+            "both",
+            lambda i: speculate("speculative, autoregressive draft", spec_ar, i),
+        ),
+        "speculative, parallel draft": ("both", lambda i: speculate("speculative, parallel draft", spec_par, i)),
+    }
+    threads = args.threads or inference_threads(1)
+    cycles = max(1, args.repeats // n)  # timed calls per method: every observation, `cycles` times
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    tokens: dict[str, list[torch.Tensor]] = {name: [None] * n for name in methods}
+    with torch_threads(threads if device.type == "cpu" else None), torch.inference_mode():
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        for i in range(min(n, 3)):  # warm up
+            for _, fn in methods.values():
+                fn(i)
+        for name in stats:
+            stats[name].clear()
+        for _ in range(cycles):
+            for i in range(n):
+                for name, (_, fn) in methods.items():  # interleaved: drift hits every method alike
+                    sync()
+                    start = time.perf_counter()
+                    tokens[name][i] = fn(i)
+                    sync()
+                    times[name].append(time.perf_counter() - start)
+    reference = torch.cat(tokens["target autoregressive"])
+    rows = []
+    for name, (reads, _) in methods.items():
+        got = torch.cat(tokens[name])
+        row = {
+            "decoding": name,
+            "trained_as": {"target": trained["target"], "draft": trained["draft"]}.get(reads, "-"),
+            "median_ms": statistics.median(times[name]) * 1e3,
+            "p90_ms": sorted(times[name])[int(0.9 * len(times[name]))] * 1e3,
+            "target_passes": {"target autoregressive": 7.0, "target parallel": 1.0}.get(name),
+            "acceptance": None,
+            "tokens_equal": float((got == reference).float().mean()),  # per token, against target autoregressive
+            "actions_equal": float((got == reference).all(1).float().mean()),  # all 7 tokens
+        }
+        if name in stats:
+            runs = stats[name]
+            row["target_passes"] = statistics.mean(s.target_passes for s in runs)
+            row["acceptance"] = sum(s.accepted for s in runs) / sum(s.proposed for s in runs)
+        rows.append(row)
+    # how often the two policies agree decoding as they were trained (what a draft of an
+    # autoregressive-trained target of this quality could hope to be accepted at)
+    both = [trained["target"], trained["draft"]]
+    as_trained = {
+        role: torch.cat([policies[role, trained[role]].decode(b) for b in batches[role]])
+        for role in ("target", "draft")
+    }
+    agreement = {
+        "decodings": both,
+        "tokens_equal": float((as_trained["target"] == as_trained["draft"]).float().mean()),
+        "mean_bin_distance": float((as_trained["target"] - as_trained["draft"]).abs().float().mean()),
+        "within_2_bins": float(((as_trained["target"] - as_trained["draft"]).abs() <= 2).float().mean()),
+    }
+    print(f"target {args.checkpoint} (trained {trained['target']}), draft {args.draft} (trained {trained['draft']})")
+    print(f"batch 1, {threads} thread(s), {n} observations of {', '.join(tasks)} x {cycles}, tokens vs target AR")
+    header = f"{'decoding':<36}{'trained as':>15}{'median ms':>11}{'p90 ms':>9}{'passes':>8}{'accept':>8}{'tokens=':>9}"
+    print(header)
+    for r in rows:
+        accept = "-" if r["acceptance"] is None else f"{r['acceptance']:.3f}"
+        passes = "-" if r["target_passes"] is None else f"{r['target_passes']:.2f}"
+        print(
+            f"{r['decoding']:<36}{r['trained_as']:>15}{r['median_ms']:>11.2f}{r['p90_ms']:>9.2f}"
+            f"{passes:>8}{accept:>8}{r['tokens_equal']:>9.3f}"
+        )
+    print(
+        f"draft vs target as trained ({both[1]} vs {both[0]}): {agreement['tokens_equal']:.1%} of tokens equal, "
+        f"{agreement['within_2_bins']:.1%} within 2 bins, mean distance {agreement['mean_bin_distance']:.1f} bins"
+    )
+    wrong = [r["decoding"] for r in rows if r["decoding"].startswith("speculative") and r["actions_equal"] < 1.0]
+    if wrong:
+        raise SystemExit(f"error: {', '.join(wrong)} differed from the target's autoregressive tokens")
+    return {
+        "target": args.checkpoint,
+        "draft": args.draft,
+        "threads": threads,
+        "observations": n,
+        "tasks": tasks,
+        "rows": rows,
+        "as_trained_agreement": agreement,
+    }
+
+
 def print_row(row: dict[str, Any], keys: list[str]) -> None:
     def show(v):
         if isinstance(v, float):
@@ -504,6 +694,9 @@ def comma_list(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--draft", default=None, help="speculative: the draft checkpoint (--checkpoint: the target)")
+    parser.add_argument("--observations", type=int, default=100, help="speculative: real observations decoded")
+    parser.add_argument("--observation-seed", type=int, default=0, help="speculative: env seed of the first one")
     parser.add_argument("--model", default="small", choices=["small", "large"])
     parser.add_argument("--text-encoder", default=None, help="override the config's encoder (e.g. scratch)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
