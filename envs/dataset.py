@@ -31,10 +31,14 @@ rebuilt the same way. Everything in ``index.h5`` can be rebuilt from the episode
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import os
 import tempfile
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,25 @@ INDEX_FILE = "index.h5"
 EPISODES_DIR = "episodes"
 ATTEMPTS_FILE = "attempts.jsonl"
 TMP_SUFFIX = ".tmp"
+
+
+class DatasetError(ValueError):
+    """A damaged dataset file, named with what to do about it."""
+
+
+@contextlib.contextmanager
+def readable(path: Path, root: Path | None = None) -> Iterator[None]:
+    """Turn a damaged episode file's low-level error (truncated, a failed checksum, a missing
+    field) into one line naming the file and the fix."""
+    try:
+        yield
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError) as error:
+        # h5py reports damage as any of these (a bad signature, a broken B-tree, a failed checksum)
+        if isinstance(error, DatasetError):
+            raise
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+        fix = f"delete it and run `python train/collect.py output={root}` to collect a replacement" if root else ""
+        raise DatasetError(f"{path} is damaged ({reason}){'; ' + fix if fix else ''}") from None
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,26 @@ def _atomic_h5(final_path: Path):
     return Path(tmp)
 
 
+@contextlib.contextmanager
+def _h5_file(tmp: Path) -> Iterator[h5py.File]:
+    """An HDF5 file built in memory, then written to ``tmp`` in one plain write and synced.
+
+    HDF5's own writer reports a full disk as a bare "File write failed"; a plain write raises
+    the OSError with its errno (ENOSPC), which the scripts turn into one clear line. A write
+    that fails part-way leaves no temporary file behind."""
+    buffer = io.BytesIO()
+    try:
+        with h5py.File(buffer, "w") as f:
+            yield f
+        with tmp.open("wb") as out:
+            out.write(buffer.getbuffer())
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_episode_tmp(root: Path, record: EpisodeRecord) -> Path:
     """Write ``record`` to a temporary file beside its final place; return that path.
 
@@ -99,22 +142,27 @@ def write_episode_tmp(root: Path, record: EpisodeRecord) -> Path:
         if len(array) != n:
             raise ValueError(f"episode {record.task}/{record.seed}: {name} has {len(array)} steps, actions {n}")
     tmp = _atomic_h5(episode_path(root, record.task, record.seed))
-    with h5py.File(tmp, "w") as f:
+    with _h5_file(tmp) as f:
         obs = f.create_group("obs")
         # Chunk per step so random access to one frame reads one small chunk.
         image_chunks = (1, *record.images.shape[1:])
-        obs.create_dataset("image", data=record.images, chunks=image_chunks, compression="lzf")
+        # Every array carries Fletcher-32 checksums: a flipped byte on disk is a read error, not
+        # silently different pixels or actions.
+        checked = {"fletcher32": True}
+        obs.create_dataset("image", data=record.images, chunks=image_chunks, compression="lzf", **checked)
         if record.wrist_images is not None:
-            obs.create_dataset("wrist_image", data=record.wrist_images, chunks=image_chunks, compression="lzf")
-        obs.create_dataset("proprio", data=record.proprio.astype(np.float32))
-        f.create_dataset("actions", data=record.actions.astype(np.float32))
-        f.create_dataset("executed_actions", data=record.executed_actions.astype(np.float32))
+            obs.create_dataset(
+                "wrist_image", data=record.wrist_images, chunks=image_chunks, compression="lzf", **checked
+            )
+        obs.create_dataset("proprio", data=record.proprio.astype(np.float32), **checked)
+        f.create_dataset("actions", data=record.actions.astype(np.float32), **checked)
+        f.create_dataset("executed_actions", data=record.executed_actions.astype(np.float32), **checked)
         if record.key_positions is not None:
-            f.create_dataset("key_positions", data=record.key_positions.astype(np.float32))
-        f.create_dataset("rewards", data=record.rewards.astype(np.float32))
+            f.create_dataset("key_positions", data=record.key_positions.astype(np.float32), **checked)
+        f.create_dataset("rewards", data=record.rewards.astype(np.float32), **checked)
         dones = np.zeros(n, dtype=bool)
         dones[-1] = True
-        f.create_dataset("dones", data=dones)
+        f.create_dataset("dones", data=dones, **checked)
         f.attrs.update(
             task=record.task,
             env_id=record.env_id,
@@ -126,9 +174,41 @@ def write_episode_tmp(root: Path, record: EpisodeRecord) -> Path:
             num_samples=n,
             expert_noise=record.expert_noise,
         )
-        f.flush()
-        os.fsync(f.id.get_vfd_handle())
+        f.attrs["sha256"] = episode_digest(read_arrays(f), f.attrs)
     return tmp
+
+
+def read_arrays(f: h5py.File) -> dict[str, np.ndarray]:
+    """Every array of an episode file by its path (``obs/image``, ``actions``, ...)."""
+    names: list[str] = []
+    f.visit(lambda name: names.append(name) if isinstance(f[name], h5py.Dataset) else None)
+    return {name: f[name][()] for name in names}
+
+
+def episode_digest(arrays: dict[str, np.ndarray], attrs: h5py.AttributeManager) -> str:
+    """SHA-256 over an episode file's arrays and attributes (the ``sha256`` attribute aside).
+    Chunk checksums guard each chunk's bytes; this also catches a damaged chunk table that
+    points a frame at another frame's (valid) chunk, and a damaged attribute (the instruction)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    for key in sorted(k for k in attrs if k != "sha256"):
+        digest.update(f"{key}={attrs[key]!r};".encode())
+    return digest.hexdigest()
+
+
+def check_episode(f: h5py.File, arrays: dict[str, np.ndarray]) -> None:
+    """Raise ValueError if an episode's content no longer matches the digest it was written
+    with. Files from before digests (no checksummed arrays either) pass unchecked."""
+    keys = list(f.attrs)  # raises on a damaged attribute table (``attrs.get`` would say None)
+    if "sha256" not in keys:
+        if f["actions"].fletcher32:  # written with a digest that is now unreadable
+            raise ValueError("its SHA-256 attribute is missing")
+        return
+    if episode_digest(arrays, f.attrs) != _str(f.attrs["sha256"]):
+        raise ValueError("its content does not match its SHA-256")
 
 
 def commit_episode(tmp: Path) -> Path:
@@ -167,7 +247,7 @@ def build_index(root: Path, env_config: dict[str, Any] | None = None) -> Path:
     files = episode_files(root)
     rows, actions = [], []
     for path in files:
-        with h5py.File(path, "r") as f:
+        with readable(path, root), h5py.File(path, "r") as f:
             rows.append(
                 (
                     str(path.relative_to(root)),
@@ -179,11 +259,10 @@ def build_index(root: Path, env_config: dict[str, Any] | None = None) -> Path:
             )
             actions.append(f["actions"][:])
     index_path = root / INDEX_FILE
-    if env_config is None and index_path.exists():
-        with h5py.File(index_path, "r") as old:
-            env_config = json.loads(old["data"].attrs.get("env_config", "{}"))
+    if env_config is None:  # keep the env settings: from the old index, else the collection's record
+        env_config = _recorded_env_config(root)
     tmp = _atomic_h5(index_path)
-    with h5py.File(tmp, "w") as f:
+    with _h5_file(tmp) as f:
         data = f.create_group("data")
         for k, (rel, *_rest) in enumerate(rows):
             data[f"demo_{k}"] = h5py.ExternalLink(rel, "/")
@@ -206,6 +285,15 @@ def build_index(root: Path, env_config: dict[str, Any] | None = None) -> Path:
             stats.create_dataset(name, data=value)
     os.replace(tmp, index_path)
     return index_path
+
+
+def _recorded_env_config(root: Path) -> dict[str, Any]:
+    try:
+        with h5py.File(root / INDEX_FILE, "r") as old:
+            return json.loads(old["data"].attrs.get("env_config", "{}"))
+    except (OSError, KeyError, ValueError):  # missing or damaged: collect_config.json holds them too
+        meta = root / "collect_config.json"
+        return json.loads(meta.read_text()) if meta.exists() else {}
 
 
 def action_statistics(actions: np.ndarray) -> dict[str, np.ndarray]:
@@ -254,14 +342,15 @@ class DemoDataset:
                     f"{self.root} holds no episodes; run `python train/collect.py output={self.root}`"
                 )
             build_index(self.root)
-        with h5py.File(index_path, "r") as f:
-            table = f["index"][:]
-            self.action_stats = {k: v[:] for k, v in f["meta/action_stats"].items()}
-            self.env_config = json.loads(f["data"].attrs["env_config"])
-        self.episodes = [
-            EpisodeInfo(_str(r["path"]), _str(r["task"]), int(r["seed"]), int(r["num_samples"]), _str(r["instruction"]))
-            for r in table
-        ]
+        self.episodes, self.action_stats, self.env_config = self._read_index(index_path)
+        on_disk = [str(p.relative_to(self.root)) for p in episode_files(self.root)]
+        if self.episodes is None or [e.path for e in self.episodes] != on_disk:
+            # The index disagrees with the episode files (or is damaged): they are the truth,
+            # and everything in it can be rebuilt from them.
+            build_index(self.root)
+            self.episodes, self.action_stats, self.env_config = self._read_index(index_path)
+            if self.episodes is None:
+                raise DatasetError(f"{index_path} cannot be rebuilt; delete it and open the dataset again")
         lengths = np.array([e.num_samples for e in self.episodes], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(lengths)])
         self._max_open = max_open_files
@@ -272,6 +361,22 @@ class DemoDataset:
         self._reword_seed: int | None = None
         self._reword_split = "augmented"
         self._rewrite: tuple[int, float] | None = None  # (seed, share) of rewrite_instructions
+
+    @staticmethod
+    def _read_index(index_path: Path) -> tuple[list[EpisodeInfo] | None, dict[str, np.ndarray], dict[str, Any]]:
+        """The index's episodes, action statistics and env config; episodes None if it is damaged."""
+        try:
+            with h5py.File(index_path, "r") as f:
+                table = f["index"][:]
+                stats = {k: v[:] for k, v in f["meta/action_stats"].items()}
+                env_config = json.loads(f["data"].attrs["env_config"])
+        except (OSError, KeyError, ValueError):
+            return None, {}, {}
+        episodes = [
+            EpisodeInfo(_str(r["path"]), _str(r["task"]), int(r["seed"]), int(r["num_samples"]), _str(r["instruction"]))
+            for r in table
+        ]
+        return episodes, stats, env_config
 
     def reword_instructions(self, seed: int, split: str = "augmented") -> DemoDataset:
         """From now on every sample's instruction is a fresh wording of its episode's task
@@ -313,15 +418,21 @@ class DemoDataset:
         from envs.progress import progress as progress_bar
 
         parts: dict[str, list[np.ndarray]] = {}
-        task_specs = []
+        task_specs, from_files = [], []
         for path in progress_bar([e.path for e in self.episodes], desc="load demos", disable=not progress, leave=False):
-            with h5py.File(self.root / path, "r") as f:
+            with readable(self.root / path, self.root), h5py.File(self.root / path, "r") as f:
+                arrays = read_arrays(f)
+                check_episode(f, arrays)
                 task_specs.append(json.loads(f.attrs["task_spec"]))
+                a = f.attrs
+                from_files.append(
+                    EpisodeInfo(path, _str(a["task"]), int(a["seed"]), len(arrays["actions"]), _str(a["instruction"]))
+                )
                 for key in f["obs"]:
-                    parts.setdefault(key, []).append(f["obs"][key][:])
-                parts.setdefault("action", []).append(f["actions"][:])
+                    parts.setdefault(key, []).append(arrays[f"obs/{key}"])
+                parts.setdefault("action", []).append(arrays["actions"])
                 if "key_positions" in f:
-                    parts.setdefault("key_positions", []).append(f["key_positions"][:])
+                    parts.setdefault("key_positions", []).append(arrays["key_positions"])
         widths = {p.shape[1] for p in parts.get("proprio", [])}
         if len(widths) > 1:  # episodes from before and after the gripper velocity was recorded
             raise ValueError(
@@ -329,6 +440,11 @@ class DemoDataset:
             )
         if len(parts.get("key_positions", [])) != len(self.episodes):  # older files lack them
             parts.pop("key_positions", None)
+        if from_files != self.episodes:  # the (checksum-free) index was damaged: the files are the truth
+            self.episodes = from_files
+            self._starts = np.concatenate([[0], np.cumsum([e.num_samples for e in from_files])])
+            with contextlib.suppress(OSError):  # mend it on disk where we may write
+                build_index(self.root)
         self._memory = {k: np.concatenate(v) for k, v in parts.items()}
         self._task_specs = task_specs
         if "key_positions" in self._memory:
@@ -363,11 +479,13 @@ class DemoDataset:
         if self._memory is not None:
             item = {k: v[index] for k, v in self._memory.items()}
         else:
-            f = self._file(episode)
-            item = {k: f["obs"][k][t] for k in f["obs"]}
-            item["action"] = f["actions"][t]
-            if "key_positions" in f:
-                item["key_positions"] = f["key_positions"][t]
+            with readable(self.root / self.episodes[episode].path, self.root):
+                f = self._file(episode)
+                item = {k: f["obs"][k][t] for k in f["obs"]}
+                item["action"] = f["actions"][t]
+                if "key_positions" in f:
+                    item["key_positions"] = f["key_positions"][t]
+            if "key_positions" in item:
                 item["key_uv"] = key_image_coordinates(item["key_positions"])
         instruction = self.episodes[episode].instruction
         if self._reword_seed is not None:

@@ -148,9 +148,11 @@ class TabletopEnv(gym.Env):
     # --- episode ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Options: ``task_spec`` (dict) fixes the target/destination instead of sampling
-        them; ``instruction`` (str) replaces the generated instruction text."""
+        them; ``instruction`` (str) replaces the generated instruction text. Any other key, a
+        seed outside [0, 2**63 - 1] or an invalid instruction (empty included) raises ValueError."""
+        _check_seed(seed)
         super().reset(seed=seed)
-        options = options or {}
+        options = _check_options(options)
         rng = self.np_random
         sampled = self.task.sample_spec(rng)  # drawn even when overridden: the same seed and
         # spec then give the same scene, so an instruction can be swapped on identical layouts
@@ -171,10 +173,8 @@ class TabletopEnv(gym.Env):
             self.model.geom_group[self.world.zone_geom[colour]] = 0 if used else HIDDEN_GROUP
         mujoco.mj_forward(self.model, self.data)
 
-        self.instruction = str(
-            options.get("instruction") or make_instruction(self.task_spec, self.instruction_split, rng)
-        )
-        self._check_instruction(self.instruction)
+        generated = make_instruction(self.task_spec, self.instruction_split, rng)  # drawn either way (same scene)
+        self.instruction = self._check_instruction(options.get("instruction", generated))
         self._steps = 0
         self._potential = self.task.dense_reward(self.world, self.task_spec)
         return self._observation(), self._info(self.task.success(self.world, self.task_spec))
@@ -322,7 +322,10 @@ class TabletopEnv(gym.Env):
 
     @staticmethod
     def _check_action(action) -> np.ndarray:
-        action = np.asarray(action, dtype=np.float64)
+        try:
+            action = np.asarray(action, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"action must be 7 numbers {list(ACTION_NAMES)}, got {_short(action)}") from None
         if action.shape != (len(ACTION_NAMES),):
             raise ValueError(f"action must have shape (7,) {list(ACTION_NAMES)}, got shape {action.shape}")
         bad = ~np.isfinite(action)
@@ -332,12 +335,44 @@ class TabletopEnv(gym.Env):
         return np.clip(action, -1.0, 1.0)
 
     @staticmethod
-    def _check_instruction(text: str) -> None:
+    def _check_instruction(text: Any) -> str:
+        if not isinstance(text, str):
+            raise ValueError(f"instruction must be a string, got {type(text).__name__} {_short(text)}")
         if not 1 <= len(text) <= MAX_INSTRUCTION_LENGTH:
             raise ValueError(f"instruction must have 1..{MAX_INSTRUCTION_LENGTH} characters, got {len(text)}")
         bad = sorted(set(text) - set(INSTRUCTION_CHARSET))
         if bad:
-            raise ValueError(f"instruction has characters outside the allowed set: {bad}")
+            shown = ", ".join(repr(c) for c in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+            raise ValueError(f"instruction has characters outside the allowed set {INSTRUCTION_CHARSET!r}: {shown}")
+        return text
+
+
+RESET_OPTIONS = ("task_spec", "instruction")
+MAX_SEED = 2**63 - 1
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value's repr cut to ``limit`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_seed(seed: Any) -> None:
+    if seed is not None and (
+        not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED
+    ):
+        raise ValueError(f"seed must be None or an integer in [0, 2**63 - 1], got {_short(seed)}")
+
+
+def _check_options(options: Any) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ValueError(f"reset options must be a dict with keys {list(RESET_OPTIONS)}, got {_short(options)}")
+    unknown = [k for k in options if k not in RESET_OPTIONS]
+    if unknown:
+        raise ValueError(f"unknown reset options {_short(unknown)}: allowed are {list(RESET_OPTIONS)}")
+    return options
 
 
 def _check_image_size(name: str, size: int) -> int:

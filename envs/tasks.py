@@ -73,6 +73,13 @@ class Task:
 
     def validate_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Check a user-given spec; errors name the bad value and list the valid ones."""
+        if not isinstance(spec, dict):
+            raise ValueError(
+                f"task spec must be a dict such as {self.sample_spec(np.random.default_rng(0))}, got {spec!r:.60}"
+            )
+        unknown = sorted(str(k) for k in spec if k not in ("task", *SPEC_KEYS))
+        if unknown:
+            raise ValueError(f"task spec has unknown keys {unknown}; allowed are {['task', *SPEC_KEYS]}")
         if spec.get("task", self.name) != self.name:
             raise ValueError(f"task spec is for task {spec['task']!r} but this env runs {self.name!r}")
         required = ["target_colour", "target_shape"]
@@ -150,6 +157,9 @@ class Task:
 
     def dense_reward(self, world: World, spec: dict[str, Any]) -> float:
         raise NotImplementedError
+
+
+SPEC_KEYS = ("target_colour", "target_shape", "zone_colour", "base_colour", "base_shape")
 
 
 def _uniform_xy(rng: np.random.Generator, margin: float = 0.0) -> tuple[float, float]:

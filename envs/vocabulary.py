@@ -36,7 +36,8 @@ def check_name(kind: str, value, allowed: Iterable):
     """Return ``value`` if it is one of ``allowed``, else raise a ValueError listing them."""
     allowed = list(allowed)
     if value not in allowed:
-        raise ValueError(f"unknown {kind} {value!r}; valid values are: {', '.join(map(str, allowed))}")
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(f"unknown {kind} {shown}; valid values are: {', '.join(map(str, allowed))}")
     return value
 
 

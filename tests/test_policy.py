@@ -380,6 +380,7 @@ def test_a_format_1_checkpoint_is_migrated_and_a_retired_option_is_refused_by_na
     payload = torch.load(path, weights_only=False)
     old = {k: v for k, v in payload["policy_config"].items() if k != "label_sigma"}  # a field added later
     payload.update(format="vla-sandbox-policy/1", policy_config=old)
+    del payload["sha256"]  # a digest came later too
     torch.save(payload, path)
     loaded, _ = build_policy(read_checkpoint(path))
     assert loaded.config.label_sigma == 0.0  # format 1's default, not today's 24

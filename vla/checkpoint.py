@@ -8,6 +8,8 @@ defaults are free to follow the current best model.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -64,8 +66,6 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | Path, policy: VLAPolicy, tokenizer: ActionTokenizer, **extra: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "policy_config": policy.config_dict(),
@@ -73,24 +73,73 @@ def save_checkpoint(path: str | Path, policy: VLAPolicy, tokenizer: ActionTokeni
         "model": policy.trainable_state_dict(),
         **extra,
     }
+    return _write(path, payload)
+
+
+DIGEST_KEY = "sha256"  # over everything else a checkpoint holds (payload_digest)
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 over a checkpoint's whole content (config, weights, optimiser, RNG states): a
+    flipped bit anywhere changes it. Tensors by dtype, shape and bytes; the rest by repr."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode())
+                feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        else:
+            digest.update(repr(value).encode())
+
+    feed({k: v for k, v in payload.items() if k not in (DIGEST_KEY, "path")})
+    return digest.hexdigest()
+
+
+def _write(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Save atomically: a temporary file in the same folder, flushed to disk, then renamed over
+    ``path``. A crash or a full disk leaves the previous file whole (and no temporary behind)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**payload, DIGEST_KEY: payload_digest(payload)}
+    for stale in path.parent.glob(f"{path.name}.*.tmp"):  # left by a writer killed mid-write
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        buffer = io.BytesIO()  # serialise first: torch's zip writer hides a failed write (ENOSPC)
+        torch.save(payload, buffer)  # behind a RuntimeError; a plain write raises the OSError
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise CheckpointError(
+                f"could not write {path}: {error.strerror or error} (the previous file is intact)"
+            ) from None
+        raise
     return path
 
 
 def update_weights(path: str | Path, tensors: dict[str, torch.Tensor]) -> Path:
     """Replace (or add) these entries of checkpoint file ``path``'s weights, atomically; the
     rest of the payload (optimiser, step, ...) stays as saved."""
-    path = Path(path)
     payload = torch.load(path, map_location="cpu", weights_only=False)
     payload["model"] = {**payload["model"], **tensors}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return _write(path, payload)
 
 
 def save_weights_fp16(source: str | Path, path: str | Path) -> Path:
@@ -102,10 +151,7 @@ def save_weights_fp16(source: str | Path, path: str | Path) -> Path:
     slim = {k: payload[k] for k in ("format", "policy_config", "tokenizer") if k in payload}
     slim["step"] = payload.get("step")
     slim["model"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(slim, path)
-    return path
+    return _write(path, slim)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -118,9 +164,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from None
+        reason = (str(error).splitlines() or [""])[0][:160]
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {reason})") from None
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, *OLD_FORMATS):
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
+    expected = payload.get(DIGEST_KEY)  # absent in checkpoints saved before it was added
+    if expected is not None and payload_digest(payload) != expected:
+        raise CheckpointError(
+            f"{path} is damaged: its content does not match its SHA-256 (saved {str(expected)[:12]}...)"
+        )
+    if not isinstance(payload.get("model"), dict) or not isinstance(payload.get("policy_config"), dict):
+        raise CheckpointError(f"{path} holds no policy (its config or weights are missing)")
     payload["path"] = str(path)
     return migrate(payload)
 

@@ -81,6 +81,48 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def check_observations(
+    observations: Any, *, image_size: int, image_keys: tuple[str, ...] = ("image",), proprio_dim: int = 9
+) -> None:
+    """Raise a one-line ValueError naming the first observation and key that breaks the contract
+    (docs/architecture.md): a non-empty list of dicts, each with uint8 (image_size, image_size, 3)
+    images, at least ``proprio_dim`` finite proprio numbers and a string instruction."""
+    if not isinstance(observations, (list, tuple)) or not observations:
+        raise ValueError(f"observations must be a non-empty list of dicts, got {type(observations).__name__}")
+    want = (image_size, image_size, 3)
+    for i, obs in enumerate(observations):
+        where = f"observation {i}" if len(observations) > 1 else "observation"
+        if not isinstance(obs, dict):
+            raise ValueError(f"{where} must be a dict, got {type(obs).__name__}")
+        missing = [k for k in (*image_keys, "proprio", "instruction") if k not in obs]
+        if missing:
+            raise ValueError(f"{where} lacks {missing}; it needs {[*image_keys, 'proprio', 'instruction']}")
+        for key in image_keys:
+            image = obs[key]
+            if not isinstance(image, (np.ndarray, torch.Tensor)) or image.dtype not in (np.uint8, torch.uint8):
+                raise ValueError(f"{where}[{key!r}] must be a uint8 array of shape {want}, got {_describe(image)}")
+            if tuple(image.shape) != want:
+                raise ValueError(f"{where}[{key!r}] must have shape {want}, got {tuple(image.shape)}")
+        try:
+            with np.errstate(over="ignore"):  # a number too big for float32 becomes inf, refused below
+                proprio = np.asarray(obs["proprio"], dtype=np.float32)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{where}['proprio'] must be numbers, got {_describe(obs['proprio'])}") from None
+        if proprio.ndim != 1 or len(proprio) < proprio_dim:
+            raise ValueError(f"{where}['proprio'] must have at least {proprio_dim} elements, got shape {proprio.shape}")
+        if not np.all(np.isfinite(proprio[:proprio_dim])):
+            raise ValueError(f"{where}['proprio'] has non-finite elements: {proprio[:proprio_dim].tolist()}")
+        if not isinstance(obs["instruction"], str):
+            raise ValueError(f"{where}['instruction'] must be a string, got {_describe(obs['instruction'])}")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return f"{type(value).__name__} of {value.dtype} {tuple(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
 def observations_to_batch(observations: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
     """Env observations (the contract's dicts) -> a model batch on ``device``."""
     batch: dict[str, Any] = {}

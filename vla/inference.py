@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from vla.checkpoint import build_policy, read_checkpoint
-from vla.data import observations_to_batch
+from vla.data import check_observations, observations_to_batch
 from vla.language import normalise_instruction
-from vla.policy import VLAPolicy
+from vla.policy import CAMERA_KEYS, VLAPolicy
 from vla.tokenizer import ActionTokenizer
 
 CALIBRATED = "calibrated"  # scope_threshold: the one training set from validation scenes (calibrate_scope)
@@ -115,6 +115,9 @@ class PolicyRunner:
     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Actions (B, 7) and infos; ``sessions`` names whose episode each observation belongs
         to, so robots served together keep their own out-of-scope verdicts."""
+        c = self.policy.config
+        keys = tuple(CAMERA_KEYS[camera] for camera in c.cameras)
+        check_observations(observations, image_size=c.image_size, image_keys=keys, proprio_dim=c.proprio_dim)
         sessions = sessions or [""] * len(observations)
         if len(sessions) != len(observations):
             raise ValueError(f"{len(sessions)} sessions for {len(observations)} observations")

@@ -14,6 +14,7 @@ what the run printed (``vla.app.console.run_log``).
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,12 +22,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from vla.checkpoint import CheckpointError
 from vla.policy import PolicyConfig
 
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # no space, file over its size limit, over quota
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repository's configs/
 
 
@@ -35,8 +37,20 @@ def user_errors() -> Iterator[None]:
     """One clear line instead of a traceback for mistakes a user can fix."""
     try:
         yield
+    except MissingMandatoryValue as error:
+        key = getattr(error, "full_key", None) or "a setting"
+        raise SystemExit(f"error: {key} is required: add {key}=<value> to the command line") from None
     except (CheckpointError, FileNotFoundError, ValueError, OmegaConfBaseException) as error:
-        raise SystemExit(f"error: {error}") from None
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise SystemExit(f"error: {lines[0] if lines else type(error).__name__}") from None
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        where = f" {error.filename}" if error.filename else ""
+        raise SystemExit(
+            f"error: could not write{where}: {error.strerror}; free some space and run the same command again "
+            "(what was written before is intact, and runs resume)"
+        ) from None
 
 
 def config_options(config_dir: Path = CONFIG_DIR) -> dict[str, list[str]]:
@@ -131,12 +145,74 @@ def hydra_entry(
         show = True
     with user_errors():
         cfg = compose_config(config_name, argv)
+        check_types(cfg, compose_config(config_name, [o for o in argv if _selects_config(o)]), argv)
         if show:
             print(OmegaConf.to_yaml(cfg))
             return None
         if check is not None:
             check(cfg)
         return job(cfg)
+
+
+# Settings that are null (off) by default, and an example of what they take when set.
+OFF_BY_DEFAULT = {
+    "resume": "<run dir>",
+    "init": "<checkpoint>",
+    "dataset": "<dir>",
+    "stop_at_step": 1,
+    "critic_lr": 1e-4,
+}
+NULL_ALLOWED = {"ppo.target_kl"}  # null switches it off (configs/ppo.yaml)
+# Shares and probabilities: at most 1.
+FRACTIONS = {"beta", "beta_decay", "rewrites", "val_fraction", "negatives", "gamma", "gae_lambda", "dropout"}
+
+
+def _selects_config(override: str) -> bool:
+    """A group choice (``model=large``, ``+recipe=five_gpu``), not a value."""
+    key = override.lstrip("+~").split("=", 1)[0]
+    return "." not in key and key in config_options() or key == "recipe"
+
+
+def _leaves(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in node.items_ex(resolve=False):
+        if isinstance(value, DictConfig):
+            yield from _leaves(value, f"{prefix}{key}.")
+        elif not isinstance(value, ListConfig):
+            yield f"{prefix}{key}", value
+
+
+def check_types(cfg: DictConfig, defaults: DictConfig, overrides: list[str]) -> None:
+    """Each value overridden on the command line keeps its default's type (the yaml files are
+    the schema), and no number is negative: every number in configs/ is a count, size, rate,
+    probability, weight or seed. Checked before any work, so a typo never starts a long job."""
+    default = dict(_leaves(defaults))
+    given = {o.lstrip("+~").split("=", 1)[0]: o for o in overrides if "=" in o}
+    for key, override in given.items():
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        was = default.get(key)
+        if value is None and (was is None or key in NULL_ALLOWED):
+            continue  # switched off, as it may be
+        if was is None:  # null by default: the type its yaml comment states
+            was = OFF_BY_DEFAULT.get(key.rpartition(".")[2])
+        if was is None or "${" in str(was):
+            continue  # new, free-form, following another setting, or switched off
+        if isinstance(was, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(was, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif isinstance(was, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+            kind = "a number"
+        elif isinstance(was, str):
+            ok, kind = isinstance(value, str), f"text (quote it: {key}='{override.split('=', 1)[1]}')"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{override}: {key} takes {kind}, like {was!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"{override}: {key} must not be negative (default {was!r})")
+        if key.rpartition(".")[2] in FRACTIONS and isinstance(value, (int, float)) and value > 1:
+            raise ValueError(f"{override}: {key} is a share in [0, 1] (default {was!r})")
 
 
 def usage(config_name: str) -> str:

@@ -153,7 +153,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         model = PPO("MultiInputPolicy", venv, **common)
     if resume is not None:
         restore(model, resume)
-        print(f"resumed {run_dir} at env step {model.num_timesteps}")
+        # what a kill cannot take back: the envs' mid-episode simulator and RNG states (episodes
+        # start afresh) and the rollout steps since this checkpoint (collected again)
+        print(
+            f"resumed {run_dir} at env step {model.num_timesteps} from {str(resume.get('sha256'))[:16]}: "
+            f"weights, optimiser, update count {model._n_updates}, RNG states restored"
+        )
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -424,7 +424,7 @@ def load_resume_state(run_dir: Path, config: PolicyConfig, policy, optimizer, sc
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["schedule"])
     set_rng_state(payload["rng"])
-    print(f"resumed {run_dir} at step {payload['step']}")
+    print(f"resumed {run_dir} at step {payload['step']} from {str(payload.get('sha256'))[:16]}")
     return payload
 
 
