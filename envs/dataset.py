@@ -126,6 +126,10 @@ def _h5_file(tmp: Path) -> Iterator[h5py.File]:
             out.write(buffer.getbuffer())
             out.flush()
             os.fsync(out.fileno())
+    except OSError as error:  # name the file the user will look for, not its temporary
+        tmp.unlink(missing_ok=True)
+        final = tmp.parent / tmp.name.split(".")[0]
+        raise OSError(error.errno, error.strerror, f"{final}.h5") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

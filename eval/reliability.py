@@ -28,6 +28,7 @@ behaviour it checks is also in tests/ on small fixed cases.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -346,68 +348,76 @@ def tiny_policy_checkpoint(path: Path) -> Path:
 
 
 # --- full disk -----------------------------------------------------------------------------
-def small_disk(path: Path, megabytes: int) -> bool:
-    """Mount a tmpfs of ``megabytes`` at ``path`` (root only); False where that is not allowed."""
+@contextlib.contextmanager
+def small_disk(path: Path, megabytes: int) -> Iterator[bool]:
+    """A tmpfs of ``megabytes`` mounted at ``path`` (True), or a plain folder where mounting
+    is not allowed (False: the caller then limits file sizes instead)."""
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)], capture_output=True)
-    return done.returncode == 0
-
-
-def full_disk(work: Path, data: Path, init: Path) -> dict:
-    """Each writer against a disk that fills up part-way: one error line, nothing lost."""
-    results = {}
-    disk = work / "small_disk"
-    mounted = small_disk(disk, 2)
-    how = "a 2 MB tmpfs (ENOSPC)" if mounted else "a 600 kB file-size limit (EFBIG)"
-    limit = None if mounted else 600_000
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)]
+    mounted = subprocess.run(mount, capture_output=True).returncode == 0
     try:
-        # collect: more episodes than the disk holds
-        output = disk / "demos"
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def last_error(log: Path) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines()
+    return next((line for line in reversed(lines) if line.startswith("error:")), lines[-1] if lines else "")
+
+
+def full_disk(work: Path, data: Path) -> dict:
+    """Each writer against a disk that fills up part-way: one error line, nothing lost."""
+    results: dict = {}
+    # collect: more episodes than a 2 MB disk holds
+    with small_disk(work / "disk_collect", 2) as mounted:
+        output = work / "disk_collect" / "demos"
         log = work / "full_collect.log"
-        proc = start(
-            ["train/collect.py", f"output={output}", *COLLECT[:1], "episodes_per_task=400", *COLLECT[2:]], log, limit
-        )
-        code = proc.wait(timeout=900)
-        last = log.read_text(errors="replace").strip().splitlines()[-1:]
-        intact = episode_digests(output)
+        command = ["train/collect.py", f"output={output}", *COLLECT[:1], "episodes_per_task=400", *COLLECT[2:]]
+        code = start(command, log, None if mounted else 20_000).wait(timeout=900)
+        intact = episode_digests(output)  # raises if any committed episode is damaged
+        line = last_error(log)
         results["collect"] = {
+            "disk": "2 MB tmpfs (ENOSPC)" if mounted else "20 kB file-size limit (EFBIG)",
             "exit": code,
-            "last_line": last[0] if last else "",
+            "last_line": line,
             "complete_episodes": len(intact),
-            "ok": code != 0 and bool(last) and last[0].startswith("error: could not write"),
+            "temporary_files_left": len(temporary_files(output)),
+            "ok": code != 0 and line.startswith("error: could not write") and not temporary_files(output),
         }
-        shutil.rmtree(output, ignore_errors=True)
-        # bc: a checkpoint write that fails part-way; the previous checkpoint stays
-        run_dir = disk / "bc"
+    # bc: a checkpoint write that fails part-way; the previous checkpoint stays and resumes
+    with small_disk(work / "disk_bc", 64) as mounted:
+        run_dir = work / "disk_bc" / "bc"
         base = ["train/bc.py", f"data.path={data}", *BC]
         run_to_end([*base, "trainer.steps=4", f"run_dir={run_dir}"], work / "full_bc_first.log")
-        before = read_checkpoint(run_dir / "checkpoints" / "latest.pt")
-        ballast = disk / "ballast"
+        latest = run_dir / "checkpoints" / "latest.pt"
+        before = read_checkpoint(latest)
+        ballast = work / "disk_bc" / "ballast"
         if mounted:  # leave less room than one more checkpoint needs
-            free = shutil.disk_usage(disk).free
-            ballast.write_bytes(b"\0" * max(0, free - 40_000))
+            ballast.write_bytes(b"\0" * max(0, shutil.disk_usage(work / "disk_bc").free - latest.stat().st_size // 2))
         log = work / "full_bc.log"
-        proc = start([*base, "trainer.steps=8", f"resume={run_dir}"], log, limit and 60_000)
-        code = proc.wait(timeout=900)
-        last = log.read_text(errors="replace").strip().splitlines()[-1:]
-        after = read_checkpoint(run_dir / "checkpoints" / "latest.pt")
+        code = start(
+            [*base, "trainer.steps=8", f"resume={run_dir}"], log, None if mounted else latest.stat().st_size // 2
+        ).wait(timeout=900)
+        after = read_checkpoint(latest)
+        line = last_error(log)
         leftovers = temporary_files(run_dir)
+        ballast.unlink(missing_ok=True)
+        resumed = start([*base, "trainer.steps=8", f"resume={run_dir}"], work / "full_bc_again.log").wait(timeout=900)
         results["bc"] = {
+            "disk": "64 MB tmpfs filled to half a checkpoint (ENOSPC)" if mounted else "file-size limit (EFBIG)",
             "exit": code,
-            "last_line": last[0] if last else "",
+            "last_line": line,
             "latest_step_kept": after["step"],
             "temporary_files_left": len(leftovers),
+            "resumed_after_space_freed": resumed == 0 and read_checkpoint(latest)["step"] == 8,
             "ok": code != 0
             and after["sha256"] == before["sha256"]
             and not leftovers
-            and bool(last)
-            and last[0].startswith("error: could not write"),
+            and line.startswith("error: could not write")
+            and resumed == 0,
         }
-        ballast.unlink(missing_ok=True)
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(disk)], capture_output=True)
-    results["disk"] = how
     return results
 
 
@@ -463,8 +473,8 @@ def main() -> None:
     if {"kills", "full-disk"} & set(args.parts):
         data = work / "demos"
         run_to_end(["train/collect.py", f"output={data}", *COLLECT], work / "demos.log")
-        init = tiny_policy_checkpoint(work / "init.pt")
     if "kills" in args.parts:
+        init = tiny_policy_checkpoint(work / "init.pt")
         report["kills"] = []
         for script in args.scripts:
             began = time.monotonic()
@@ -482,7 +492,7 @@ def main() -> None:
             for failure in result.failures:
                 print(f"  FAIL {failure}")
     if "full-disk" in args.parts:
-        report["full_disk"] = full_disk(work, data, init)
+        report["full_disk"] = full_disk(work, data)
         for name, row in report["full_disk"].items():
             print(f"full disk {name}: {row}")
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
