@@ -303,6 +303,7 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
                     last_index = time.perf_counter()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        remove_stale_tmp_files(output)  # episodes finished but never committed (a stop part-way)
         bar.close()
         build_index(output, config.env_config())
     summary.seconds = time.perf_counter() - start
