@@ -58,6 +58,10 @@ ATTEMPTS_FILE = "attempts.jsonl"
 TMP_SUFFIX = ".tmp"
 
 
+# How h5py reports a damaged file: a bad signature, a broken B-tree or link, a failed checksum.
+DAMAGE = (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError)
+
+
 class DatasetError(ValueError):
     """A damaged dataset file, named with what to do about it."""
 
@@ -68,8 +72,7 @@ def readable(path: Path, root: Path | None = None) -> Iterator[None]:
     field) into one line naming the file and the fix."""
     try:
         yield
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError) as error:
-        # h5py reports damage as any of these (a bad signature, a broken B-tree, a failed checksum)
+    except DAMAGE as error:
         if isinstance(error, DatasetError):
             raise
         reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
@@ -295,7 +298,7 @@ def _recorded_env_config(root: Path) -> dict[str, Any]:
     try:
         with h5py.File(root / INDEX_FILE, "r") as old:
             return json.loads(old["data"].attrs.get("env_config", "{}"))
-    except (OSError, KeyError, ValueError):  # missing or damaged: collect_config.json holds them too
+    except DAMAGE:  # missing or damaged: collect_config.json holds them too
         meta = root / "collect_config.json"
         return json.loads(meta.read_text()) if meta.exists() else {}
 
@@ -374,12 +377,14 @@ class DemoDataset:
                 table = f["index"][:]
                 stats = {k: v[:] for k, v in f["meta/action_stats"].items()}
                 env_config = json.loads(f["data"].attrs["env_config"])
-        except (OSError, KeyError, ValueError):
+            episodes = [
+                EpisodeInfo(
+                    _str(r["path"]), _str(r["task"]), int(r["seed"]), int(r["num_samples"]), _str(r["instruction"])
+                )
+                for r in table
+            ]
+        except DAMAGE:
             return None, {}, {}
-        episodes = [
-            EpisodeInfo(_str(r["path"]), _str(r["task"]), int(r["seed"]), int(r["num_samples"]), _str(r["instruction"]))
-            for r in table
-        ]
         return episodes, stats, env_config
 
     def reword_instructions(self, seed: int, split: str = "augmented") -> DemoDataset:

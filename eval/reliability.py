@@ -465,7 +465,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="campaign-", dir=args.out))
     rng = random.Random(args.seed)
-    report: dict = {"date": time.strftime("%Y-%m-%d"), "work": str(work)}
+    previous = args.out / "report.json"  # parts run separately add up to one report
+    report: dict = json.loads(previous.read_text()) if previous.exists() else {}
+    report.update(date=time.strftime("%Y-%m-%d"), work=str(work))
 
     if "fuzz" in args.parts:
         report["fuzz"] = fuzz(work, args.examples)
