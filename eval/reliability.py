@@ -160,14 +160,19 @@ def kill_at_random(
             proc.returncode = -999  # reported as a hang
         return False, False
     aim_at_write = rng.random() < 1 / 3
+    stale = set(temporary_files(watch))  # left by an earlier kill: not a write of this run
+
+    def writing() -> bool:
+        return bool(set(temporary_files(watch)) - stale)
+
     deadline = time.monotonic() + (longest if aim_at_write else rng.uniform(0.5, longest))
     while time.monotonic() < deadline and proc.poll() is None:
-        if aim_at_write and temporary_files(watch):
+        if aim_at_write and writing():
             break
         time.sleep(0.0005 if aim_at_write else 0.01)
     if proc.poll() is not None:
         return False, False
-    mid_write = bool(temporary_files(watch))
+    mid_write = writing()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return True, mid_write
