@@ -45,31 +45,19 @@ from pathlib import Path
 
 import h5py
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from envs.dataset import check_episode, episode_files, read_arrays
+from vla.checkpoint import CheckpointError, read_checkpoint
 
-from envs.dataset import check_episode, episode_files, read_arrays  # noqa: E402
-from vla.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SCRIPTS = ("collect", "bc", "ppo")
 PARTS = ("fuzz", "kills", "full-disk")
-TINY_MODEL = [  # tests/conftest.py's TINY_MODEL: trains in seconds on 2 cores
-    "model.image_size=32",
-    "model.patch_size=8",
-    "model.vision_pool=1",
-    "model.vision_layers=1",
-    "model.width=32",
-    "model.layers=1",
-    "model.heads=2",
-    "model.text_encoder=scratch",
-    "model.keypoints=0",
-    "model.keypoint_sentence=false",
-    "model.aux_weight=0.0",
-    "model.sentence_token=false",
-    "model.word_tokens=true",
-    "model.decoding=autoregressive",
-    "model.label_sigma=0.0",
-]
+TINY = {  # the tests' tiny model (tests/conftest.py): trains in seconds on 2 cores
+    "image_size": 32, "patch_size": 8, "vision_pool": 1, "vision_layers": 1, "width": 32, "layers": 1, "heads": 2,
+    "text_encoder": "scratch", "keypoints": 0, "keypoint_sentence": False, "aux_weight": 0.0,
+    "sentence_token": False, "word_tokens": True, "decoding": "autoregressive", "label_sigma": 0.0,
+}  # fmt: skip
+TINY_MODEL = [f"model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY.items()]
 COLLECT = ["tasks=[reach,lift]", "episodes_per_task=8", "image_size=32", "workers=2", "video=false", "progress=false"]
 BC = [
     "trainer.steps=200",
@@ -343,7 +331,6 @@ def kill_ppo(work: Path, kills: int, rng: random.Random, init: Path) -> KillRepo
 def tiny_policy_checkpoint(path: Path) -> Path:
     import torch
 
-    from tests.conftest import TINY_MODEL as TINY
     from vla.checkpoint import save_checkpoint
     from vla.policy import PolicyConfig, VLAPolicy
     from vla.tokenizer import ActionTokenizer
