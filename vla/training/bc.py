@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -34,8 +35,10 @@ from vla.evaluation.closed_loop import final_evaluation, success_rate
 from vla.language import encoder_folder, is_pretrained
 from vla.policy import PolicyConfig, VLAPolicy
 from vla.tokenizer import BINNINGS, ActionTokenizer
+from vla.training.device_data import DeviceBatches
 from vla.training.grounding import ground_and_measure, read_demo_keypoints
 from vla.training.runtime import (
+    LR_SCALINGS,
     StepSampler,
     check_device,
     check_start_points,
@@ -45,10 +48,12 @@ from vla.training.runtime import (
     make_optimizer,
     policy_config,
     rng_state,
+    scaled_lr,
     seed_everything,
     set_rng_state,
     warmup_cosine,
 )
+from vla.training.step import TrainStep, compile_mode
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
@@ -65,8 +70,18 @@ def check_config(cfg: DictConfig) -> PolicyConfig:
     t, g = cfg.trainer, cfg.grounding
     check_whole_numbers(
         {"trainer.steps": t.steps, "trainer.batch_size": t.batch_size, "eval.final_episodes": cfg.eval.final_episodes}
-        | {"eval.num_envs": cfg.eval.num_envs, "grounding.scenes": g.scenes}
+        | {"eval.num_envs": cfg.eval.num_envs, "grounding.scenes": g.scenes, "trainer.lr_batch": t.lr_batch}
     )
+    compile_mode(t.compile)
+    check_name("trainer.lr_scaling", t.lr_scaling, LR_SCALINGS)
+    flags = {"trainer.fused_adam": t.fused_adam, "trainer.gpu_data": t.gpu_data}
+    if any(not isinstance(value, bool) for value in flags.values()):
+        raise ValueError(f"{' and '.join(flags)} must be true or false, got {dict(flags)}")
+    if t.gpu_data and not is_pretrained(config.text_encoder):
+        raise ValueError(  # a trained encoder's states change every step: they cannot be read once
+            "trainer.gpu_data=true encodes each instruction once with a frozen pretrained text encoder; "
+            f"model.text_encoder={config.text_encoder} is trained with the policy: set trainer.gpu_data=false"
+        )
     if not t.lr > 0 or g.steps < 0 or g.kind_weight < 0:
         raise ValueError(
             f"need trainer.lr > 0, grounding.steps >= 0, grounding.kind_weight >= 0; got {t.lr}, "
@@ -127,7 +142,8 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
     # --- data, model, optimiser, and (maybe) the state to resume ---------------------------
     demos, tokenizer, policy, train_idx, val_idx = build(cfg, rank, device)
     policy_config = policy.config
-    optimizer = make_optimizer(policy, t.lr, t.weight_decay, device)
+    lr = scaled_lr(t.lr, t.batch_size, t.lr_batch, t.lr_scaling)
+    optimizer = make_optimizer(policy, lr, t.weight_decay, device, fused=t.fused_adam)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, t.warmup_steps, t.steps))
     start_step, best_success, payload = 0, -1.0, None
     if cfg.get("init") and not cfg.resume:  # fine-tune: weights (and proprio statistics) from a checkpoint
@@ -149,12 +165,12 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
     # after DDP has handed rank 0's grounded reader to every rank (the keypoint cache reads it)
     dataset = make_dataset(cfg, policy, demos, tokenizer, train_idx, progress=rank == 0 and t.progress)
     per_rank_batch = t.batch_size // world
-    sampler = StepSampler(len(train_idx), cfg.seed, start_step * t.batch_size, rank, world)
-    loader = make_loader(cfg, dataset, sampler, per_rank_batch)
+    batches = training_batches(cfg, policy, dataset, device, start_step * t.batch_size, rank, world, per_rank_batch)
     autocast = mixed_precision(t.amp, device)
     scaler = loss_scaler(t.amp, device)
     if payload is not None and "loss_scaler" in payload:
         scaler.load_state_dict(payload["loss_scaler"])
+    train_step = TrainStep(model, policy, optimizer, scaler, autocast, t.grad_clip, t.augment, t.compile)
 
     writer = None
     if rank == 0:
@@ -169,7 +185,7 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
             f"device {device} x{world}"
         )
 
-        sample = collate([loader.dataset[0]])
+        sample = collate([dataset[0]])
         layout = ", ".join(f"{name} {count}" for name, count in policy.token_layout(to_device(sample, device)))
         print(f"token layout per step (V1): [{layout}] x width {policy_config.width}")
 
@@ -179,19 +195,10 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
     # --- the training loop -------------------------------------------------------------------
     stop = min(t.steps, t.stop_at_step or t.steps)
     bar = progress(total=t.steps, initial=start_step, desc="bc", disable=rank != 0 or not t.progress)
-    batches = iter(loader)
     model.train()
     last_time, samples = time.perf_counter(), 0
     for step in range(start_step, stop):
-        batch = to_device(next(batches), device)
-        with autocast:
-            out = model(batch, augment=t.augment)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(out["loss"]).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), t.grad_clip)
-        scaler.step(optimizer)  # skipped where fp16 gradients overflowed
-        scaler.update()
+        out, grad_norm = train_step(next(batches))  # read back (.item()) only at log rows: no wait per step
         schedule.step()
         samples += per_rank_batch * world
 
@@ -261,12 +268,19 @@ def build(
     config = policy_config(cfg.model)
     demos = load_demos(cfg, rank, config)
     tokenizer = fit_tokenizer(cfg, demos)
+    train_idx, val_idx = split_demos(demos, list(cfg.data.tasks), cfg.data.val_fraction, cfg.seed)
+    return demos, tokenizer, make_policy(cfg, demos, train_idx, device), train_idx, val_idx
+
+
+def make_policy(cfg: DictConfig, demos: DemoDataset, train_idx: np.ndarray, device: torch.device) -> VLAPolicy:
+    """A freshly initialised policy (seeded) on ``device``, proprio standardised with the
+    training demos' statistics."""
+    config = policy_config(cfg.model)
     seed_everything(cfg.seed)
     policy = VLAPolicy(config).to(device)
-    train_idx, val_idx = split_demos(demos, list(cfg.data.tasks), cfg.data.val_fraction, cfg.seed)
     mean, std = demos.proprio_statistics(train_idx)
     policy.set_proprio_statistics(mean[: config.proprio_dim], std[: config.proprio_dim])
-    return demos, tokenizer, policy, train_idx, val_idx
+    return policy
 
 
 def make_dataset(
@@ -284,6 +298,25 @@ def make_dataset(
         keypoint_coords = read_demo_keypoints(policy, demos, progress=progress)
     images = policy.reads_pixels(cached_keypoints=keypoint_coords is not None)
     return ActionTokenDataset(demos, tokenizer, indices, policy.config.chunk, keypoint_coords, images)
+
+
+def training_batches(
+    cfg: DictConfig,
+    policy: VLAPolicy,
+    dataset: ActionTokenDataset,
+    device: torch.device,
+    start: int,
+    rank: int,
+    world: int,
+    batch_size: int,
+) -> Iterator[dict]:
+    """This rank's endless training batches on ``device`` from global sample position ``start``:
+    gathered on the device (``trainer.gpu_data``) or built by DataLoader workers and copied over."""
+    if cfg.trainer.gpu_data:
+        workers, show = cfg.data.num_workers, rank == 0 and cfg.trainer.progress
+        return DeviceBatches(dataset, policy, device, batch_size, cfg.seed, start, rank, world, workers, show)
+    loader = make_loader(cfg, dataset, StepSampler(len(dataset), cfg.seed, start, rank, world), batch_size)
+    return (to_device(batch, device) for batch in loader)
 
 
 def make_loader(

@@ -116,12 +116,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters. On CUDA its fused kernel: the default per-tensor
-    update (and a CPU step counter per parameter) took 6.5 ms of a 54 ms GPU training step,
-    most of it Python and kernel-launch overhead (eval/profile_training.py, docs/results.md)."""
+def make_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device, fused: bool = True
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters. ``fused`` on CUDA: its fused kernel, one launch for
+    every parameter; the default per-tensor update (and a CPU step counter per parameter) took
+    6.5 ms of a 54 ms GPU training step, most of it Python and kernel-launch overhead
+    (eval/profile_training.py, docs/results.md). On the CPU the plain update, as ever."""
     parameters = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=fused and device.type == "cuda")
+
+
+LR_SCALINGS = ("none", "sqrt", "linear")
+
+
+def scaled_lr(lr: float, batch_size: int, reference_batch: int, rule: str) -> float:
+    """``lr`` was tuned at ``reference_batch``; at another batch size it grows by the square root
+    of the ratio (``sqrt``, as Adam's noise scale suggests), by the ratio (``linear``), or not
+    (``none``)."""
+    if rule not in LR_SCALINGS:
+        raise ValueError(f"unknown learning-rate scaling {rule!r}; valid values are: {', '.join(LR_SCALINGS)}")
+    ratio = batch_size / reference_batch
+    return lr * {"none": 1.0, "sqrt": math.sqrt(ratio), "linear": ratio}[rule]
 
 
 def keep_rows_up_to(path: Path, step: int) -> None:
