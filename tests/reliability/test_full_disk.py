@@ -16,6 +16,7 @@ import h5py
 from envs.dataset import check_episode, episode_files, read_arrays
 from tests.conftest import REPO_ROOT, TINY_MODEL, tiny_model_overrides
 from tests.reliability.cases import record_case
+from tests.test_bc import FAST
 from vla.checkpoint import read_checkpoint, save_checkpoint
 from vla.policy import PolicyConfig, VLAPolicy
 from vla.tokenizer import ActionTokenizer
@@ -89,25 +90,7 @@ def test_collection_on_a_full_disk_stops_in_one_line_and_keeps_every_episode(tin
 def test_bc_on_a_full_disk_stops_in_one_line_and_its_last_checkpoint_resumes(tiny_demos, tmp_path):
     record_case("files")
     run_dir = tmp_path / "run"
-    common = [
-        "train/bc.py",
-        f"data.path={tiny_demos}",
-        "trainer.progress=false",
-        "trainer.cache_keypoints=false",
-        "trainer.batch_size=8",
-        "trainer.warmup_steps=2",
-        "trainer.checkpoint_every=2",
-        "eval.every_steps=0",
-        "eval.final_episodes=1",
-        "eval.splits=[train]",
-        "eval.language_swap=false",
-        "eval.num_envs=1",
-        "eval.video_episodes=0",
-        "data.tasks=[reach,lift]",
-        "data.num_workers=1",
-        "data.val_fraction=0.25",
-        *tiny_model_overrides(),
-    ]
+    common = ["train/bc.py", f"data.path={tiny_demos}", *FAST, "trainer.checkpoint_every=2", *tiny_model_overrides()]
     first = run_limited([*common, "trainer.steps=2", f"run_dir={run_dir}"], limit=2**40)
     assert first.returncode == 0, first.stderr[-2000:]
     latest = run_dir / "checkpoints" / "latest.pt"
