@@ -17,3 +17,23 @@ def require_ros() -> None:
     """Raise ImportError with the install command when rclpy is not importable."""
     if importlib.util.find_spec("rclpy") is None:
         raise ImportError(INSTALL_HINT)
+
+
+def exit_quietly_on_sigint() -> None:
+    """Until a node's ``main`` takes over, Ctrl-C (SIGINT) ends the process with exit code 0 and
+    no traceback. Importing rclpy and torch and loading a checkpoint take seconds, and a launcher
+    that stops a node meanwhile (``processes.stop`` sends SIGINT) must not read as a crash."""
+    import signal
+    import sys
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # keep an inherited "ignore"
+        signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(0))
+
+
+def interrupt_as_keyboard_interrupt() -> None:
+    """Back to Python's own Ctrl-C (KeyboardInterrupt), which a node's ``main`` catches; call it
+    before ``rclpy.init``, which chains its handler to the one installed then."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -97,6 +97,7 @@ def run_over_ros2(
     """Every episode as an action goal against the two node processes."""
     os.environ.update(ros_env(domain))  # this process joins the same private domain
     import rclpy
+    from action_msgs.msg import GoalStatus
     from std_msgs.msg import Float64, String
 
     from ros2_bridge import ros
@@ -128,6 +129,12 @@ def run_over_ros2(
                     if not outcome.accepted or outcome.result is None:
                         nodes.check_alive()
                         raise RuntimeError(f"goal for {task_id} seed {cfg.seed + k} was rejected (see {out_dir}/logs)")
+                    message = outcome.result.message
+                    if outcome.status == GoalStatus.STATUS_ABORTED and not message.startswith(ros.OUT_OF_SCOPE):
+                        # an e-stop, a dead or stalled policy, a simulator error: the bridge failed, not
+                        # the policy, and counting the episode as a failure would bias the rate
+                        nodes.check_alive()
+                        raise RuntimeError(f"episode {task_id} seed {cfg.seed + k} aborted: {message}")
                     result.successes.append(bool(outcome.result.success))
                     result.seeds.append(cfg.seed + k)
                     result.lengths.append(int(outcome.result.steps))

@@ -4,7 +4,8 @@
 Starts the simulator at the 20 Hz control rate and the policy node at 20 Hz as separate
 processes on a loopback-only domain, then executes instructions through the
 ``execute_instruction`` action and prints its feedback. ``keep_running=true`` leaves the
-nodes up until Ctrl-C, for ``ros2 topic echo`` or rqt on the same ROS_DOMAIN_ID.
+nodes up until Ctrl-C, for a Python node of your own (the ``ros2`` command-line tools are not
+among the wheels; a system ROS 2 install's would do) on the printed ROS_DOMAIN_ID.
 """
 
 from __future__ import annotations

@@ -98,9 +98,12 @@ def proprio_from_msgs(pose: PoseStamped, joints: JointState) -> np.ndarray:
     gripper = list(joints.name).index(GRIPPER_JOINT)
     opening, opening_velocity = joints.position[gripper], joints.velocity[gripper]
     proprio = np.array([p.x, p.y, p.z, q.w, q.x, q.y, q.z, opening, opening_velocity], dtype=np.float64)
-    if not np.all(np.isfinite(proprio)):
-        raise MalformedMessage(f"robot state has non-finite values: {proprio.tolist()}")
-    return proprio.astype(np.float32)
+    with np.errstate(over="ignore"):
+        single = proprio.astype(np.float32)
+    # Checked after the cast: 1e300 m is finite as a double but inf as the policy's float32 input.
+    if not np.all(np.isfinite(single)):
+        raise MalformedMessage(f"robot state has non-finite or out-of-range values: {proprio.tolist()}")
+    return single
 
 
 def check_instruction(text: str) -> str:

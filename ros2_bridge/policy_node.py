@@ -10,25 +10,33 @@ command (TwistStamped + gripper) stamped with the observation it answers.
   replaces them by a stop when no fresh observation arrived within ``watchdog_timeout``.
 - ``rate_hz = 0``: one command per new observation (the lock-step evaluation).
 
+An empty instruction is the simulator's "no goal executes" (it publishes one when a goal ends):
+the node then publishes stops only. An emergency stop latches on the node's own subscription
+to ``/vla/estop``, handled on a second executor thread, so it takes effect while an inference
+is running; no moving command is published after it latched.
+
 Malformed input (wrong image size or encoding, bad instructions, inconsistent state) is
-dropped with one clear error line per kind; the node keeps serving.
+dropped with one clear error line per kind; the node keeps serving. Ctrl-C (SIGINT) stops it
+with exit code 0 at any time, also while it is loading.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
-import numpy as np
+from ros2_bridge import exit_quietly_on_sigint, require_ros
 
-from ros2_bridge import require_ros
+if __name__ == "__main__":
+    exit_quietly_on_sigint()  # before the imports: torch alone takes seconds to load
+
+import numpy as np  # noqa: E402
 
 require_ros()  # before any ROS import: one clear message without the ros2 extra
 
-import rclpy  # noqa: E402
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
 from rcl_interfaces.msg import ParameterDescriptor  # noqa: E402
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Float64, String  # noqa: E402
@@ -49,7 +57,9 @@ class PolicyNode(Node):
         # Off only to compare with in-process rollouts, whose env has no workspace box.
         self.workspace_clamp = bool(self.declare_parameter("workspace_clamp", True).value)
         if not checkpoint:
-            raise ValueError("set the checkpoint parameter: --ros-args -p checkpoint:=<run dir or .pt>")
+            # `-p checkpoint:=...` without --ros-args is not a ROS argument at all (rclpy ignores it)
+            hint = " (-p counts only after --ros-args)" if "-p" in sys.argv and "--ros-args" not in sys.argv else ""
+            raise ValueError(f"set the checkpoint parameter: --ros-args -p checkpoint:=<run dir or .pt>{hint}")
         # "calibrated" or a number: typed dynamically, so -p scope_threshold:=0.7 is accepted too
         either = ParameterDescriptor(dynamic_typing=True)
         threshold = str(self.declare_parameter("scope_threshold", "calibrated", either).value)
@@ -64,6 +74,9 @@ class PolicyNode(Node):
         self.safety = SafetyFilter(SafetyLimits(watchdog_timeout=timeout), log=self.get_logger().error)
         self.report = ThrottledLog(self.get_logger().error)
         self.events_pub = self.create_publisher(String, ros.SAFETY_EVENTS, ros.STREAM_QOS)
+        # Held while a command is filtered and published, and while the e-stop latches (on another
+        # thread): once the latch is set, no command filtered before it can still go out.
+        self._command_lock = threading.Lock()
 
         self.instruction: str | None = None
         self._partial: dict[int, dict] = {}  # stamp -> the parts of one observation seen so far
@@ -83,7 +96,7 @@ class PolicyNode(Node):
         self.create_subscription(JointState, ros.JOINT_STATES, lambda msg: self._on_part("joints", msg), ros.STREAM_QOS)
         if "wrist" in self.parts:
             self.create_subscription(Image, ros.WRIST_IMAGE, lambda msg: self._on_part("wrist", msg), ros.STREAM_QOS)
-        ros.serve_estop(self, self.safety)
+        ros.serve_estop(self, self.safety, "policy", lock=self._command_lock)
         if self.rate_hz > 0:
             self.create_timer(1.0 / self.rate_hz, self._on_timer)
         mode = f"{self.rate_hz:g} Hz" if self.rate_hz > 0 else "one command per observation"
@@ -92,6 +105,14 @@ class PolicyNode(Node):
 
     # --- inputs ---------------------------------------------------------------------------
     def _on_instruction(self, msg: String) -> None:
+        if msg.data == "":
+            # The simulator's "no goal executes" (sent when a goal ends): hold still until the next
+            # goal, rather than keep driving towards the last instruction on the idle camera stream.
+            if self.instruction is not None:
+                self.get_logger().info("no goal executing: holding still")
+            self.instruction = None
+            self.ack_pub.publish(String(data=""))
+            return
         try:
             self.instruction = m.check_instruction(msg.data)
         except m.MalformedMessage as error:
@@ -148,13 +169,14 @@ class PolicyNode(Node):
             self._last_command = command
         else:
             command = self._last_command  # fixed rate, no new frame: repeat (the watchdog guards it)
-        if command is None:
-            action = self.safety.stop()
-        else:
-            action = self._filter(command, obs["proprio"], decided_at)
-        twist, gripper = m.command_msgs(action, stamp)
-        self.gripper_pub.publish(gripper)
-        self.twist_pub.publish(twist)
+        with self._command_lock:  # an e-stop latched during the inference above applies to its result
+            if command is None:
+                action = self.safety.stop()
+            else:
+                action = self._filter(command, obs["proprio"], decided_at)
+            twist, gripper = m.command_msgs(action, stamp)
+            self.gripper_pub.publish(gripper)
+            self.twist_pub.publish(twist)
 
     def _filter(self, command: np.ndarray, proprio: np.ndarray, now: float) -> np.ndarray:
         """The safety filter, announcing every change it makes on the events topic."""
@@ -181,22 +203,9 @@ class PolicyNode(Node):
 
 
 def main() -> None:
-    rclpy.init()
-    try:
-        node = PolicyNode()
-    except (ValueError, RuntimeError, OSError) as error:  # a bad checkpoint or parameter: one clear line
-        print(f"vla_policy: cannot start: {error}", file=sys.stderr)
-        rclpy.try_shutdown()
-        sys.exit(2)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    """Run the node until Ctrl-C (exit code 0); a bad checkpoint or parameter is one line, exit code 2."""
+    # Two threads: the e-stop (a callback group of its own) is handled while an inference runs.
+    ros.run_node("vla_policy", PolicyNode, threads=2)
 
 
 if __name__ == "__main__":

@@ -164,9 +164,12 @@ class SafetyFilter:
             return self.stop(), "estop"
         if self.watchdog.expired(now):
             self.stats.watchdog += 1
-            if not self._watchdog_tripped:
+            if not self._watchdog_tripped:  # one event per stop, however many commands it replaces
                 self._watchdog_tripped = True
-                self.log(f"watchdog: nothing fresh within {self.limits.watchdog_timeout:.3f} s: stopping motion")
+                # Throttled like every other kind: on a loaded machine short stops come many times a
+                # second, and one line per stop buried the errors that matter (10-18 lines in 7 s).
+                timeout = self.limits.watchdog_timeout
+                self.report("watchdog", f"watchdog: nothing fresh within {timeout:.3f} s: stopping motion")
             return self.stop(), "watchdog"
         bad = ~np.isfinite(command)
         if bad.any():

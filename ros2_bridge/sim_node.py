@@ -2,10 +2,16 @@
 
 ``python -m ros2_bridge.sim_node --ros-args -p mode:=realtime -p task:=reach``
 
-Publishes camera frames, joint states, the end-effector pose and the instruction; applies
-the commands it receives through the safety filter; serves the ``execute_instruction``
-action (goal: instruction/task/seed; feedback: step, last action, elapsed time; result:
-success, steps, per-step round trip). The robot moves only while a goal executes.
+Publishes camera frames, joint states, the end-effector pose and the instruction (``""`` when
+a goal ends, so the policy holds still); applies the commands it receives through the safety
+filter; serves the ``execute_instruction`` action (goal: instruction/task/seed; feedback:
+step, last action, elapsed time; result: success, steps, per-step round trip). The robot
+moves only while a goal executes.
+
+A goal ends SUCCEEDED at success or the time limit, CANCELED on cancel, and ABORTED, with the
+reason as the result's message, when the robot cannot be driven: the emergency stop latched,
+the policy said it cannot act on the instruction, the policy node is gone from the ROS graph
+(no publisher on the command topic), or no command came for ``abort_after`` seconds.
 
 Two modes:
 - ``realtime``: steps at ``rate_hz`` (20 Hz, the env's control rate) with the freshest
@@ -24,18 +30,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
+from ros2_bridge import exit_quietly_on_sigint, require_ros
 
-from ros2_bridge import require_ros
+if __name__ == "__main__":
+    exit_quietly_on_sigint()  # before the imports: MuJoCo and the env take seconds to load
+
+import numpy as np  # noqa: E402
 
 require_ros()  # before any ROS import: one clear message without the ros2 extra
 
 import gymnasium as gym  # noqa: E402
-import rclpy  # noqa: E402
+from action_msgs.msg import GoalStatus  # noqa: E402
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
 from rclpy.action import ActionServer, CancelResponse, GoalResponse  # noqa: E402
 from rclpy.callback_groups import ReentrantCallbackGroup  # noqa: E402
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -69,7 +77,7 @@ class Episode:
     round_trip: list[float] = field(default_factory=list)
     waiting_for_ack: bool = False
     cancel_requested: bool = False
-    aborted: bool = False  # ended by the policy (out of scope), not by success, time limit or cancel
+    aborted: bool = False  # ends ABORTED (e-stop, policy out of scope, gone or stalled, sim error), message says why
     message: str = ""
     finished: threading.Event = field(default_factory=threading.Event)
 
@@ -88,6 +96,14 @@ class SimNode(Node):
         self.workspace_clamp = bool(self.declare_parameter("workspace_clamp", True).value)
         if self.mode not in ("realtime", "lockstep"):
             raise ValueError(f"mode must be 'realtime' or 'lockstep', got {self.mode!r}")
+        # A goal aborts when no command came for this long. Realtime: 1 s is 20 control periods,
+        # 10 watchdog timeouts; a live policy answers every 50 ms. Lock-step: the sim waits for
+        # each answer and a slow inference is no fault (a 2.1-s one was measured on a loaded
+        # machine), so only a policy silent for 30 s counts as stalled.
+        default_abort = ros.ABORT_AFTER_REALTIME if self.mode == "realtime" else ros.ABORT_AFTER_LOCKSTEP
+        self.abort_after = float(self.declare_parameter("abort_after", default_abort).value)
+        if not self.abort_after > 0:
+            raise ValueError(f"abort_after must be a positive number of seconds, got {self.abort_after}")
         self.safety = SafetyFilter(SafetyLimits(watchdog_timeout=timeout), log=self.get_logger().error)
         self.report = ThrottledLog(self.get_logger().error)
         self.events_pub = self.create_publisher(String, ros.SAFETY_EVENTS, ros.STREAM_QOS)
@@ -95,6 +111,7 @@ class SimNode(Node):
         self._cond = threading.Condition()
         self._episode: Episode | None = None
         self._new_episode: Episode | None = None
+        self._early_cancels: set[bytes] = set()  # goal ids cancelled before their _execute ran
         self._commands: dict[int, dict[str, object]] = {}  # stamp -> {"twist", "gripper"}
         self._latest: dict[str, object] = {}  # realtime: the freshest twist and gripper command
         # Realtime: once the watchdog has stopped the robot, a command answering an observation
@@ -103,7 +120,12 @@ class SimNode(Node):
         self._stale_up_to: int | None = None  # stamp key of the last observation before the stop
         self._sent: dict[int, float] = {}  # stamp -> monotonic publish time of that observation
         self._obs_key: int | None = None
-        self._acked = ""
+        self._acked: str | None = None  # the policy's last instruction acknowledgement
+        # The policy on the ROS graph: once a publisher of the command topic was seen, its absence
+        # means the policy node exited or DDS declared it dead (a crashed node after its 20-s lease).
+        self._policy_seen = False
+        self._policy_gone = False
+        self._graph_checked = 0.0
         self._envs: dict[tuple[str, str], gym.Env] = {}
         self.env: gym.Env | None = None
         self.obs: dict | None = None
@@ -120,7 +142,7 @@ class SimNode(Node):
         self.create_subscription(JointState, ros.CMD_GRIPPER, lambda msg: self._on_command("gripper", msg), 50)
         self.create_subscription(String, ros.INSTRUCTION_ACK, self._on_ack, ros.LATCHED_QOS)
         self.create_subscription(String, ros.POLICY_STATUS, self._on_policy_status, ros.STREAM_QOS)
-        ros.serve_estop(self, self.safety)
+        ros.serve_estop(self, self.safety, "sim", on_latch=self._wake)
         self.action_server = ActionServer(
             self,
             ExecuteInstruction,
@@ -153,6 +175,11 @@ class SimNode(Node):
             self.safety.feed(now)
             self._cond.notify_all()
 
+    def _wake(self) -> None:
+        """The robot thread re-checks its goal now (an e-stop latched)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def _on_ack(self, msg: String) -> None:
         with self._cond:
             self._acked = msg.data
@@ -183,9 +210,13 @@ class SimNode(Node):
 
     def _on_cancel(self, goal_handle) -> CancelResponse:
         with self._cond:
+            matched = False
             for episode in (self._episode, self._new_episode):
                 if episode is not None and episode.goal_handle is goal_handle:
-                    episode.cancel_requested = True
+                    episode.cancel_requested = matched = True
+            if not matched and goal_handle.status == GoalStatus.STATUS_ACCEPTED:
+                # accepted but not yet handed to _execute (which then ends it at once)
+                self._early_cancels.add(bytes(goal_handle.goal_id.uuid))
             self._cond.notify_all()
         return CancelResponse.ACCEPT
 
@@ -193,6 +224,9 @@ class SimNode(Node):
         """Hand the goal to the robot thread and wait until its episode ends."""
         episode = self._episode_from_goal(goal_handle.request, goal_handle)
         with self._cond:
+            uuid = bytes(goal_handle.goal_id.uuid)
+            episode.cancel_requested = uuid in self._early_cancels or goal_handle.is_cancel_requested
+            self._early_cancels.discard(uuid)
             self._new_episode = episode
             self._cond.notify_all()
         episode.finished.wait()
@@ -203,15 +237,15 @@ class SimNode(Node):
             message=episode.message,
             round_trip=episode.round_trip,
         )
-        if episode.cancel_requested:
+        if episode.aborted:
+            goal_handle.abort()
+        elif episode.cancel_requested:
             deadline = time.monotonic() + 1.0  # the server marks the goal CANCELING after our callback
             while not goal_handle.is_cancel_requested and time.monotonic() < deadline:
                 time.sleep(0.001)
             goal_handle.canceled()
-        elif self._running and not episode.aborted:
-            goal_handle.succeed()
         else:
-            goal_handle.abort()
+            goal_handle.succeed()
         return result
 
     def _episode_from_goal(self, goal, goal_handle) -> Episode:
@@ -240,11 +274,14 @@ class SimNode(Node):
                 else:
                     self._lockstep_tick()
         except Exception as error:  # a robot that cannot step must say why, and end its goal
+            if not self._running:
+                return  # shutting down: the node's publishers may be gone already
             self.get_logger().fatal(f"robot loop stopped: {type(error).__name__}: {error}")
             with self._cond:
                 for episode in (self._episode, self._new_episode):
                     if episode is not None:
-                        episode.message = f"simulator error: {error}"
+                        episode.message = f"{ros.ABORT_SIM_ERROR}{type(error).__name__}: {error}"
+                        episode.aborted = True
                         episode.finished.set()
             raise
 
@@ -261,9 +298,15 @@ class SimNode(Node):
             episode, self._new_episode = self._new_episode, None
         if episode is None:
             return
-        self._use_env(episode.task_id, episode.split)
         options = {"instruction": episode.instruction} if episode.instruction else None
-        self.obs, info = self.env.reset(seed=episode.seed, options=options)
+        try:
+            self._use_env(episode.task_id, episode.split)
+            self.obs, info = self.env.reset(seed=episode.seed, options=options)
+        except ValueError as error:  # the env refused the goal: abort it, keep the robot loop alive
+            with self._cond:
+                self._episode = episode
+            self._finish(episode, f"{ros.ABORT_SIM_ERROR}the env refused the goal: {error}", aborted=True)
+            return
         episode.instruction = info["instruction"]
         episode.max_steps = min(episode.max_steps or self.env.unwrapped.max_steps, self.env.unwrapped.max_steps)
         episode.started = time.monotonic()
@@ -272,11 +315,13 @@ class SimNode(Node):
             self._episode = episode
             self._commands.clear()
             self._latest.clear()
-            episode.waiting_for_ack = self.mode == "lockstep" and self._acked != episode.instruction
+            # Lock-step: always wait for this goal's acknowledgement. The "" sent when the last goal
+            # ended may reach the policy after this goal's first frame otherwise (topics are not
+            # ordered with respect to each other), and it would answer that frame holding still.
+            episode.waiting_for_ack = self.mode == "lockstep"
+            self._acked = None
         self.instruction_pub.publish(String(data=episode.instruction))
         self.get_logger().info(f"executing {episode.task_id} seed {episode.seed}: {episode.instruction!r}")
-        if self.mode == "lockstep" and not episode.waiting_for_ack:
-            self._publish_observation()
 
     def _lockstep_tick(self) -> None:
         start = ack_arrived = complete = False
@@ -292,13 +337,14 @@ class SimNode(Node):
                 complete = len(pair) == 2
                 if complete:
                     del self._commands[self._obs_key]
+        self._check_graph()
         if episode is None:
             if start:
                 self._start_pending_episode()
         elif episode.cancel_requested:
             self._finish(episode, "canceled")
-        elif episode.aborted:
-            self._finish(episode, episode.message)
+        elif (reason := self._abort_reason(episode)) is not None:
+            self._finish(episode, reason, aborted=True)
         elif ack_arrived:  # the policy now holds this episode's instruction: show it the scene
             self._publish_observation()
         elif complete:
@@ -311,6 +357,7 @@ class SimNode(Node):
         if (
             episode.cancel_requested
             or episode.aborted
+            or self.safety.estopped
             or (episode.waiting_for_ack and self._acked == episode.instruction)
         ):
             return True
@@ -320,11 +367,12 @@ class SimNode(Node):
         with self._cond:
             episode = self._episode
             pair = dict(self._latest)
+        self._check_graph()
         if episode is not None and episode.cancel_requested:
             self._finish(episode, "canceled")
             episode = None
-        elif episode is not None and episode.aborted:
-            self._finish(episode, episode.message)
+        elif episode is not None and (reason := self._abort_reason(episode)) is not None:
+            self._finish(episode, reason, aborted=True)
             episode = None
         if episode is None:  # idle: hold still, keep the camera streaming
             self.obs, *_ = self.env.step(self.safety.stop())
@@ -359,14 +407,50 @@ class SimNode(Node):
         elif self.mode == "lockstep":
             self._publish_observation()
 
-    def _finish(self, episode: Episode, message: str) -> None:
+    def _abort_reason(self, episode: Episode) -> str | None:
+        """Why the goal cannot go on (it then ends ABORTED with this message), or None."""
+        if episode.aborted:  # the policy said it cannot act on the instruction
+            return episode.message
+        if self.safety.estopped:
+            return (
+                f"{ros.ABORT_ESTOP}latched by the {self.safety.estop_reason}; the robot stays stopped until "
+                "/vla_sim/reset_estop and /vla_policy/reset_estop are called"
+            )
+        if self._policy_gone:
+            return f"{ros.ABORT_POLICY_GONE}nothing publishes {ros.CMD_TWIST} any more (the node exited or crashed)"
+        last = self.safety.watchdog.last_fed
+        silent = time.monotonic() - max(episode.started, last if last is not None else 0.0)
+        if silent > self.abort_after:
+            return (
+                f"{ros.ABORT_NO_COMMAND}the policy sent none for {silent:.1f} s (abort_after {self.abort_after:g} s): "
+                "its node is dead or stalled"
+            )
+        return None
+
+    def _check_graph(self) -> None:
+        """Is the policy on the ROS graph? A clean exit shows at once, a crash after DDS's lease."""
+        now = time.monotonic()
+        if now - self._graph_checked < 0.1:  # at most 10 graph queries a second
+            return
+        self._graph_checked = now
+        publishers = self.count_publishers(ros.CMD_TWIST)
+        self._policy_seen = self._policy_seen or publishers > 0
+        self._policy_gone = self._policy_seen and publishers == 0
+
+    def _finish(self, episode: Episode, message: str, aborted: bool = False) -> None:
         with self._cond:
             self._episode = None
             self._obs_key = None
             self._commands.clear()
             self._sent.clear()
         episode.message = message
-        self.get_logger().info(f"episode ended after {episode.steps} steps: {message}")
+        episode.aborted = aborted
+        # No goal executes: the policy must hold still (an idle realtime sim keeps streaming frames).
+        self.instruction_pub.publish(String(data=""))
+        if aborted:  # two calls: an rclpy call site may not change its severity
+            self.get_logger().warning(f"goal ABORTED after {episode.steps} steps: {message}")
+        else:
+            self.get_logger().info(f"episode ended after {episode.steps} steps: {message}")
         episode.finished.set()
 
     def _publish_observation(self) -> None:
@@ -407,28 +491,21 @@ class SimNode(Node):
         return action
 
     def shutdown(self) -> None:
+        """End the executing goal (ABORTED) and the robot thread, before the node is destroyed."""
         self._running = False
         with self._cond:
             self._cond.notify_all()
             for episode in (self._episode, self._new_episode):
                 if episode is not None:
-                    episode.message = "simulator shut down"
+                    episode.message = f"{ros.ABORT_SIM_ERROR}the simulator shut down"
+                    episode.aborted = True
                     episode.finished.set()
+        self.robot.join(timeout=5.0)  # its last tick may still publish: not on a destroyed node
 
 
 def main() -> None:
-    rclpy.init()
-    node = SimNode()
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    """Run the node until Ctrl-C (exit code 0); a bad parameter is one line, exit code 2."""
+    ros.run_node("vla_sim", SimNode, threads=3, before_close=lambda node: node.shutdown())
 
 
 if __name__ == "__main__":

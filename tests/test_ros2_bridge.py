@@ -2,9 +2,11 @@
 as separate processes on a private ROS_DOMAIN_ID; this test process joins as a third node.
 
 Covers the publish/subscribe round trip, the action's goal, feedback, result and cancel,
-the emergency stop, malformed input (images, instructions, a 1 kHz command flood), the
-watchdog when the policy node dies, and the evaluation command against in-process
-evaluation on the same seeds.
+the emergency stop (the goal ends ABORTED; the policy publishes no moving command after it
+latched), stops only from the policy after a cancel, malformed input (images, instructions, a
+1 kHz command flood), the policy node leaving (SIGINT: ABORTED at once, a clean exit) or
+dying (SIGKILL: the watchdog stops the robot, the goal ends ABORTED), and the evaluation
+command against in-process evaluation on the same seeds.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ pytest.importorskip("rclpy", reason="the ros2 extra is not installed: pip instal
 import rclpy  # noqa: E402
 from action_msgs.msg import GoalStatus  # noqa: E402
 from geometry_msgs.msg import PoseStamped, TwistStamped  # noqa: E402
+from rclpy.action.client import ClientGoalHandle  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
@@ -193,16 +197,7 @@ def test_cancel_ends_the_goal_and_stops_the_robot_at_once(lockstep):
     peer.node.destroy_subscription(subscription)
 
 
-def test_estop_latches_a_stop_until_reset(lockstep):
-    peer = lockstep.peer
-    estop = peer.node.create_publisher(Bool, ros.ESTOP, 10)
-    assert peer.spin_until(lambda: estop.get_subscription_count() >= 2, 10.0)
-    estop.publish(Bool(data=True))
-    peer.spin_for(0.3)
-    stopped = peer.client.run(task="reach", seed=EVAL_SEED_BASE, max_steps=5, timeout=60)
-    assert stopped.result.steps == 5
-    assert all(not np.any(f.last_action[:6]) for f in stopped.feedback)
-
+def reset_estops(peer: Peer) -> None:
     for service in ("/vla_sim/reset_estop", "/vla_policy/reset_estop"):
         client = peer.node.create_client(Trigger, service)
         assert client.wait_for_service(timeout_sec=10.0), service
@@ -210,9 +205,38 @@ def test_estop_latches_a_stop_until_reset(lockstep):
         assert peer.spin_until(future.done, 10.0)
         assert future.result().success, service
         peer.node.destroy_client(client)
+
+
+def test_estop_aborts_the_goal_and_latches_until_reset(lockstep):
+    peer = lockstep.peer
+    events = Recorder(peer, String, ros.SAFETY_EVENTS, ros.STREAM_QOS)
+    estop = peer.node.create_publisher(Bool, ros.ESTOP, ros.ESTOP_QOS)
+    assert peer.spin_until(lambda: estop.get_subscription_count() >= 2, 10.0)
+
+    def stop_at_step_3(feedback) -> None:
+        if feedback.step == 3:
+            estop.publish(Bool(data=True))
+
+    # Engaged mid-goal: the goal ends ABORTED saying why, not SUCCEEDED at the time limit.
+    stopped = peer.client.run(task="reach", seed=EVAL_SEED_BASE, timeout=60, on_feedback=stop_at_step_3)
+    assert stopped.accepted and stopped.status == GoalStatus.STATUS_ABORTED, stopped.result
+    assert stopped.result.message.startswith(ros.ABORT_ESTOP) and "reset_estop" in stopped.result.message
+    assert 3 <= stopped.result.steps < 60 and not stopped.result.success
+    # A goal sent while the stop is latched ends at once, without a step.
+    latched = peer.client.run(task="reach", seed=EVAL_SEED_BASE, max_steps=5, timeout=60)
+    assert latched.status == GoalStatus.STATUS_ABORTED and latched.result.steps == 0
+    assert latched.result.message.startswith(ros.ABORT_ESTOP)
+
+    both = {f"sim: {ros.ESTOP_LATCHED}", f"policy: {ros.ESTOP_LATCHED}"}
+    assert peer.spin_until(lambda: both <= {msg.data for _, msg in events.messages}, 10.0)
+    reset_estops(peer)
+    # A stop written before the reset (the test's, or a node's repeat of it) that arrives late
+    # does not latch again.
     moving = peer.client.run(task="reach", seed=EVAL_SEED_BASE, max_steps=5, timeout=60)
+    assert moving.status == GoalStatus.STATUS_SUCCEEDED and moving.result.steps == 5, moving.result
     assert any(np.any(f.last_action[:6]) for f in moving.feedback)
     peer.node.destroy_publisher(estop)
+    events.close()
 
 
 def test_malformed_images_and_instructions_are_logged_and_the_nodes_keep_serving(lockstep):
@@ -240,10 +264,11 @@ def test_malformed_images_and_instructions_are_logged_and_the_nodes_keep_serving
     short = m.image_msg(np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), stamp)
     short.data = bytes(10)
     publish(short)  # truncated data
-    instruction_pub.publish(String(data=""))
-    peer.spin_for(0.2)
+    # one at a time: the latched topic keeps only the newest, and a busy node may read once for both
+    instruction_pub.publish(String(data="touch the red cube \u2603"))  # a character outside the set
+    assert peer.spin_until(lambda: "outside the allowed set" in nodes.log("policy"), 30.0)
     instruction_pub.publish(String(data="x" * 10_000))
-    peer.spin_for(0.3)
+    assert peer.spin_until(lambda: "10000 characters" in nodes.log("policy"), 30.0)
     rejected = peer.client.run(instruction="a" * 10_000, task="reach", seed=EVAL_SEED_BASE, timeout=30)
     assert not rejected.accepted
 
@@ -254,12 +279,59 @@ def test_malformed_images_and_instructions_are_logged_and_the_nodes_keep_serving
     assert f"image must be {IMAGE_SIZE}x{IMAGE_SIZE}" in policy_log
     assert "image encoding must be 'rgb8', got 'bgr8'" in policy_log
     assert "image data has 10 bytes" in policy_log
-    assert "instruction ignored, robot held still: instruction is empty" in policy_log
+    assert "instruction ignored, robot held still: instruction has characters outside the allowed set" in policy_log
     assert "instruction has 10000 characters, more than the 256 allowed" in policy_log
     assert "goal rejected: instruction has 10000 characters" in sim_log
     assert "Traceback" not in policy_log + sim_log
     for pub in (image_pub, pose_pub, joints_pub, instruction_pub):
         node.destroy_publisher(pub)
+
+
+def test_policy_node_gone_aborts_the_goal_and_its_sigint_exit_is_clean(lockstep):
+    """The last test of the lock-step bridge: it stops that policy node. SIGINT mid-goal, as a
+    launcher stops a node; the node leaves the ROS graph, and the goal ends ABORTED saying so
+    (lock-step waits 30 s for a slow answer, so only the graph tells this early)."""
+    peer, nodes = lockstep.peer, lockstep.nodes
+    feedback = []
+    goal = peer.client.client.send_goal_async(
+        load_action().Goal(task="push", seed=EVAL_SEED_BASE, max_steps=0), feedback_callback=feedback.append
+    )
+    assert peer.spin_until(goal.done, 10.0) and goal.result().accepted
+    assert peer.spin_until(lambda: len(feedback) >= 1, 30.0), nodes.log("sim")[-2000:]
+    policy = nodes.processes["policy"]
+    os.killpg(policy.pid, signal.SIGINT)
+    result = goal.result().get_result_async()
+    assert peer.spin_until(result.done, 20.0), nodes.log("sim")[-2000:]
+    response = result.result()
+    assert response.status == GoalStatus.STATUS_ABORTED, response.result
+    assert response.result.message.startswith(ros.ABORT_POLICY_GONE), response.result.message
+    assert response.result.steps < 120  # push's time limit: it did not run on to the end
+    assert policy.wait(timeout=30) == 0, nodes.log("policy")[-3000:]
+    assert "Traceback" not in nodes.log("policy"), nodes.log("policy")[-3000:]
+
+
+def test_policy_node_sigint_while_loading_exits_cleanly(tiny_checkpoint):
+    """Ctrl-C while torch and the checkpoint load (seconds) is a normal stop too: exit code 0,
+    no traceback."""
+    command = [sys.executable, "-m", "ros2_bridge.policy_node", "--ros-args", "-p", f"checkpoint:={tiny_checkpoint}"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=ros_env(DOMAIN), text=True, start_new_session=True, **pipes)
+    try:
+        # Once torch's libraries are mapped, the node's own module is running (it imports torch).
+        maps = Path(f"/proc/{process.pid}/maps")
+        deadline = time.monotonic() + 60.0
+        while process.poll() is None and time.monotonic() < deadline:
+            if "libtorch" in maps.read_text(errors="replace"):
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, "the node ended before it was interrupted"
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
 
 
 def test_command_flood_at_1khz_is_survived_and_logged_once(realtime):
@@ -339,16 +411,112 @@ def test_command_flood_at_1khz_is_survived_and_logged_once(realtime):
     peer.node.destroy_publisher(gripper_pub)
 
 
+class Recorder:
+    """Messages of one topic with their DDS source timestamps (the publisher's clock at the
+    write, ns): the order in which one node published them, whatever order they arrive in."""
+
+    def __init__(self, peer: Peer, msg_type: type, topic: str, qos: QoSProfile) -> None:
+        self.peer = peer
+        self.messages: list[tuple[int, object]] = []
+        self.subscription = peer.node.create_subscription(
+            msg_type, topic, lambda msg, info: self.messages.append((info["source_timestamp"], msg)), qos
+        )
+
+    def after(self, source_ns: int) -> list:
+        return [msg for t, msg in self.messages if t > source_ns]
+
+    def close(self) -> None:
+        self.peer.node.destroy_subscription(self.subscription)
+
+
+def moves(twist: TwistStamped) -> bool:
+    lin, ang = twist.twist.linear, twist.twist.angular
+    return any(v != 0.0 for v in (lin.x, lin.y, lin.z, ang.x, ang.y, ang.z))
+
+
+def start_moving_goal(peer: Peer, feedback: list, max_steps: int = 0) -> ClientGoalHandle:
+    """A realtime goal, returned once the robot moves (the policy's first commands can be slow)."""
+    goal = peer.client.client.send_goal_async(
+        load_action().Goal(task="reach", seed=EVAL_SEED_BASE, max_steps=max_steps),
+        feedback_callback=lambda msg: feedback.append(msg.feedback),
+    )
+    assert peer.spin_until(goal.done, 10.0) and goal.result().accepted
+    assert peer.spin_until(lambda: any(np.any(f.last_action[:6]) for f in feedback), 20.0), "the robot never moved"
+    return goal.result()
+
+
+def test_after_cancel_the_policy_publishes_only_stops(realtime):
+    peer = realtime.peer
+    twists = Recorder(peer, TwistStamped, ros.CMD_TWIST, ros.STREAM_QOS)
+    acks = Recorder(peer, String, ros.INSTRUCTION_ACK, ros.LATCHED_QOS)
+    handle = start_moving_goal(peer, [])
+    assert any(moves(t) for t in twists.after(0)), "the policy should be publishing motion"
+    cancel_sent = time.time_ns()
+    handle.cancel_goal_async()
+    result = handle.get_result_async()
+    assert peer.spin_until(result.done, 10.0) and result.result().status == GoalStatus.STATUS_CANCELED
+
+    # The simulator tells the policy that no goal executes (instruction ""); the policy says it
+    # got it on its acknowledgement topic. From then on it publishes stops only, although the
+    # idle simulator keeps streaming camera frames for it to act on.
+    def idle_ack() -> int | None:
+        return next((t for t, msg in acks.messages if t > cancel_sent and msg.data == ""), None)
+
+    assert peer.spin_until(lambda: idle_ack() is not None, 10.0), "the policy never acknowledged the goal's end"
+    # at its rate (20 Hz) five take 0.25 s; a loaded machine may take several seconds
+    assert peer.spin_until(lambda: len(twists.after(idle_ack())) >= 5, 20.0), "the policy stopped publishing"
+    later = twists.after(idle_ack())
+    assert not any(moves(t) for t in later), [t.twist for t in later if moves(t)][:3]
+    twists.close()
+    acks.close()
+
+
+def test_estop_latches_in_the_policy_at_once_and_aborts_the_goal(realtime):
+    peer = realtime.peer
+    twists = Recorder(peer, TwistStamped, ros.CMD_TWIST, ros.STREAM_QOS)
+    events = Recorder(peer, String, ros.SAFETY_EVENTS, ros.STREAM_QOS)
+    estop = peer.node.create_publisher(Bool, ros.ESTOP, ros.ESTOP_QOS)
+    assert peer.spin_until(lambda: estop.get_subscription_count() >= 2, 10.0)
+    handle = start_moving_goal(peer, [])
+    estop_sent = time.time_ns()
+    estop.publish(Bool(data=True))
+    result = handle.get_result_async()
+    assert peer.spin_until(result.done, 10.0)
+    assert result.result().status == GoalStatus.STATUS_ABORTED, result.result().result
+    assert result.result().result.message.startswith(ros.ABORT_ESTOP)
+
+    def latched(node: str) -> int | None:
+        return next((t for t, msg in events.messages if msg.data == f"{node}: {ros.ESTOP_LATCHED}"), None)
+
+    assert peer.spin_until(lambda: latched("policy") is not None and latched("sim") is not None, 10.0)
+    # Every command the policy published after its latch (its own clock, so no arrival-order
+    # race) is a stop; it kept publishing them.
+    assert peer.spin_until(lambda: len(twists.after(latched("policy"))) >= 5, 20.0), "the policy stopped publishing"
+    after_latch = twists.after(latched("policy"))
+    assert not any(moves(t) for t in after_latch), [t.twist for t in after_latch][:3]
+    assert latched("policy") - estop_sent < 5e9  # generous: the point is the ordering above
+    reset_estops(peer)
+    peer.node.destroy_publisher(estop)
+    twists.close()
+    events.close()
+
+
 def test_watchdog_stops_the_robot_when_the_policy_node_dies(realtime):
+    """The last test of the realtime bridge: it kills that policy node."""
     peer, nodes = realtime.peer, realtime.nodes
     twist_pub = peer.node.create_publisher(TwistStamped, ros.CMD_TWIST, ros.STREAM_QOS)
     gripper_pub = peer.node.create_publisher(JointState, ros.CMD_GRIPPER, ros.STREAM_QOS)
     feedback: list[tuple[float, object]] = []
-    goal = peer.client.client.send_goal_async(
-        load_action().Goal(task="reach", seed=EVAL_SEED_BASE, max_steps=400),
-        feedback_callback=lambda msg: feedback.append((time.monotonic(), msg.feedback)),
-    )
-    assert peer.spin_until(goal.done, 10.0) and goal.result().accepted
+
+    def send_goal():
+        goal = peer.client.client.send_goal_async(
+            load_action().Goal(task="reach", seed=EVAL_SEED_BASE, max_steps=400),
+            feedback_callback=lambda msg: feedback.append((time.monotonic(), msg.feedback)),
+        )
+        assert peer.spin_until(goal.done, 10.0) and goal.result().accepted
+        return goal.result()
+
+    handle = send_goal()
     # The sim holds still until the policy's first command arrives (slow on a loaded machine).
     moving = peer.spin_until(lambda: any(np.any(f.last_action[:6]) for _, f in feedback), 20.0)
     assert moving, "the policy should be moving the robot"
@@ -357,20 +525,29 @@ def test_watchdog_stops_the_robot_when_the_policy_node_dies(realtime):
     os.killpg(nodes.processes["policy"].pid, signal.SIGKILL)  # dies mid-episode, no goodbye
     killed = time.monotonic()
 
-    def stopped() -> bool:
-        return any(t > killed and not np.any(f.last_action[:6]) for t, f in feedback)
+    result = handle.get_result_async()
+
+    def stopped() -> bool:  # a zero command applied, or (on a loaded machine) the goal already aborted
+        return result.done() or any(t > killed and not np.any(f.last_action[:6]) for t, f in feedback)
 
     assert peer.spin_until(stopped, 10.0), "the robot kept moving (or stopped reporting) after the policy died"
-    peer.spin_for(0.5)
+    # The stop lasts: after abort_after (1 s) without a command the goal ends ABORTED, saying
+    # why, instead of running on to its time limit and ending SUCCEEDED. (A crashed node stays
+    # on the ROS graph for DDS's 20-s lease, so here the silence tells first.)
+    assert peer.spin_until(result.done, 10.0), "the goal kept running without a policy"
+    assert result.result().status == GoalStatus.STATUS_ABORTED, result.result().result
+    assert result.result().result.message.startswith(ros.ABORT_NO_COMMAND), result.result().result.message
+    assert result.result().result.steps < 400
     after = [f for t, f in feedback if t > killed]
-    first_stop = next(i for i, f in enumerate(after) if not np.any(f.last_action[:6]))
+    # the first zero command, or the end of the goal if it aborted before the sim's next step
+    first_stop = next((i for i, f in enumerate(after) if not np.any(f.last_action[:6])), len(after))
     # Counted in control steps, not seconds (a wall-clock bound flaked on the loaded 2-core CI
     # machine): after the kill the robot may still execute the steps already in flight and
     # those within the watchdog timeout, then it stops and stays stopped.
     in_flight = 3
     assert first_stop <= round(WATCHDOG_TIMEOUT / CONTROL_DT) + in_flight, [list(f.last_action) for f in after[:6]]
     assert all(not np.any(f.last_action[:6]) for f in after[first_stop:])
-    assert "watchdog" in nodes.log("sim")
+    assert "watchdog" in nodes.log("sim") or first_stop == len(after)  # aborted before the watchdog's step
 
     def send(stamp) -> None:
         twist, gripper = m.command_msgs(np.array([1.0, 0, 0, 0, 0, 0, 1.0]), stamp)
@@ -378,9 +555,11 @@ def test_watchdog_stops_the_robot_when_the_policy_node_dies(realtime):
         twist_pub.publish(twist)
 
     # A command answering an observation from before the stop (as a dead policy's queued one
-    # would) cannot restart the robot; one answering a later observation can.
+    # would) cannot restart the robot, in this goal or the next; one answering a later
+    # observation can. (Well within the next goal's 1 s without a command.)
+    handle = send_goal()
     late = time.monotonic()
-    for _ in range(10):
+    for _ in range(5):
         send(before_kill)
         peer.spin_for(0.05)
     assert all(not np.any(f.last_action[:6]) for t, f in feedback if t > late)
@@ -390,10 +569,12 @@ def test_watchdog_stops_the_robot_when_the_policy_node_dies(realtime):
         return any(np.any(f.last_action[:6]) for t, f in feedback if t > late)
 
     assert peer.spin_until(fresh_command_moves, 10.0), "a fresh command should move the robot again"
-    goal.result().cancel_goal_async()
-    result = goal.result().get_result_async()
+    handle.cancel_goal_async()
+    result = handle.get_result_async()
     assert peer.spin_until(result.done, 10.0) and result.result().status == GoalStatus.STATUS_CANCELED
     assert nodes.processes["sim"].poll() is None
+    peer.node.destroy_publisher(twist_pub)
+    peer.node.destroy_publisher(gripper_pub)
 
 
 def test_evaluate_command_matches_in_process_evaluation(tiny_checkpoint, tmp_path):
@@ -431,3 +612,8 @@ def test_policy_node_with_a_missing_checkpoint_is_one_clear_error(tmp_path):
     assert result.returncode == 2
     assert "cannot start" in result.stderr and "no checkpoint at" in result.stderr
     assert "Traceback" not in result.stderr
+    # `-p` without --ros-args (as an old version of docs/ros2.md had it) is no ROS argument: say so
+    del command[3]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=ros_env(DOMAIN), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "-p counts only after --ros-args" in result.stderr, result.stderr[-2000:]

@@ -95,6 +95,27 @@ def test_watchdog_stops_motion_after_its_timeout_and_resumes_when_fed():
     assert f.filter(command, CENTRE)[1] is None
 
 
+def test_repeated_watchdog_stops_are_throttled_with_a_count():
+    # What a loaded machine produced: a short stop every ~0.4 s for 7 s, each once logged on its
+    # own line. Now the first stop is logged at once and the rest are summarised with a count.
+    f, clock, logged = make_filter()
+    command = [0.5, 0, 0, 0, 0, 0, -1]
+    stops = 0
+    for _ in range(18):
+        clock.now += 0.25  # 0.25 s without a fresh observation: the watchdog trips
+        assert f.filter(command, CENTRE)[1] == "watchdog"
+        assert f.filter(command, CENTRE)[1] == "watchdog"  # the same stop: not a new event
+        stops += 1
+        clock.now += 0.14
+        f.feed()  # fresh data again: the robot may move until the next stop
+        assert f.filter(command, CENTRE)[1] is None
+    assert stops == 18 and clock.now - 100.0 == pytest.approx(18 * 0.39)
+    assert len(logged) == 2, logged
+    assert "watchdog" in logged[0] and "more since the last report" not in logged[0]
+    assert logged[1].endswith("(12 more since the last report)"), logged  # stops 2..13 of 18
+    assert f.stats.watchdog == 36  # every replaced command is still counted
+
+
 def test_watchdog_never_fed_is_expired():
     assert Watchdog(0.1, clock=FakeClock()).expired()
 
