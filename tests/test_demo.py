@@ -1,0 +1,186 @@
+"""The demo page (vla/demo) in a real headless browser: Debian's chromium, driven by Playwright,
+against the demo server on a loopback port with a tiny untrained checkpoint. A person's
+instruction runs an episode whose frames stream in and which ends with a result; an empty,
+a 10,000-character and a bad-character instruction, and a bad seed, each get a clear message
+and the page goes on; the scripted expert runs an episode too. Plus the server's own
+refusals over a plain WebSocket (no browser)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY_MODEL
+from vla.checkpoint import save_checkpoint
+from vla.demo.app import DemoLimits, DemoService, demo_in_background
+from vla.inference import load_policy
+from vla.policy import PolicyConfig, VLAPolicy
+from vla.tokenizer import ActionTokenizer
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+MAX_STEPS = 30  # every episode here ends within this many steps (reach's own limit is 60)
+TIMEOUT_MS = 30_000  # for any one thing the page must show
+
+
+@pytest.fixture(scope="module")
+def demo_url(tmp_path_factory) -> str:
+    """The demo server, in this process, on a free loopback port, with a tiny policy that has a
+    keypoint reader and an out-of-scope check (so the page shows keypoints and stops)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("demo") / "tiny.pt"
+    policy = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "keypoints": 2, "scope_check": True}))
+    save_checkpoint(path, policy, ActionTokenizer(256))
+    # real-time pacing (20 steps/s, the default): long enough to pause a run, 1.5 s an episode
+    limits = DemoLimits(frame_size=96, fps=20.0, max_steps=MAX_STEPS, max_sessions=2, idle_timeout_s=60.0)
+    service = DemoService(load_policy(path), limits, name=path.name)
+    with demo_in_background(service) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("CI"):  # .ci/run installs it: missing there is a broken CI, not a skip
+            pytest.fail("chromium is missing on CI: .ci/run should have installed it (apt-get install chromium)")
+        pytest.skip("Debian's chromium is not installed: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, demo_url):
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(demo_url)
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('connected')")
+    yield page
+    page.close()
+
+
+def run_episode(page, instruction: str, task: str = "reach", seed: str = "3", button: str = "#run") -> dict:
+    """Fill the form, press ``button`` and wait for the episode's result; what the page shows."""
+    page.select_option("#task", task)
+    page.fill("#seed", seed)
+    page.fill("#instruction", instruction)
+    page.evaluate("document.getElementById('result').dataset.state = 'pending'")  # not the last episode's
+    page.click(button)
+    page.wait_for_function("['success', 'failure'].includes(document.getElementById('result').dataset.state)")
+    shown = {
+        key: page.inner_text(f"#{key}")
+        for key in ("result", "step-count", "frames-received", "tokens", "keypoints", "episode-info", "error")
+    }
+    shown["frame"] = page.get_attribute("#frame", "src")
+    shown["running"] = not page.is_disabled("#pause")
+    return shown
+
+
+def show_error(page, instruction: str, seed: str = "3") -> str:
+    """Press Run with ``instruction``; the error line the page shows."""
+    page.fill("#seed", seed)
+    page.fill("#instruction", instruction)
+    page.evaluate("document.getElementById('error').textContent = ''")
+    page.click("#run")
+    page.wait_for_function("document.getElementById('error').textContent.length > 0")
+    return page.inner_text("#error")
+
+
+def test_a_typed_instruction_runs_live_and_ends_with_a_result(page):
+    first_frame = None
+    page.select_option("#task", "reach")
+    page.fill("#seed", "3")
+    page.fill("#instruction", "touch the red cube")
+    page.click("#reset")  # the first frame, before any step
+    page.wait_for_function("document.getElementById('frame').src.startsWith('data:image/jpeg')")
+    first_frame = page.get_attribute("#frame", "src")
+    page.click("#step")
+    page.click("#step")
+    page.wait_for_function("document.getElementById('step-count').textContent === '2'")
+    shown = run_episode(page, "touch the red cube")  # Run goes on from step 2 to the end
+    steps = int(shown["step-count"])
+    assert 2 < steps <= MAX_STEPS and shown["result"].startswith(("Success", "Failure")), shown
+    assert int(shown["frames-received"]) == steps + 1, shown  # the reset's frame and one per step
+    assert shown["frame"] != first_frame and shown["frame"].startswith("data:image/jpeg;base64,")
+    assert len(shown["tokens"].split()) == 7 and all(t.isdigit() for t in shown["tokens"].split())
+    assert shown["keypoints"].startswith("read (") and "true (" in shown["keypoints"]
+    assert 'told "touch the red cube"' in shown["episode-info"] and not shown["running"]
+    again = run_episode(page, "touch the red cube", seed="4")  # a new episode after the end
+    assert again["result"].startswith(("Success", "Failure")) and "seed 4" in again["episode-info"]
+
+
+def test_bad_instructions_get_a_clear_message_and_the_page_goes_on(page):
+    page.select_option("#task", "reach")
+    assert "empty" in show_error(page, "")
+    assert "empty" in show_error(page, "   ")
+    long = show_error(page, "x" * 10_000)
+    assert "1..256 characters, got 10000" in long, long
+    assert "too long" in page.inner_text("#char-count")
+    odd = show_error(page, "touch the <red> cube")
+    assert "outside the allowed set" in odd and "'<'" in odd, odd
+    assert "seed 'abc' is not allowed" in show_error(page, "touch the red cube", seed="abc")
+    assert not page.is_disabled("#run")  # nothing is left running after a refusal
+    nonsense = run_episode(page, "blorp the zibble quickly")  # a policy that still runs
+    assert nonsense["result"].startswith(("Success", "Failure")) and nonsense["error"] == ""
+
+
+def test_the_scripted_expert_runs_the_same_scene(page):
+    shown = run_episode(page, "", task="lift", seed="5", button="#expert")  # the expert needs no words
+    assert shown["result"].startswith("Success"), shown
+    assert "scripted expert" in shown["episode-info"] and int(shown["frames-received"]) > 2
+    page.click("#suggest")  # the scene's own instruction, filled in for the policy
+    page.wait_for_function("document.getElementById('instruction').value.length > 0")
+    assert page.input_value("#instruction") in shown["episode-info"]
+
+
+def test_pause_stops_a_run_and_run_goes_on(browser, demo_url):
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(demo_url)
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('connected')")
+    page.fill("#instruction", "touch the red cube")
+    page.click("#run")
+    page.wait_for_function("Number(document.getElementById('step-count').textContent) >= 1")
+    page.click("#pause")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('paused')")
+    paused_at = int(page.inner_text("#step-count"))
+    assert paused_at < MAX_STEPS and page.get_attribute("#result", "data-state") == "running"
+    page.click("#run")  # goes on from where it paused, to the end
+    page.wait_for_function("['success', 'failure'].includes(document.getElementById('result').dataset.state)")
+    assert int(page.inner_text("#step-count")) > paused_at
+    page.close()
+
+
+def test_the_server_refuses_bad_messages_and_extra_pages(demo_url):
+    from websockets.sync.client import connect
+
+    info = json.loads(urllib.request.urlopen(f"{demo_url}/api/info", timeout=10).read())
+    assert "reach" in info["tasks"] and info["max_instruction_length"] == 256 and info["keypoints"]
+    address = demo_url.replace("http", "ws") + "/ws"
+    with connect(address) as first, connect(address) as second:
+        for socket in (first, second):
+            assert json.loads(socket.recv(timeout=10))["type"] == "status"
+        first.send("{not json")
+        assert json.loads(first.recv(timeout=10))["message"] == "the message is not valid JSON"
+        first.send(json.dumps({"type": "jump"}))
+        assert "unknown command 'jump'" in json.loads(first.recv(timeout=10))["message"]
+        first.send(json.dumps({"type": "reset", "task": "juggle", "instruction": "hi"}))
+        assert "task 'juggle' is not one of reach" in json.loads(first.recv(timeout=10))["message"]
+        with connect(address) as third:  # past max_sessions=2
+            refusal = json.loads(third.recv(timeout=10))
+            assert refusal["type"] == "error" and "2 pages at once" in refusal["message"]
+    health = json.loads(urllib.request.urlopen(f"{demo_url}/health", timeout=10).read())
+    assert health["status"] == "ok"
+
+
+def test_the_page_ships_with_the_package():
+    static = Path(__file__).resolve().parents[1] / "vla" / "demo" / "static"
+    assert {"index.html", "demo.js", "demo.css"} <= {p.name for p in static.iterdir()}
