@@ -4,6 +4,7 @@
         [--sections latency,throughput,phases,vision,decoding] [--batch-sizes 1,16,256,4096]
         [--draft DRAFT_PT --observations 100]   # --sections speculative
         [--dtypes fp32,bf16,fp16] [--modes eager,compile,graph,int8] [--repeats 200] [--out bench.json]
+        [--weights fp,int8] [--compile-mode default|max-autotune-no-cudagraphs]
     python eval/bench_inference.py --compete     # batch 1 beside a CPU-bound process: threads matter
 
 Sections (each prints one table; ``--out`` writes them all as JSON):
@@ -19,6 +20,8 @@ Sections (each prints one table; ``--out`` writes them all as JSON):
   eager fp32's.
 - ``throughput``: parallel decoding against batch size: actions/s per dtype and mode, and the
   batch size where it saturates (first to reach 90% of the best).
+- ``profile`` (GPU): torch.profiler over parallel decodes per dtype, mode and batch size:
+  kernels per call, GPU busy time per call, and the kernels that take it.
 - ``phases``: autoregressive decoding split into prefill (image + instruction + proprio, one
   pass) and decode (6 one-token steps against the KV cache), against batch size, with each
   phase's FLOPs, bytes moved and arithmetic intensity (L2: which is compute-, which
@@ -54,7 +57,7 @@ from omegaconf import OmegaConf
 
 from vla.app.cli import compose_config
 from vla.checkpoint import build_policy, read_checkpoint
-from vla.fast_inference import StaticDecoder, quantize_int8, text_inputs
+from vla.fast_inference import StaticDecoder, quantize_int8, quantize_weight_int8, text_inputs
 from vla.inference import inference_threads
 from vla.policy import PolicyConfig, VLAPolicy
 
@@ -68,7 +71,7 @@ INSTRUCTIONS = [
     "put the yellow cube in the purple zone",
     "stack the red cube on the yellow cylinder",
 ]
-SECTIONS = ("act", "latency", "throughput", "phases", "vision", "decoding", "paged", "speculative")
+SECTIONS = ("act", "latency", "throughput", "profile", "phases", "vision", "decoding", "paged", "speculative")
 
 
 def policy_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
@@ -151,11 +154,34 @@ def mode_supported(mode: str, dtype: str, device: torch.device) -> str | None:
 
 
 def decoder_for(
-    policy: VLAPolicy, batch_size: int, device: torch.device, dtype: str, mode: str, use_cache: bool = True
+    policy: VLAPolicy,
+    batch_size: int,
+    device: torch.device,
+    dtype: str,
+    mode: str,
+    use_cache: bool = True,
+    weights: str = "fp",
+    compile_mode: str = "default",
 ) -> StaticDecoder:
     if mode == "int8":
         return StaticDecoder(quantize_int8(policy), batch_size, device, "fp32", "eager", use_cache)
-    return StaticDecoder(policy, batch_size, device, dtype, mode, use_cache)
+    if weights == "int8":
+        policy = quantize_weight_int8(policy)
+    return StaticDecoder(policy, batch_size, device, dtype, mode, use_cache, compile_mode)
+
+
+def weight_variants(args, mode: str) -> list[str]:
+    """The --weights a (mode) row runs with: dynamic int8 has its own int8 weights."""
+    return ["fp"] if mode == "int8" else args.weights
+
+
+def weight_megabytes(policy: VLAPolicy) -> float:
+    """Bytes of the saved state dict without the text encoder (what quantisation shrinks)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({k: v for k, v in policy.state_dict().items() if not k.startswith("text.")}, buffer)
+    return len(buffer.getvalue()) / 2**20
 
 
 def latency(args, values, weights, device) -> list[dict[str, Any]]:
@@ -168,80 +194,131 @@ def latency(args, values, weights, device) -> list[dict[str, Any]]:
         check = observations(policy, probes, device, seed=1)
         reference = policy.decode(check, use_cache=use_cache)
         one = observations(policy, 1, device)
-        for dtype in args.dtypes:
-            for mode in args.modes:
-                name = f"{decoding}{'' if use_cache or decoding == 'parallel' else ' (no cache)'}"
-                why = mode_supported(mode, dtype, device)
-                if why is None and mode != "eager" and not use_cache:
-                    why = "the no-cache baseline stays eager"
-                if why is not None:
-                    continue
-                free_memory(device)
-                decoder = decoder_for(policy, 1, device, dtype, mode, use_cache)
-                agree = 0
-                for i in range(probes):
-                    row = {k: v[i : i + 1] for k, v in check.items()}
-                    agree += int(torch.equal(decoder.decode(row), reference[i : i + 1]))
-                decoder.load(one)
-                reset_peak(device)
-                times = timed(decoder.decode, args.repeats, device)
-                median = statistics.median(times) * 1e3
-                rows.append(
-                    {
-                        "decoding": name,
-                        "dtype": dtype,
-                        "mode": mode,
-                        "median_ms": median,
-                        "p90_ms": sorted(times)[int(0.9 * len(times))] * 1e3,
-                        "actions_per_s": 1e3 / median,
-                        "peak_mb": peak_memory_mb(device),
-                        "tokens_equal": agree / probes,
-                    }
-                )
-                print_row(
-                    rows[-1], ["decoding", "dtype", "mode", "median_ms", "p90_ms", "actions_per_s", "tokens_equal"]
-                )
+        for dtype, mode, quant in (
+            (d, m, w) for d in args.dtypes for m in args.modes for w in weight_variants(args, m)
+        ):
+            name = f"{decoding}{'' if use_cache or decoding == 'parallel' else ' (no cache)'}"
+            why = mode_supported(mode, dtype, device)
+            if why is None and mode != "eager" and not use_cache:
+                why = "the no-cache baseline stays eager"
+            if why is not None:
+                continue
+            free_memory(device)
+            decoder = decoder_for(policy, 1, device, dtype, mode, use_cache, quant, args.compile_mode)
+            agree = 0
+            for i in range(probes):
+                row = {k: v[i : i + 1] for k, v in check.items()}
+                agree += int(torch.equal(decoder.decode(row), reference[i : i + 1]))
+            decoder.load(one)
+            reset_peak(device)
+            times = timed(decoder.decode, args.repeats, device)
+            median = statistics.median(times) * 1e3
+            rows.append(
+                {
+                    "decoding": name,
+                    "dtype": dtype,
+                    "mode": mode,
+                    "weights": quant,
+                    "weight_mb": weight_megabytes(decoder.policy),
+                    "median_ms": median,
+                    "p90_ms": sorted(times)[int(0.9 * len(times))] * 1e3,
+                    "actions_per_s": 1e3 / median,
+                    "peak_mb": peak_memory_mb(device),
+                    "tokens_equal": agree / probes,
+                }
+            )
+            print_row(
+                rows[-1],
+                ["decoding", "dtype", "mode", "weights", "weight_mb", "median_ms", "p90_ms", "actions_per_s"]
+                + ["tokens_equal"],
+            )
     return rows
 
 
 def throughput(args, values, weights, device) -> list[dict[str, Any]]:
     rows = []
     policy = make_policy(values, weights, device, decoding="parallel")
-    for dtype in args.dtypes:
-        for mode in args.modes:
-            if mode_supported(mode, dtype, device):
-                continue
-            for size in args.batch_sizes:
-                free_memory(device)
-                reset_peak(device)
-                try:
-                    decoder = decoder_for(policy, size, device, dtype, mode)
-                    decoder.load(observations(policy, size, device))
-                    times = timed(decoder.decode, max(5, args.repeats // 10), device)
-                except torch.OutOfMemoryError:
-                    print(f"{dtype} {mode} batch {size}: out of memory")
-                    decoder = None
-                    break
-                median = statistics.median(times)
-                rows.append(
-                    {
-                        "dtype": dtype,
-                        "mode": mode,
-                        "batch": size,
-                        "ms_per_batch": median * 1e3,
-                        "actions_per_s": size / median,
-                        "peak_mb": peak_memory_mb(device),
-                    }
-                )
-                print_row(rows[-1], ["dtype", "mode", "batch", "ms_per_batch", "actions_per_s", "peak_mb"])
+    for dtype, mode, quant in ((d, m, w) for d in args.dtypes for m in args.modes for w in weight_variants(args, m)):
+        if mode_supported(mode, dtype, device):
+            continue
+        for size in args.batch_sizes:
+            free_memory(device)
+            reset_peak(device)
+            try:
+                decoder = decoder_for(policy, size, device, dtype, mode, True, quant, args.compile_mode)
+                decoder.load(observations(policy, size, device))
+                times = timed(decoder.decode, max(5, args.repeats // 10), device)
+            except torch.OutOfMemoryError:
+                print(f"{dtype} {mode} batch {size}: out of memory")
                 decoder = None
-    for dtype in args.dtypes:
-        for mode in args.modes:
-            series = [r for r in rows if r["dtype"] == dtype and r["mode"] == mode]
-            if series:
-                best = max(r["actions_per_s"] for r in series)
-                saturated = next(r["batch"] for r in series if r["actions_per_s"] >= 0.9 * best)
-                print(f"{dtype} {mode}: best {best:,.0f} actions/s; 90% of it from batch {saturated}")
+                break
+            median = statistics.median(times)
+            rows.append(
+                {
+                    "dtype": dtype,
+                    "mode": mode,
+                    "weights": quant,
+                    "batch": size,
+                    "ms_per_batch": median * 1e3,
+                    "actions_per_s": size / median,
+                    "peak_mb": peak_memory_mb(device),
+                }
+            )
+            print_row(rows[-1], ["dtype", "mode", "weights", "batch", "ms_per_batch", "actions_per_s", "peak_mb"])
+            decoder = None
+    for key in dict.fromkeys((r["dtype"], r["mode"], r["weights"]) for r in rows):
+        series = [r for r in rows if (r["dtype"], r["mode"], r["weights"]) == key]
+        best = max(r["actions_per_s"] for r in series)
+        saturated = next(r["batch"] for r in series if r["actions_per_s"] >= 0.9 * best)
+        print(f"{' '.join(key)}: best {best:,.0f} actions/s; 90% of it from batch {saturated}")
+    return rows
+
+
+def profile(args, values, weights, device) -> list[dict[str, Any]]:
+    """Where a decode's time goes: torch.profiler over ``--repeats`` calls per (dtype, mode,
+    weights, batch size): kernels per call, device time per call, and the kernels that take it."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    if device.type != "cuda":
+        print("profile: kernels are counted on a GPU (--device cuda)")
+        return []
+    rows = []
+    policy = make_policy(values, weights, device, decoding="parallel")
+    for dtype, mode, quant in ((d, m, w) for d in args.dtypes for m in args.modes for w in weight_variants(args, m)):
+        if mode_supported(mode, dtype, device):
+            continue
+        for size in args.batch_sizes:
+            free_memory(device)
+            decoder = decoder_for(policy, size, device, dtype, mode, True, quant, args.compile_mode)
+            decoder.load(observations(policy, size, device))
+            timed(decoder.decode, 3, device)  # compile / capture outside the trace
+            calls = max(3, args.repeats // 10)
+            with torch_profile(activities=[ProfilerActivity.CUDA]) as trace:
+                for _ in range(calls):
+                    decoder.decode()
+                torch.cuda.synchronize()
+            events = [e for e in trace.events() if e.device_type.name == "CUDA"]
+            busy: dict[str, float] = {}
+            for event in events:
+                busy[event.name] = busy.get(event.name, 0.0) + event.device_time
+            total = sum(busy.values())
+            top = sorted(busy.items(), key=lambda item: -item[1])[:8]
+            rows.append(
+                {
+                    "dtype": dtype,
+                    "mode": mode,
+                    "weights": quant,
+                    "batch": size,
+                    "kernels_per_call": len(events) / calls,
+                    "busy_us_per_call": total / calls,
+                    "top": [(name[:90], round(us / calls, 1), round(us / total, 3)) for name, us in top],
+                }
+            )
+            print_row(rows[-1], ["dtype", "mode", "weights", "batch", "kernels_per_call", "busy_us_per_call"])
+            for name, us, share in rows[-1]["top"]:
+                print(f"    {us:9.1f} us {share:6.1%}  {name}")
+            decoder = None
     return rows
 
 
@@ -705,6 +782,17 @@ def main() -> None:
     parser.add_argument("--dtypes", type=comma_list(str), default=["fp32", "bf16"])
     parser.add_argument("--modes", type=comma_list(str), default=["eager", "compile", "graph", "onnx", "int8"])
     parser.add_argument(
+        "--weights",
+        type=comma_list(str),
+        default=["fp"],
+        help="fp (as trained) and/or int8 (weight-only int8, torchao: the quant extra)",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        help="torch.compile mode of the compile modes: default | max-autotune-no-cudagraphs",
+    )
+    parser.add_argument(
         "--decodings",
         type=comma_list(str),
         default=["parallel", "autoregressive", "no-cache"],
@@ -718,6 +806,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         raise SystemExit(f"error: --repeats must be >= 1, got {args.repeats}")
+    if not args.weights or set(args.weights) - {"fp", "int8"}:
+        raise SystemExit(f"error: --weights takes fp and/or int8, got {','.join(args.weights)}")
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         raise SystemExit(f"error: unknown sections {unknown}; valid values are: {', '.join(SECTIONS)}")

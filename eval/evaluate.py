@@ -26,7 +26,7 @@ from vla.evaluation.closed_loop import held_out_demos, open_loop_accuracy, run_r
 from vla.training.runtime import resolve_device
 
 KEYPOINT_SOURCES = ("read", "oracle")  # who points: the policy's reader, or the simulator's truth
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-weight")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -60,6 +60,10 @@ def _evaluate(cfg: DictConfig) -> dict:
         from vla.fast_inference import quantize_int8
 
         policy = quantize_int8(policy)
+    if cfg.precision == "int8-weight":
+        from vla.fast_inference import quantize_weight_int8
+
+        policy = quantize_weight_int8(policy)
     print(
         f"checkpoint {payload['path']} (step {payload.get('step')}, {policy.config.decoding} decoding, {cfg.precision})"
     )
@@ -81,8 +85,16 @@ def _evaluate(cfg: DictConfig) -> dict:
         temperature=float(cfg.temperature),
         use_cache=bool(cfg.use_cache),
         env_wrapper=TrueKeypoints if cfg.keypoints == "oracle" else None,
-        precision=cfg.precision if cfg.precision in ("bf16", "fp16") else "fp32",
+        precision=autocast_precision(cfg.precision, device),
     )
+
+
+def autocast_precision(precision: str, device: torch.device) -> str:
+    """The activations' dtype: weight-only int8 computes in bf16 on a GPU (as it is served
+    there) and in fp32 on a CPU; dynamic int8 brings its own int8 products."""
+    if precision == "int8-weight":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision if precision in ("bf16", "fp16") else "fp32"
 
 
 def held_out_accuracy(cfg: DictConfig, payload: dict, policy, tokenizer, device: torch.device) -> dict | None:

@@ -99,3 +99,41 @@ def test_a_cuda_graph_replays_the_tokens_of_eager_decoding(decoding):
     for seed in range(3):  # new inputs each replay
         data = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch(policy, 3, seed).items()}
         assert torch.equal(decoder.decode(data), policy.decode(data))
+
+
+def test_the_last_block_computing_only_the_actions_gives_the_full_blocks_states():
+    """The decoder's last block skips the prefix positions nobody reads: the action states and
+    the greedy tokens are those of running every position through every block."""
+    torch.manual_seed(0)
+    policy = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "proprio_dim": 8, "decoding": "parallel"})).eval()
+    prefix, key_valid = policy.prefix(batch(policy, 6))
+    p, d = prefix.shape[1], policy.config.action_dim
+    x = torch.cat([prefix, policy._action_inputs(None, len(prefix), d)], 1)
+    mask = policy._mask(torch.cat([key_valid, torch.ones(len(prefix), d, dtype=torch.bool)], 1), p)
+    full = x
+    for i, block in enumerate(policy.blocks):
+        full = block(full, mask, None, i)
+    trimmed = policy._run(x, mask, read_from=p)
+    assert trimmed.shape == (len(prefix), d, x.shape[-1])
+    torch.testing.assert_close(trimmed, full[:, p:], rtol=0, atol=1e-5)
+
+
+def test_weight_only_int8_stores_int8_weights_and_keeps_the_tokens():
+    """torchao's weight-only int8 (the ``quant`` extra): every plain Linear outside the text
+    encoder holds int8 weights with per-channel scales, the saved weights shrink, and greedy
+    tokens stay those of fp32 on most observations (a weight moves by at most half a step)."""
+    pytest.importorskip("torchao", reason="the quant extra is not installed: pip install -e '.[quant]'")
+    from torchao.quantization import Int8Tensor
+
+    from vla.fast_inference import quantize_weight_int8
+
+    torch.manual_seed(0)
+    policy = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "proprio_dim": 8})).eval()
+    quantised = quantize_weight_int8(policy)
+    linears = {n: m for n, m in quantised.named_modules() if type(m) is torch.nn.Linear and not n.startswith("text.")}
+    assert linears and all(isinstance(m.weight, Int8Tensor) for m in linears.values())
+    assert all(type(m.weight) is torch.nn.Parameter for m in policy.modules() if type(m) is torch.nn.Linear)
+    data = batch(policy, 32)
+    agree = (quantised.decode(data) == policy.decode(data)).float().mean().item()
+    assert agree >= 0.9, agree
+    assert quantised.text is policy.text  # shared, not copied

@@ -52,6 +52,7 @@ class StaticDecoder:
         dtype: str = "fp32",
         mode: str = "eager",
         use_cache: bool = True,
+        compile_mode: str = "default",
     ):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid values are: {', '.join(MODES)}")
@@ -76,7 +77,8 @@ class StaticDecoder:
             self.inputs["wrist_image"] = torch.zeros_like(self.inputs["image"])
         self._run = self._eager
         if mode in ("compile", "compile-graph"):
-            self._run = torch.compile(self._eager, dynamic=False)
+            # "max-autotune-no-cudagraphs" also tries Triton matmul templates with fused epilogues
+            self._run = torch.compile(self._eager, dynamic=False, mode=compile_mode)
         if mode == "onnx":
             self._run = self._onnx_session()
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -179,5 +181,29 @@ def quantize_int8(policy: VLAPolicy) -> VLAPolicy:
         quantised = quantize_dynamic(copy.deepcopy(policy), {torch.nn.Linear}, dtype=torch.qint8)
     finally:
         policy.text = text
+    quantised.text = text
+    return quantised.eval()
+
+
+def quantize_weight_int8(policy: VLAPolicy) -> VLAPolicy:
+    """A copy whose Linear layers hold int8 weights, one scale per output channel, while the
+    activations keep their dtype (weight-only int8, torchao's ``Int8WeightOnlyConfig``: what a
+    GPU gains from int8 is weight memory and traffic, and its matrix products stay in
+    fp32/bf16). The text encoder stays as it is (it runs once per instruction), and so do the
+    keypoint reader's ``nn.MultiheadAttention`` projections (it passes its weights to
+    ``F.multi_head_attention_forward``, which quantised weights do not support)."""
+    import copy
+
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError:
+        raise ImportError("weight-only int8 needs torchao: pip install -e '.[quant]'") from None
+
+    text, policy.text = policy.text, None
+    try:
+        quantised = copy.deepcopy(policy)
+    finally:
+        policy.text = text
+    quantize_(quantised, Int8WeightOnlyConfig(), filter_fn=lambda module, _: type(module) is torch.nn.Linear)
     quantised.text = text
     return quantised.eval()

@@ -292,9 +292,12 @@ class VLAPolicy(nn.Module):
         allowed = (k < prefix_length) | ((q >= prefix_length) & (k <= q))
         return (allowed[None] & key_valid[:, None, :]).unsqueeze(1)
 
-    def _run(self, x, mask, cache: KVCache | None = None) -> torch.Tensor:
+    def _run(self, x, mask, cache: KVCache | None = None, read_from: int = 0) -> torch.Tensor:
+        """The decoder over ``x``; returns the positions from ``read_from`` on (the last block
+        computes only those: exact, and it skips most of a block when only the actions are read)."""
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, cache, i)
+            x = block(x, mask, cache, i, queries_from=read_from if i == last else 0)
         return x
 
     # --- training ------------------------------------------------------------------------
@@ -318,15 +321,14 @@ class VLAPolicy(nn.Module):
         b, p, _ = prefix.shape
         actions = self._action_inputs(bins, b, d)
         key_valid = torch.cat([key_valid, torch.ones(b, d, dtype=torch.bool, device=prefix.device)], 1)
-        out = self._run(torch.cat([prefix, actions], 1), self._mask(key_valid, p))
-        return self.norm(out[:, p:])
+        return self.norm(self._run(torch.cat([prefix, actions], 1), self._mask(key_valid, p), read_from=p))
 
     def start_state(self, batch: dict[str, Any]) -> torch.Tensor:
         """Final normalised state at the first action position, from the prefix and the start
         token only (B, width): equal to ``action_states(...)[:, 0]`` for any action bins, since
         action positions are causal (a value head reads it without choosing actions)."""
         x, _, mask = self.prefill_inputs(*self.prefix(batch))
-        return self.norm(self._run(x, mask)[:, -1])
+        return self.norm(self._run(x, mask, read_from=x.shape[1] - 1)[:, -1])
 
     def forward(self, batch: dict[str, Any], augment: bool = True) -> dict[str, torch.Tensor]:
         """The training loss (so DistributedDataParallel can wrap the policy)."""
@@ -393,7 +395,7 @@ class VLAPolicy(nn.Module):
         if self.config.decoding == "parallel":
             x = torch.cat([prefix, self._action_inputs(None, b, d)], 1)
             valid = torch.cat([key_valid, ones], 1)
-            logits = self.head(self.norm(self._run(x, self._mask(valid, p))[:, p:]))
+            logits = self.head(self.norm(self._run(x, self._mask(valid, p), read_from=p)))
             return _choose(logits, temperature, generator)
         bins = torch.zeros(b, d, dtype=torch.long, device=prefix.device)
         if not use_cache:  # recompute the whole sequence for every token (the L1 baseline)

@@ -35,13 +35,19 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x, mask=None, cache: KVCache | None = None, layer: int = 0, queries_from: int = 0
+    ) -> torch.Tensor:
+        """Attention of the tokens from ``queries_from`` on over all of ``x`` (and the cache)."""
         b, n, w = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         if cache is not None:
             k, v = cache.append(layer, k, v)
+        if queries_from:
+            q = q[:, :, queries_from:]
+            mask = mask[..., queries_from:, :] if mask is not None and mask.shape[-2] > 1 else mask
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out(y.transpose(1, 2).reshape(b, n, w))
+        return self.out(y.transpose(1, 2).reshape(b, n - queries_from, w))
 
 
 class Block(nn.Module):
@@ -53,6 +59,8 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0):
-        x = x + self.drop(self.attn(self.norm1(x), mask, cache, layer))
+    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0, queries_from: int = 0):
+        """The block's output for the tokens from ``queries_from`` on: a last block whose
+        earlier positions nobody reads skips their attention output and MLP."""
+        x = x[:, queries_from:] + self.drop(self.attn(self.norm1(x), mask, cache, layer, queries_from))
         return x + self.drop(self.mlp(self.norm2(x)))
