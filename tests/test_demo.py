@@ -138,7 +138,10 @@ def test_the_scripted_expert_runs_the_same_scene(page):
     assert "scripted expert" in shown["episode-info"] and int(shown["frames-received"]) > 2
     page.click("#suggest")  # the scene's own instruction, filled in for the policy
     page.wait_for_function("document.getElementById('instruction').value.length > 0")
-    assert page.input_value("#instruction") in shown["episode-info"]
+    scene_words = page.input_value("#instruction")
+    assert scene_words in shown["episode-info"]
+    policy = run_episode(page, scene_words, task="lift", seed="5")  # Run now drives the policy, same scene
+    assert f'the policy, told "{scene_words}"' in policy["episode-info"], policy
 
 
 def test_pause_stops_a_run_and_run_goes_on(browser, demo_url):

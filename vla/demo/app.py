@@ -34,7 +34,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from envs.tabletop_env import INSTRUCTION_CHARSET, MAX_INSTRUCTION_LENGTH
 from envs.tasks import TASK_CLASSES
-from vla.demo.episode import DRIVERS, DemoEpisode
+from vla.demo.episode import DRIVERS, DemoEpisode, EpisodeSettings
 from vla.demo.requests import MAX_SEED, BadRequest, parse_message, parse_settings
 from vla.inference import PolicyRunner
 
@@ -150,7 +150,8 @@ class PageSession:
         if self.is_running:
             await self.status("already running: press Pause first")
             return
-        if not self.started or self.episode.done:  # Step or Run start a new episode when none is going
+        settings = parse_settings(message)
+        if not self.continues(settings, message.get("seed")):  # Step and Run act on what the form shows
             await self.reset(message)
         if kind == "step":
             await self.send(await self.call(self.episode.step))
@@ -158,6 +159,15 @@ class PageSession:
         else:
             self.stop, self.is_running = False, True
             self.running = asyncio.create_task(self.run())
+
+    def continues(self, settings: EpisodeSettings, seed: Any) -> bool:
+        """Whether the form still describes the episode going on (an empty seed fits any scene)."""
+        going = self.episode.settings
+        if not self.started or self.episode.done or going is None:
+            return False
+        same_seed = seed is None or str(seed).strip() in ("", str(going.seed))
+        same_words = settings.driver == "expert" or settings.instruction == going.instruction
+        return same_seed and same_words and (settings.task, settings.driver) == (going.task, going.driver)
 
     async def reset(self, message: dict[str, Any]) -> None:
         settings = parse_settings(message)
