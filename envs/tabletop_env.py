@@ -33,6 +33,7 @@ import numpy as np
 
 from envs.controller import DifferentialIK
 from envs.instructions import INSTRUCTION_SPLITS, make_instruction
+from envs.rendering import FrameRenderer
 from envs.scene import (
     ARM_JOINTS,
     FINGER_TRAVEL,
@@ -124,11 +125,11 @@ class TabletopEnv(gym.Env):
             name: (self.model.geom_contype[g], self.model.geom_conaffinity[g])
             for name, g in self.world.object_geom.items()
         }
-        self._policy_renderer: mujoco.Renderer | None = None
+        self._policy_renderer: FrameRenderer | None = None
         # Parked objects and zones move to a geom group no camera draws (saves draw calls).
         self._scene_option = mujoco.MjvOption()
         self._scene_option.geomgroup[HIDDEN_GROUP] = False
-        self._video_renderer: mujoco.Renderer | None = None
+        self._video_renderer: FrameRenderer | None = None
 
         image_space = gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
         spaces: dict[str, gym.Space] = {"image": image_space}
@@ -240,10 +241,11 @@ class TabletopEnv(gym.Env):
             return None
         if self._video_renderer is None:
             self._video_renderer = self._make_renderer(self.render_size, pretty=True)
-        self.model.light_castshadow[:] = True
-        self._video_renderer.update_scene(self.data, "video", scene_option=self._scene_option)
-        self.model.light_castshadow[:] = False
-        return self._video_renderer.render()
+        self.model.light_castshadow[:] = True  # read by the scene update, not the draw
+        try:
+            return self._video_renderer.render(self.data, "video", self._scene_option)
+        finally:
+            self.model.light_castshadow[:] = False
 
     def close(self) -> None:
         for renderer in (self._policy_renderer, self._video_renderer):
@@ -252,7 +254,7 @@ class TabletopEnv(gym.Env):
         self._policy_renderer = self._video_renderer = None
 
     # --- helpers ---------------------------------------------------------------------------
-    def _make_renderer(self, size: int, pretty: bool) -> mujoco.Renderer:
+    def _make_renderer(self, size: int, pretty: bool) -> FrameRenderer:
         """A renderer whose GL context fits its use.
 
         The context takes its offscreen buffer size, shadow map, multisampling and
@@ -268,7 +270,7 @@ class TabletopEnv(gym.Env):
         if pretty:
             vis.quality.shadowsize, vis.quality.offsamples = 2048, 4
             vis.quality.numslices, vis.quality.numstacks = 28, 16
-        renderer = mujoco.Renderer(self.model, size, size)
+        renderer = FrameRenderer(self.model, size)
         vis.global_.offwidth, vis.global_.offheight, vis.quality.shadowsize, vis.quality.offsamples = saved
         vis.quality.numslices, vis.quality.numstacks = saved_tessellation
         if not pretty:
@@ -297,8 +299,8 @@ class TabletopEnv(gym.Env):
             self._policy_renderer = self._make_renderer(self.image_size, pretty=False)
         obs: dict[str, Any] = {}
         for camera in self.cameras:
-            self._policy_renderer.update_scene(self.data, camera, scene_option=self._scene_option)
-            obs["image" if camera == "scene" else f"{camera}_image"] = self._policy_renderer.render()
+            image = self._policy_renderer.render(self.data, camera, self._scene_option)
+            obs["image" if camera == "scene" else f"{camera}_image"] = image
         quat = np.empty(4)
         mujoco.mju_mat2Quat(quat, self.data.site_xmat[self.world.grip_site])
         quat *= np.sign(quat[0]) or 1.0
