@@ -162,6 +162,15 @@ def test_pause_stops_a_run_and_run_goes_on(browser, demo_url):
     page.close()
 
 
+def next_of(socket, kind: str) -> dict:
+    """The next message of ``kind`` (status lines between are skipped)."""
+    while True:
+        message = json.loads(socket.recv(timeout=10))
+        if message["type"] == kind:
+            return message
+        assert message["type"] == "status", message
+
+
 def test_the_server_refuses_bad_messages_and_extra_pages(demo_url):
     from websockets.sync.client import connect
 
@@ -177,6 +186,12 @@ def test_the_server_refuses_bad_messages_and_extra_pages(demo_url):
         assert "unknown command 'jump'" in json.loads(first.recv(timeout=10))["message"]
         first.send(json.dumps({"type": "reset", "task": "juggle", "instruction": "hi"}))
         assert "task 'juggle' is not one of reach" in json.loads(first.recv(timeout=10))["message"]
+        form = {"task": "reach", "seed": "007", "instruction": "touch the red cube"}
+        first.send(json.dumps({"type": "reset", **form}))
+        assert next_of(first, "episode")["seed"] == 7
+        for step in (1, 2):  # "007" is seed 7: the same episode goes on
+            first.send(json.dumps({"type": "step", **form}))
+            assert next_of(first, "frame")["step"] == step
         with connect(address) as third:  # past max_sessions=2
             refusal = json.loads(third.recv(timeout=10))
             assert refusal["type"] == "error" and "2 pages at once" in refusal["message"]

@@ -165,7 +165,7 @@ class PageSession:
         going = self.episode.settings
         if not self.started or self.episode.done or going is None:
             return False
-        same_seed = seed is None or str(seed).strip() in ("", str(going.seed))
+        same_seed = seed is None or str(seed).strip() == "" or settings.seed == going.seed
         same_words = settings.driver == "expert" or settings.instruction == going.instruction
         return same_seed and same_words and (settings.task, settings.driver) == (going.task, going.driver)
 

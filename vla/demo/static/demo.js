@@ -109,6 +109,7 @@ function onMessage(event) {
     setStatus(message.text);
     setRunning(message.running);
   } else if (message.type === "error") {
+    fillFromScene = false;
     showError(message.message);
     setRunning(Boolean(message.running));
   }
