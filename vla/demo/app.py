@@ -175,6 +175,7 @@ class PageSession:
         try:
             described = await self.call(self.episode.reset, settings)
         except ValueError as error:  # the env refuses the instruction, in its own words
+            await self.status("not started: see the message below")
             raise BadRequest(f"not accepted: {error}") from None
         self.started = True
         await self.send(described)

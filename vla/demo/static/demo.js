@@ -65,7 +65,7 @@ function showFrame(frame) {
   $("frame").src = frame.image;
   $("view").src = frame.view;
   $("step-count").textContent = String(frame.step);
-  $("success").textContent = frame.success ? "yes" : "not yet";
+  $("success").textContent = frame.success ? "yes" : frame.done ? "no" : "not yet";
   $("reward").textContent = frame.reward.toFixed(3);
   $("tokens").textContent = frame.tokens ? frame.tokens.join(" ") : "-";
   $("action").textContent = frame.action ? frame.action.map((a) => a.toFixed(2)).join(" ") : "-";
