@@ -26,6 +26,7 @@ FORBIDDEN_IN_CORE = (
     "vla.evaluation",
     "vla.app",
     "vla.serve",
+    "vla.demo",
 )
 DOCS_WITH_COMMANDS = ["README.md", "docs/results.md"]
 HYDRA_SCRIPTS = {
