@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL
+from tests.conftest import REPO_ROOT, TINY_MODEL
 from vla.checkpoint import save_checkpoint
 from vla.demo.app import DemoLimits, DemoService, demo_in_background
 from vla.inference import load_policy
@@ -197,6 +199,15 @@ def test_the_server_refuses_bad_messages_and_extra_pages(demo_url):
             assert refusal["type"] == "error" and "2 pages at once" in refusal["message"]
     health = json.loads(urllib.request.urlopen(f"{demo_url}/health", timeout=10).read())
     assert health["status"] == "ok"
+
+
+def test_the_command_line_answers_a_bad_value_in_one_line():
+    command = [sys.executable, "-m", "vla.demo", "checkpoint=/no/such.pt"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: checkpoint=/no/such.pt: no such checkpoint file or run directory"
+    )
 
 
 def test_the_page_ships_with_the_package():
