@@ -46,10 +46,11 @@ def tiny_ppo(
     temperature: float = 1.0,
     value_scale: float = 1.0,
     policy_options: dict | None = None,
+    model_options: dict | None = None,
     **kwargs,
 ) -> RegularisedPPO:
     torch.manual_seed(seed)
-    vla = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "bins": bins}))
+    vla = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "bins": bins, **(model_options or {})}))
     tokenizer = ActionTokenizer(bins)
     venv = DummyVecEnv([lambda: TokenActionEnv(gym.make(TASK, image_size=32), tokenizer)] * 2)
     return RegularisedPPO(
@@ -72,11 +73,18 @@ def test_instruction_codes_round_trip_through_float_buffers():
         encode_instruction(text, 8)
 
 
-def test_rollout_log_probs_equal_evaluate_actions_on_the_buffer(one_thread):
-    """Sample through SB3's own rollout collection (eval mode, uint8 channel-first images),
-    then score the stored actions from the float32 buffer in train mode, in other minibatch
-    compositions: the log-probs PPO's ratio starts from must match to float precision."""
-    model = tiny_ppo()
+@pytest.mark.parametrize(
+    "options", [{}, {"value_head": "separate"}, {"decoding": "parallel"}], ids=["autoregressive", "critic", "parallel"]
+)
+def test_rollout_log_probs_equal_evaluate_actions_on_the_buffer(one_thread, options):
+    """Sample through SB3's own rollout collection (eval mode, uint8 channel-first images;
+    tokens, log-probs and values from one decoding pass), then score the stored actions from
+    the float32 buffer in train mode with a teacher-forced pass, in other minibatch
+    compositions: the log-probs PPO's ratio starts from, and the values, must match to float
+    precision."""
+    decoding = {"decoding": options["decoding"]} if "decoding" in options else {}
+    policy_options = {k: v for k, v in options.items() if k != "decoding"}
+    model = tiny_ppo(model_options=decoding, policy_options=policy_options)
     _, callback = model._setup_learn(16, callback=None)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
     model.policy.set_training_mode(True)

@@ -381,9 +381,13 @@ class VLAPolicy(nn.Module):
         temperature: float = 0.0,
         generator: torch.Generator | None = None,
         reuse_prefix: bool = True,
-    ) -> torch.Tensor:
+        scores: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Action bins (B, action_dim): greedy (temperature 0) or sampled.
 
+        ``scores=True`` also returns, from the same pass, the logits each token was chosen
+        from (B, action_dim, bins) and the final state at the first action position (B, width):
+        what PPO's rollout needs (log-prob and value) without a second, teacher-forced pass.
         ``use_cache=False`` recomputes the decoder over the whole sequence for every token;
         with ``reuse_prefix=False`` it also re-encodes the image and instruction each time,
         as a plain ``model(inputs)`` call per token would (the no-cache baselines of L1).
@@ -395,9 +399,13 @@ class VLAPolicy(nn.Module):
         if self.config.decoding == "parallel":
             x = torch.cat([prefix, self._action_inputs(None, b, d)], 1)
             valid = torch.cat([key_valid, ones], 1)
-            logits = self.head(self.norm(self._run(x, self._mask(valid, p), read_from=p)))
-            return _choose(logits, temperature, generator)
+            states = self.norm(self._run(x, self._mask(valid, p), read_from=p))
+            logits = self.head(states)
+            bins = _choose(logits, temperature, generator)
+            return (bins, logits, states[:, 0]) if scores else bins
         bins = torch.zeros(b, d, dtype=torch.long, device=prefix.device)
+        if not use_cache and scores:
+            raise ValueError("scores=True reads the logits of one decoding pass: it needs use_cache=True")
         if not use_cache:  # recompute the whole sequence for every token (the L1 baseline)
             for i in range(d):
                 if not reuse_prefix and i > 0:
@@ -409,14 +417,15 @@ class VLAPolicy(nn.Module):
             return bins
         cache = KVCache(len(self.blocks))
         x, valid, mask = self.prefill_inputs(prefix, key_valid)
-        out = self._run(x, mask, cache)  # prefill: prefix + start token
+        out = self._run(x, mask, cache, read_from=x.shape[1] - 1)  # prefill: prefix + start token
+        start, steps = self.norm(out[:, -1]), []
         for i in range(d):
-            logits = self.head(self.norm(out[:, -1:]))
-            bins[:, i] = _choose(logits, temperature, generator)[:, 0]
+            steps.append(self.head(self.norm(out[:, -1:])))
+            bins[:, i] = _choose(steps[-1], temperature, generator)[:, 0]
             if i + 1 < d:  # decode: one new token attends to everything cached
                 valid = torch.cat([valid, ones[:, :1]], 1)
                 out = self._run(self.next_token_input(bins[:, i : i + 1], i + 1), valid[:, None, None, :], cache)
-        return bins
+        return (bins, torch.cat(steps, 1), start) if scores else bins
 
     # --- the pieces of incremental decoding (decode above, vla/paged_kv.py, the benchmark) ---
     def prefill_inputs(

@@ -158,8 +158,12 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         log_probs = logits.log_softmax(-1)
         log_prob = log_probs.gather(-1, bins.unsqueeze(-1)).squeeze(-1).sum(-1)
         entropy = -(log_probs.exp() * log_probs).sum(-1).sum(-1)
-        features = states[:, 0] if self.critic is None else self.critic.start_state(batch)
-        return TokenEvaluation(self.value_head(features).float() * self.value_scale, log_prob, entropy, logits)
+        return TokenEvaluation(self._values(batch, states[:, 0]), log_prob, entropy, logits)
+
+    def _values(self, batch: dict[str, Any], start_state: torch.Tensor) -> torch.Tensor:
+        """(B, 1) values from the actor's start-of-action state, or a separate critic's own."""
+        features = start_state if self.critic is None else self.critic.start_state(batch)
+        return self.value_head(features).float() * self.value_scale
 
     def value(self, batch: dict[str, Any], trunk_grad: bool = True) -> torch.Tensor:
         """(B, 1) values; ``trunk_grad=False`` trains only the head (critic warm-up on a shared trunk)."""
@@ -169,10 +173,14 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         return self.value_head(features).float() * self.value_scale
 
     def forward(self, obs: dict[str, torch.Tensor], deterministic: bool = False):
+        """A rollout step: tokens, values and joint log-probs from one decoding pass (the
+        logits each token was sampled from; equal to ``evaluate_tokens``' teacher-forced ones)."""
         batch = self.to_batch(obs)
-        bins = self.vla.decode(batch, temperature=0.0 if deterministic else self.temperature)
-        out = self.evaluate_tokens(batch, bins)
-        return bins, out.values, out.log_prob
+        temperature = 0.0 if deterministic else self.temperature
+        bins, logits, start = self.vla.decode(batch, temperature=temperature, scores=True)
+        log_probs = (logits.float() / self.temperature).log_softmax(-1)
+        log_prob = log_probs.gather(-1, bins.unsqueeze(-1)).squeeze(-1).sum(-1)
+        return bins, self._values(batch, start), log_prob
 
     def evaluate_actions(self, obs: dict[str, torch.Tensor], actions: torch.Tensor):
         out = self.evaluate_tokens(self.to_batch(obs), actions)
