@@ -31,17 +31,22 @@ TIMEOUT_MS = 30_000  # for any one thing the page must show
 
 
 @pytest.fixture(scope="module")
-def demo_url(tmp_path_factory) -> str:
-    """The demo server, in this process, on a free loopback port, with a tiny policy that has a
-    keypoint reader and an out-of-scope check (so the page shows keypoints and stops)."""
+def runner(tmp_path_factory):
+    """A tiny untrained policy with a keypoint reader and an out-of-scope check (so the page
+    shows keypoints, and may stop), loaded from a checkpoint file as the command line does."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("demo") / "tiny.pt"
     policy = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "keypoints": 2, "scope_check": True}))
     save_checkpoint(path, policy, ActionTokenizer(256))
+    return load_policy(path)
+
+
+@pytest.fixture(scope="module")
+def demo_url(runner) -> str:
+    """The demo server, in this process, on a free loopback port."""
     # real-time pacing (20 steps/s, the default): long enough to pause a run, 1.5 s an episode
     limits = DemoLimits(frame_size=96, fps=20.0, max_steps=MAX_STEPS, max_sessions=2, idle_timeout_s=60.0)
-    service = DemoService(load_policy(path), limits, name=path.name)
-    with demo_in_background(service) as url:
+    with demo_in_background(DemoService(runner, limits, name="tiny.pt")) as url:
         yield url
 
 
@@ -199,6 +204,26 @@ def test_the_server_refuses_bad_messages_and_extra_pages(demo_url):
             assert refusal["type"] == "error" and "2 pages at once" in refusal["message"]
     health = json.loads(urllib.request.urlopen(f"{demo_url}/health", timeout=10).read())
     assert health["status"] == "ok"
+
+
+def test_a_silent_page_is_disconnected_and_a_giant_message_closes_only_its_socket(runner):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    service = DemoService(runner, DemoLimits(frame_size=32, idle_timeout_s=1.0))
+    with demo_in_background(service) as url:
+        with connect(url.replace("http", "ws") + "/ws") as silent:
+            assert next_of(silent, "error")["message"] == "disconnected after 1 s without a command: reload the page"
+            with pytest.raises(ConnectionClosed) as closed:
+                silent.recv(timeout=10)
+            assert closed.value.rcvd.code == 4000  # the page's cue not to reconnect by itself
+        with connect(url.replace("http", "ws") + "/ws") as giant:
+            giant.send(json.dumps({"type": "reset", "task": "reach", "instruction": "x" * 300_000}))
+            with pytest.raises(ConnectionClosed) as closed:
+                next_of(giant, "error")
+            assert closed.value.rcvd.code == 1009  # too big: the server goes on
+        with connect(url.replace("http", "ws") + "/ws") as after:
+            assert next_of(after, "status")["text"].startswith("connected")
 
 
 def test_the_command_line_answers_a_bad_value_in_one_line():

@@ -40,6 +40,7 @@ from vla.inference import PolicyRunner
 
 STATIC = resources.files("vla.demo") / "static"
 MAX_MESSAGE_BYTES = 256 * 1024  # a larger WebSocket message closes the connection (uvicorn ws_max_size)
+IDLE_CLOSE, BUSY_CLOSE = 4000, 1013  # close codes: idle too long (stay closed), too many pages (retry later)
 
 
 @dataclass
@@ -89,7 +90,7 @@ class DemoService:
                     "message": f"the demo serves {self.limits.max_sessions} pages at once: try again later",
                 }
             )
-            await websocket.close(code=1013)  # "try again later"
+            await websocket.close(code=BUSY_CLOSE)
             return
         self.sessions += 1
         session = PageSession(self, websocket, f"page-{next(self._ids)}")
@@ -121,8 +122,9 @@ class PageSession:
             try:
                 message = await asyncio.wait_for(self.websocket.receive(), self.limits.idle_timeout_s)
             except asyncio.TimeoutError:
-                await self.error(f"disconnected after {self.limits.idle_timeout_s:g} s without a command: reload")
-                await self.websocket.close(code=1000)
+                idle = self.limits.idle_timeout_s
+                await self.error(f"disconnected after {idle:g} s without a command: reload the page")
+                await self.websocket.close(code=IDLE_CLOSE)  # the page does not reconnect by itself
                 return
             if message["type"] == "websocket.disconnect":
                 return

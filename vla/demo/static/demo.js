@@ -119,10 +119,17 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socket = new WebSocket(`${scheme}://${location.host}/ws`);
   socket.onmessage = onMessage;
-  socket.onclose = () => {
+  socket.onclose = (event) => {
     setRunning(false);
-    setStatus("disconnected from the demo server: reconnecting...");
-    setTimeout(connect, 1000);
+    if (event.code === 4000) { // closed for idling (vla/demo/app.py IDLE_CLOSE): a reload comes back
+      setStatus("disconnected after a long idle time: reload the page to go on");
+    } else if (event.code === 1013) { // every place taken: ask again, gently
+      setStatus("the demo is serving as many pages as it may: trying again in 5 s...");
+      setTimeout(connect, 5000);
+    } else {
+      setStatus("disconnected from the demo server: reconnecting...");
+      setTimeout(connect, 1000);
+    }
   };
 }
 
