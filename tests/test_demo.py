@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import REPO_ROOT, TINY_MODEL
 from vla.checkpoint import save_checkpoint
 from vla.demo.app import DemoLimits, DemoService, demo_in_background
+from vla.demo.episode import EpisodeSettings
+from vla.demo.requests import BadRequest, parse_message, parse_settings
 from vla.inference import load_policy
 from vla.policy import PolicyConfig, VLAPolicy
 from vla.tokenizer import ActionTokenizer
@@ -224,6 +228,43 @@ def test_a_silent_page_is_disconnected_and_a_giant_message_closes_only_its_socke
             assert closed.value.rcvd.code == 1009  # too big: the server goes on
         with connect(url.replace("http", "ws") + "/ws") as after:
             assert next_of(after, "status")["text"].startswith("connected")
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+FIELDS = st.sampled_from(["reset", "step", "run", "pause", "jump", None, 3])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raw=st.text(max_size=60) | JSON.map(json.dumps),
+    form=st.fixed_dictionaries(
+        {"type": FIELDS},
+        optional={
+            "task": st.sampled_from(["reach", "stack", "Reach", ""]) | JSON,
+            "seed": JSON,
+            "instruction": JSON,
+            "driver": st.sampled_from(["policy", "expert", "human"]) | JSON,
+        },
+    ),
+)
+def test_any_message_is_a_command_or_one_clear_line(raw, form):
+    """Generated messages: each is accepted or refused with a BadRequest line, never another error."""
+    for text in (raw, json.dumps(form)):
+        try:
+            message = parse_message(text)
+        except BadRequest as error:
+            assert "\n" not in str(error) and len(str(error)) < 300
+            continue
+        try:
+            settings = parse_settings(message)
+        except BadRequest as error:
+            assert "\n" not in str(error) and len(str(error)) < 300
+            continue
+        assert isinstance(settings, EpisodeSettings) and 0 <= settings.seed < 2**31
 
 
 def test_the_command_line_answers_a_bad_value_in_one_line():

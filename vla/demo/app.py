@@ -137,6 +137,8 @@ class PageSession:
                 await self.error(str(error))
             except (WebSocketDisconnect, RuntimeError, OSError):  # the page went away while we answered
                 return
+            except Exception as error:  # a defect, not the page's fault: say so and serve on
+                await self.error(f"the demo failed on that command ({type(error).__name__}: {error}); try another")
 
     async def handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]

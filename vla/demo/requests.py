@@ -54,10 +54,10 @@ def parse_settings(message: dict[str, Any]) -> EpisodeSettings:
     """The settings of a new episode. The instruction is only checked for emptiness here: the
     env's own check (its length and characters) answers the rest, in its words."""
     task = message.get("task")
-    if task not in TASK_CLASSES:
+    if not isinstance(task, str) or task not in TASK_CLASSES:
         raise BadRequest(f"task {_short(task)} is not one of {', '.join(TASK_CLASSES)}")
     driver = message.get("driver", "policy")
-    if driver not in DRIVERS:
+    if not isinstance(driver, str) or driver not in DRIVERS:
         raise BadRequest(f"driver {_short(driver)} is not one of {', '.join(DRIVERS)}")
     instruction = message.get("instruction", "")
     if not isinstance(instruction, str):
