@@ -69,9 +69,10 @@ function showFrame(frame) {
   $("reward").textContent = frame.reward.toFixed(3);
   $("tokens").textContent = frame.tokens ? frame.tokens.join(" ") : "-";
   $("action").textContent = frame.action ? frame.action.map((a) => a.toFixed(2)).join(" ") : "-";
-  const read = frame.keypoints ? frame.keypoints.map((p) => `(${p[0].toFixed(2)}, ${p[1].toFixed(2)})`).join(" ") : "no keypoint reader";
-  const truth = frame.true_keypoints.map((p) => `(${p[0].toFixed(2)}, ${p[1].toFixed(2)})`).join(" ");
-  $("keypoints").textContent = `read ${read}; true ${truth}`;
+  // image coordinates in [-1, 1], u right, v down; target first, then its destination
+  const points = (list) => list.map((p) => `(${p[0].toFixed(2)}, ${p[1].toFixed(2)})`).join(" ");
+  const read = frame.keypoints ? `read ${points(frame.keypoints)}` : "this policy has no keypoint reader";
+  $("keypoints").textContent = `${read}; true ${points(frame.true_keypoints)}`;
   if (frame.read_as) $("read-as").textContent = frame.read_as;
   if (frame.step > 0) $("policy-message").textContent = frame.message || (frame.stopped ? "stopped" : "acting");
   if (frame.done) {
