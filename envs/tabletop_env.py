@@ -120,6 +120,8 @@ class TabletopEnv(gym.Env):
         self._arm_actuators = np.array([self.model.actuator(j).id for j in ARM_JOINTS])
         assert list(self._arm_actuators) == list(range(len(ARM_JOINTS))), "arm actuators must come first"
         self._finger_actuators = np.array([self.model.actuator(f).id for f in ("finger_left", "finger_right")])
+        # Parked objects sleep (see _configure_objects); the arm and objects in use never do.
+        self.model.opt.enableflags |= mujoco.mjtEnableBit.mjENBL_SLEEP
         # Remember every object's collision bits: parked objects get theirs switched off.
         self._collision_bits = {
             name: (self.model.geom_contype[g], self.model.geom_conaffinity[g])
@@ -161,6 +163,7 @@ class TabletopEnv(gym.Env):
         layout = self.task.sample_layout(self.task_spec, rng)
         self.scene_objects = sorted(layout.objects)
 
+        self._configure_objects(layout.objects)  # before the reset, which puts parked ones to sleep
         mujoco.mj_resetData(self.model, self.data)
         arm_start = self._sample_arm_start(rng)
         self.data.qpos[self._arm_qpos] = arm_start
@@ -277,22 +280,31 @@ class TabletopEnv(gym.Env):
             renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False
         return renderer
 
-    def _place_objects(self, objects: dict[str, tuple[float, float, float]]) -> None:
+    def _configure_objects(self, objects: dict[str, tuple[float, float, float]]) -> None:
+        """This episode's model settings for every object. On the table: collides, feels
+        gravity, drawn, never sleeps. Parked: floats (gravity compensated) out of sight,
+        collides with nothing and sleeps from the next ``mj_resetData``, so MuJoCo skips its
+        dynamics (the five parked objects' 30 dofs were a quarter of a substep). Objects on
+        the table must stay awake: one that fell asleep at rest would wait for a touch to
+        move, and the physics would differ from today's."""
         for name, geom in self.world.object_geom.items():
-            adr = self.world.object_qpos[name]
             body = self.world.object_body[name]
+            used = name in objects
+            contype, conaffinity = self._collision_bits[name] if used else (0, 0)
+            self.model.geom_contype[geom], self.model.geom_conaffinity[geom] = contype, conaffinity
+            self.model.body_gravcomp[body] = 0.0 if used else 1.0
+            self.model.geom_group[geom] = 0 if used else HIDDEN_GROUP
+            policy = mujoco.mjtSleepPolicy.mjSLEEP_NEVER if used else mujoco.mjtSleepPolicy.mjSLEEP_INIT
+            self.model.tree_sleep_policy[self.model.body_treeid[body]] = policy
+
+    def _place_objects(self, objects: dict[str, tuple[float, float, float]]) -> None:
+        for name in self.world.object_geom:
+            adr = self.world.object_qpos[name]
             if name in objects:
                 x, y, yaw = objects[name]
                 self.data.qpos[adr : adr + 7] = (x, y, OBJECT_HALF_SIZE, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2))
-                self.model.geom_contype[geom], self.model.geom_conaffinity[geom] = self._collision_bits[name]
-                self.model.body_gravcomp[body] = 0.0
-                self.model.geom_group[geom] = 0
             else:
-                # Parked: floats (gravity compensated) out of sight and collides with nothing.
                 self.data.qpos[adr : adr + 7] = (*PARK_POSITION, 1, 0, 0, 0)
-                self.model.geom_contype[geom] = self.model.geom_conaffinity[geom] = 0
-                self.model.body_gravcomp[body] = 1.0
-                self.model.geom_group[geom] = HIDDEN_GROUP
 
     def _observation(self) -> dict[str, Any]:
         if self._policy_renderer is None:
