@@ -24,16 +24,18 @@ class FrameRenderer:
     """
 
     def __init__(self, model: mujoco.MjModel, size: int):
+        self._context: mujoco.MjrContext | None = None  # set first: close() may run on a failed init
+        self._gl: mujoco.GLContext | None = None
         self.model = model
         self.scene = mujoco.MjvScene(model, maxgeom=MAX_SCENE_GEOMS)
         self._rect = mujoco.MjrRect(0, 0, size, size)
         self._pixels = np.empty((size, size, 3), dtype=np.uint8)
         self._cameras: dict[str, mujoco.MjvCamera] = {}
-        self._gl: mujoco.GLContext | None = mujoco.GLContext(size, size)
+        self._gl = mujoco.GLContext(size, size)
         self._gl.make_current()
         self._current_context = _current_context_query()
         self._own_context = self._current_context() if self._current_context else None
-        self._context: mujoco.MjrContext | None = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150)
+        self._context = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150)
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._context)
 
     def render(self, data: mujoco.MjData, camera: str, option: mujoco.MjvOption) -> np.ndarray:
