@@ -41,9 +41,14 @@ class DifferentialIK:
         self.dof_idx = np.array([model.jnt_dofadr[j] for j in joint_ids])
         self.lower = model.jnt_range[joint_ids, 0].copy()
         self.upper = model.jnt_range[joint_ids, 1].copy()
+        # Per-step reads take a slice where the joints' entries are contiguous (the arm's are):
+        # the same values as indexing with the id arrays, without allocating a copy.
+        self._qpos = _as_slice(self.qpos_idx)
+        self._dofs = _as_slice(self.dof_idx)
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
         self._jac = np.zeros((6, len(joints)))
+        self._error = np.zeros(6)
         self._damping = config.damping**2 * np.eye(6)
 
     def joint_targets(
@@ -53,13 +58,28 @@ class DifferentialIK:
         (axis-angle, rad), both in the world frame, from the current state in ``data``."""
         mujoco.mj_jacSite(self.model, data, self._jacp, self._jacr, self.site_id)
         w = self.config.orientation_weight
-        jac = self._jac
-        jac[:3] = self._jacp[:, self.dof_idx]
-        jac[3:] = w * self._jacr[:, self.dof_idx]
-        error = np.concatenate([delta_pos, w * delta_rot])
+        jac, error = self._jac, self._error
+        jac[:3] = self._jacp[:, self._dofs]
+        np.multiply(self._jacr[:, self._dofs], w, out=jac[3:])
+        error[:3] = delta_pos
+        np.multiply(delta_rot, w, out=error[3:])
         dq = jac.T @ np.linalg.solve(jac @ jac.T + self._damping, error)
-        dq = np.clip(dq, -self.config.max_joint_step, self.config.max_joint_step)
-        measured = data.qpos[self.qpos_idx]
+        step = self.config.max_joint_step
+        dq = _clip(dq, -step, step)
+        measured = data.qpos[self._qpos]
         lead = self.config.max_lead
-        target = np.clip(previous_target + dq, measured - lead, measured + lead)
-        return np.clip(target, self.lower, self.upper)
+        target = _clip(previous_target + dq, measured - lead, measured + lead)
+        return _clip(target, self.lower, self.upper)
+
+
+def _clip(x: np.ndarray, low: np.ndarray | float, high: np.ndarray | float) -> np.ndarray:
+    """``np.clip`` for finite values (the same results) at a third of its call overhead."""
+    return np.minimum(np.maximum(x, low), high)
+
+
+def _as_slice(index: np.ndarray) -> slice | np.ndarray:
+    """``index`` as a slice when it is a run of consecutive ids, else unchanged."""
+    start = int(index[0])
+    if np.array_equal(index, np.arange(start, start + len(index))):
+        return slice(start, start + len(index))
+    return index

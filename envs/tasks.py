@@ -9,6 +9,7 @@ shaping in [0, 1] for RL (PPO); the sparse signal is ``info["is_success"]``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,12 @@ NUM_ZONES = 2
 # Horizontal distance from the robot base beyond which the arm cannot hold the gripper
 # vertical at pushing height (measured: pushes from x > 0.2 at the far corners stalled).
 MAX_PUSH_REACH = 0.58
+
+
+def norm(vector: np.ndarray) -> float:
+    """Euclidean length of a 1-D vector, computed as ``np.linalg.norm`` computes it (the same
+    bits: the square root of ``vector.dot(vector)``) without its checks, ~1 us per call."""
+    return math.sqrt(vector.dot(vector))
 
 
 def closeness(distance: float, scale: float = 0.1) -> float:
@@ -174,7 +181,7 @@ def _far_apart(points: list[tuple[float, float]], min_distance: float) -> bool:
 
 
 def xy_distance(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.linalg.norm(a[:2] - b[:2]))
+    return norm(a[:2] - b[:2])
 
 
 def _on_table(pos: np.ndarray) -> bool:
@@ -188,7 +195,7 @@ class Reach(Task):
         return world.gripper_touches(self.target(spec))
 
     def dense_reward(self, world: World, spec: dict[str, Any]) -> float:
-        return closeness(float(np.linalg.norm(world.grip_pos() - world.object_pos(self.target(spec)))))
+        return closeness(norm(world.grip_pos() - world.object_pos(self.target(spec))))
 
 
 class Push(Task):
@@ -219,9 +226,7 @@ class Push(Task):
         direction = (zone - obj)[:2] / max(xy_distance(zone, obj), 1e-6)
         standoff = obj.copy()
         standoff[:2] -= direction * PUSH_CONTACT_OFFSET
-        return 0.3 * closeness(float(np.linalg.norm(world.grip_pos() - standoff))) + 0.7 * closeness(
-            xy_distance(obj, zone)
-        )
+        return 0.3 * closeness(norm(world.grip_pos() - standoff)) + 0.7 * closeness(xy_distance(obj, zone))
 
 
 class Lift(Task):
@@ -236,7 +241,7 @@ class Lift(Task):
         obj = world.object_pos(target)
         grasped = float(world.is_grasped(target))
         height = np.clip((obj[2] - OBJECT_HALF_SIZE) / LIFT_HEIGHT, 0.0, 1.0)
-        return 0.25 * closeness(float(np.linalg.norm(world.grip_pos() - obj))) + 0.25 * grasped + 0.5 * grasped * height
+        return 0.25 * closeness(norm(world.grip_pos() - obj)) + 0.25 * grasped + 0.5 * grasped * height
 
 
 class PickPlace(Task):
@@ -253,7 +258,7 @@ class PickPlace(Task):
         target = self.target(spec)
         obj = world.object_pos(target)
         return (
-            0.2 * closeness(float(np.linalg.norm(world.grip_pos() - obj)))
+            0.2 * closeness(norm(world.grip_pos() - obj))
             + 0.2 * float(world.is_grasped(target))
             + 0.6 * closeness(xy_distance(obj, world.zone_pos(spec["zone_colour"])))
         )
@@ -275,9 +280,9 @@ class Stack(Task):
         obj = world.object_pos(target)
         goal = world.object_pos(self.base(spec)) + np.array([0.0, 0.0, 2 * OBJECT_HALF_SIZE])
         return (
-            0.2 * closeness(float(np.linalg.norm(world.grip_pos() - obj)))
+            0.2 * closeness(norm(world.grip_pos() - obj))
             + 0.2 * float(world.is_grasped(target))
-            + 0.6 * closeness(float(np.linalg.norm(obj - goal)))
+            + 0.6 * closeness(norm(obj - goal))
         )
 
 

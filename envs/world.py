@@ -26,6 +26,9 @@ class World:
         self.grip_site = model.site("grip_site").id
         self.finger_qpos = np.array([model.jnt_qposadr[model.joint(j).id] for j in FINGER_JOINTS])
         self.finger_dof = np.array([model.jnt_dofadr[model.joint(j).id] for j in FINGER_JOINTS])
+        # Python ints for the per-step reads: indexing with an int array allocates a new array.
+        self._finger_qpos = tuple(int(i) for i in self.finger_qpos)
+        self._finger_dof = tuple(int(i) for i in self.finger_dof)
         self.gripper_geoms = frozenset(model.geom(g).id for g in GRIPPER_GEOMS)
         self.left_pad = model.geom("finger_left_pad").id
         self.right_pad = model.geom("finger_right_pad").id
@@ -45,12 +48,16 @@ class World:
 
     def gripper_opening(self) -> float:
         """Distance between the inner faces of the two pads, in metres."""
-        return float(self.data.qpos[self.finger_qpos].sum() + _CLOSED_PAD_GAP)
+        left, right = self._finger_qpos
+        qpos = self.data.qpos
+        return float(qpos[left] + qpos[right] + _CLOSED_PAD_GAP)  # the same sum as .sum() of the two
 
     def gripper_opening_velocity(self) -> float:
         """Rate of change of ``gripper_opening`` in m/s: negative while closing, about zero
         once the pads have stopped (open, shut, or pressed on an object)."""
-        return float(self.data.qvel[self.finger_dof].sum())
+        left, right = self._finger_dof
+        qvel = self.data.qvel
+        return float(qvel[left] + qvel[right])
 
     def object_pos(self, name: str) -> np.ndarray:
         return self.data.xpos[self.object_body[name]].copy()
@@ -63,20 +70,19 @@ class World:
         return self.data.mocap_pos[self.zone_mocap[colour]].copy()
 
     # --- contacts --------------------------------------------------------------------------
-    def _contact_pairs(self) -> list[tuple[int, int]]:
-        n = self.data.ncon
-        return list(zip(self.data.contact.geom1[:n].tolist(), self.data.contact.geom2[:n].tolist(), strict=True))
+    def touching(self, geom: int) -> set[int]:
+        """The geoms in contact with ``geom`` now."""
+        if self.data.ncon == 0:
+            return set()
+        pairs = self.data.contact.geom  # (ncon, 2): one array read instead of a list of pairs
+        first, second = pairs[:, 0], pairs[:, 1]
+        return set(second[first == geom].tolist()) | set(first[second == geom].tolist())
 
     def gripper_touches(self, name: str) -> bool:
         """Any part of the gripper is in contact with the object."""
-        obj = self.object_geom[name]
-        return any(
-            (a == obj and b in self.gripper_geoms) or (b == obj and a in self.gripper_geoms)
-            for a, b in self._contact_pairs()
-        )
+        return not self.gripper_geoms.isdisjoint(self.touching(self.object_geom[name]))
 
     def is_grasped(self, name: str) -> bool:
         """Both finger pads touch the object: it is held by friction between them."""
-        obj = self.object_geom[name]
-        touching = {a if b == obj else b for a, b in self._contact_pairs() if obj in (a, b)}
+        touching = self.touching(self.object_geom[name])
         return self.left_pad in touching and self.right_pad in touching
