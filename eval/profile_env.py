@@ -1,9 +1,11 @@
 """Where an env step's time goes: ``python eval/profile_env.py [--steps 3000] [--baseline DIR]``.
 
 One process steps one task with random actions (resets are not timed) three ways:
-  plain     ``env.step`` as users call it: the step's true length and rendered steps/s
-  probed    the same loop with timers around the library calls a step makes, so each part
-            is measured where the real step spends it:
+  plain     ``env.step`` as users call it: the step's true length and rendered steps/s, and
+            the CPU time the process spent on it (all threads; less swayed by other load)
+  probed    the same loop, in stretches of 100 steps taking turns with plain ones, with
+            timers around the library calls a step makes, so each part is measured where the
+            real step spends it:
               IK            ``DifferentialIK.joint_targets`` (damped least squares)
               physics       ``mujoco.mj_step`` x the control substeps
               task          the task's ``success`` and ``dense_reward`` (contacts, positions)
@@ -15,7 +17,7 @@ One process steps one task with random actions (resets are not timed) three ways
             info dicts, wrappers, the renderer's own Python)
   stages    ``mj_step`` with MuJoCo's stage timers on (``mjcb_time``): the physics split into
             collision, kinematics + inertia, making and solving constraints, velocity and
-            actuation, integration. Their shares are applied to the plain physics time, since
+            actuation, integration. Their shares are applied to the probed physics time, since
             the Python timer callback itself slows the stages.
 ``--baseline DIR`` also profiles another checkout's ``envs`` (e.g. ``git worktree add
 /tmp/base <commit>``) in alternating subprocesses, ``--rounds`` times each, and prints both
@@ -26,17 +28,19 @@ rounds. A profile, not a test: compare numbers within one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+CHUNK = 100  # steps per plain or probed stretch
 PARTS = ("IK", "physics", "task", "scene update", "draw", "rasterize", "read-back")
 # MuJoCo stage timers summed into the physics rows (mjtTimer names without the prefix).
 STAGES = {
@@ -71,16 +75,50 @@ class _Clock:
         return timed
 
 
-def _run(env: Any, actions: Any) -> float:
-    """Seconds spent in ``env.step`` over ``actions`` (resets excluded)."""
-    total = 0.0
+def _probes(clock: _Clock, base: Any, mujoco: Any, gl_finish: Callable[[], None]) -> Callable:
+    """A context manager that puts ``clock``'s timers around the calls a step makes."""
+    wrappers = {
+        "mj_step": clock.wrap("physics", mujoco.mj_step),
+        "mjv_updateScene": clock.wrap("scene update", mujoco.mjv_updateScene),
+        "mjr_render": clock.wrap("draw", mujoco.mjr_render),
+        "mjr_readPixels": clock.wrap("read-back", mujoco.mjr_readPixels, before=gl_finish),
+    }
+    methods = {
+        (base.ik, "joint_targets"): "IK",
+        (base.task, "success"): "task",
+        (base.task, "dense_reward"): "task",
+    }
+
+    @contextlib.contextmanager
+    def patched() -> Iterator[None]:
+        originals = {name: getattr(mujoco, name) for name in wrappers}
+        for name, fn in wrappers.items():
+            setattr(mujoco, name, fn)
+        for (owner, method), part in methods.items():  # instance attributes shadow the methods
+            setattr(owner, method, clock.wrap(part, getattr(owner, method)))
+        try:
+            yield
+        finally:
+            for name, fn in originals.items():
+                setattr(mujoco, name, fn)
+            for owner, method in methods:
+                delattr(owner, method)
+
+    return patched
+
+
+def _run(env: Any, actions: Any) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (this process, all threads) spent in ``env.step`` over
+    ``actions``; resets excluded."""
+    wall = cpu = 0.0
     for action in actions:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         _, _, terminated, truncated, _ = env.step(action)
-        total += time.perf_counter() - start
+        wall += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
         if terminated or truncated:
             env.reset()
-    return total
+    return wall, cpu
 
 
 def profile(task_id: str, image_size: int, steps: int, seed: int) -> dict[str, Any]:
@@ -100,29 +138,17 @@ def profile(task_id: str, image_size: int, steps: int, seed: int) -> dict[str, A
     env.reset(seed=seed)
     _run(env, rng.uniform(-1, 1, (200, 7)).astype(np.float32))  # warm up (GL context, shaders)
 
-    plain = _run(env, rng.uniform(-1, 1, (steps, 7)).astype(np.float32)) / steps
-
     clock = _Clock()
-    patched = {
-        "mj_step": clock.wrap("physics", mujoco.mj_step),
-        "mjv_updateScene": clock.wrap("scene update", mujoco.mjv_updateScene),
-        "mjr_render": clock.wrap("draw", mujoco.mjr_render),
-        "mjr_readPixels": clock.wrap("read-back", mujoco.mjr_readPixels, before=GL.glFinish),
-    }
-    originals = {name: getattr(mujoco, name) for name in patched}
-    for name, fn in patched.items():
-        setattr(mujoco, name, fn)
-    base.ik.joint_targets = clock.wrap("IK", base.ik.joint_targets)
-    for method in ("success", "dense_reward"):
-        setattr(base.task, method, clock.wrap("task", getattr(base.task, method)))
-    try:
-        probed = _run(env, rng.uniform(-1, 1, (steps, 7)).astype(np.float32)) / steps
-    finally:
-        for name, fn in originals.items():
-            setattr(mujoco, name, fn)
-        delattr(base.ik, "joint_targets")
-        for method in ("success", "dense_reward"):
-            delattr(base.task, method)
+    patches = _probes(clock, base, mujoco, GL.glFinish)
+    plain = plain_cpu = probed = 0.0
+    chunks = max(steps // CHUNK, 1)
+    steps = chunks * CHUNK
+    # Plain and probed stretches alternate, so a change in the machine's load weighs on both.
+    for _ in range(chunks):
+        wall, cpu = _run(env, rng.uniform(-1, 1, (CHUNK, 7)).astype(np.float32))
+        plain, plain_cpu = plain + wall / steps, plain_cpu + cpu / steps
+        with patches():
+            probed += _run(env, rng.uniform(-1, 1, (CHUNK, 7)).astype(np.float32))[0] / steps
     parts = {part: seconds / steps * 1e6 for part, seconds in clock.seconds.items()}
 
     data = base.data
@@ -143,6 +169,7 @@ def profile(task_id: str, image_size: int, steps: int, seed: int) -> dict[str, A
     env.close()
     return {
         "step_us": plain * 1e6,
+        "step_cpu_us": plain_cpu * 1e6,
         "steps_per_s": 1.0 / plain,
         "probed_step_us": probed * 1e6,
         "parts_us": parts,
@@ -169,6 +196,7 @@ def _rows(result: dict[str, Any]) -> dict[str, float]:
     rows.update({part: parts[part] for part in PARTS[2:]})
     rows["Python (the rest)"] = result["python_us"]
     rows["whole step"] = result["step_us"]
+    rows["whole step, CPU time (all threads)"] = result["step_cpu_us"]
     return rows
 
 
