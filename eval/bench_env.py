@@ -1,11 +1,16 @@
-"""Env throughput benchmark: ``python eval/bench_env.py [--seconds 5] [--processes 1 2]``.
+"""Env throughput benchmark: ``python eval/bench_env.py [--seconds 5] [--processes 1 2] [--baseline DIR]``.
 
 For each process count it runs that many independent processes at once, each timing
 three loops on the same task for ``--seconds``:
-  rendered  env.step with random actions (IK + physics + success/reward + 64x64 image)
+  rendered  env.step with random actions (IK + physics + success/reward + 64x64 image),
+            resets included
   physics   only the control path (IK + 10 physics substeps), no rendering
   render    only the policy camera render of the current state
 and prints steps/s summed over processes and per process, plus rendered/physics.
+``--baseline DIR`` runs the same benchmark on another checkout's ``envs`` (e.g. ``git
+worktree add /tmp/base <commit>``) and this one in turns, ``--rounds`` times each, and prints
+every round of both and the median ratio: the machine's load then weighs on both alike.
+Where the time of a step goes: ``eval/profile_env.py``.
 A benchmark, not a test: numbers vary with machine load; compare within one run.
 """
 
@@ -14,8 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rate(fn, seconds: float) -> float:
@@ -52,24 +64,30 @@ def measure(task_id: str, image_size: int, seconds: float, seed: int) -> dict[st
     return {"rendered": _rate(rendered, seconds), "physics": _rate(physics, seconds), "render": _rate(render, seconds)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="VLASandbox/PickPlace-v0")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--out", type=Path, default=Path("outputs/bench_env.json"))
-    args = parser.parse_args()
-
+def bench(task: str, image_size: int, seconds: float, processes: list[int]) -> list[dict]:
+    """One row per process count: steps/s summed over processes and per process."""
     ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold a GL context
     rows = []
-    for n in args.processes:
+    for n in processes:
         with ctx.Pool(n) as pool:
-            results = pool.starmap(measure, [(args.task, args.image_size, args.seconds, s) for s in range(n)])
+            results = pool.starmap(measure, [(task, image_size, seconds, s) for s in range(n)])
         total = {k: sum(r[k] for r in results) for k in results[0]}
         rows.append({"processes": n, **total, "per_process": {k: v / n for k, v in total.items()}})
+    return rows
 
-    print(f"{args.task}, {args.image_size}x{args.image_size}, {args.seconds:.0f} s per loop")
+
+def bench_checkout(root: Path, args: argparse.Namespace) -> list[dict]:
+    """``bench`` in a fresh process (and its pool) importing ``envs`` from checkout ``root``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--task", args.task, "--out", str(out)]
+        cmd += ["--image-size", str(args.image_size), "--seconds", str(args.seconds)]
+        cmd += ["--processes", *map(str, args.processes)]
+        subprocess.run(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, check=True, capture_output=True)
+        return json.loads(out.read_text())
+
+
+def print_rows(rows: list[dict]) -> None:
     print(
         "| processes | rendered steps/s | physics-only steps/s | render-only frames/s "
         "| rendered per process | rendered/physics |"
@@ -80,8 +98,48 @@ def main() -> None:
             f"| {r['processes']} | {r['rendered']:.0f} | {r['physics']:.0f} | {r['render']:.0f} | "
             f"{r['per_process']['rendered']:.0f} | {r['rendered'] / r['physics']:.2f} |"
         )
+
+
+def print_comparison(runs: dict[str, list[list[dict]]]) -> None:
+    """Per-process rendered, physics and render rates of every round, then the median ratios."""
+    print("| processes | loop | baseline per process (each round) | now per process (each round) | now / baseline |")
+    print("|---|---|---|---|---|")
+    for i, row in enumerate(runs["now"][0]):
+        for loop in ("rendered", "physics", "render"):
+            cells = {
+                label: [rounds[i]["per_process"][loop] for rounds in rounds_by_label]
+                for label, rounds_by_label in runs.items()
+            }
+            ratio = statistics.median(cells["now"]) / statistics.median(cells["baseline"])
+            shown = {label: ", ".join(f"{v:,.0f}" for v in values) for label, values in cells.items()}
+            print(f"| {row['processes']} | {loop} | {shown['baseline']} | {shown['now']} | {ratio:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="VLASandbox/PickPlace-v0")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--baseline", type=Path, help="another checkout to benchmark in turns with this one")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per checkout with --baseline")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench_env.json"))
+    args = parser.parse_args()
+
+    print(f"{args.task}, {args.image_size}x{args.image_size}, {args.seconds:.0f} s per loop")
+    if args.baseline is None:
+        rows = bench(args.task, args.image_size, args.seconds, args.processes)
+        print_rows(rows)
+        result: list[dict] | dict = rows
+    else:
+        runs: dict[str, list[list[dict]]] = {"baseline": [], "now": []}
+        for _ in range(args.rounds):
+            runs["baseline"].append(bench_checkout(args.baseline.resolve(), args))
+            runs["now"].append(bench_checkout(ROOT, args))
+        print_comparison(runs)
+        result = runs
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1))
+    args.out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
