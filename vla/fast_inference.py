@@ -62,8 +62,10 @@ class StaticDecoder:
             raise ValueError(f"mode={mode} captures a CUDA graph: it needs device=cuda")
         if mode == "onnx" and (device.type != "cpu" or dtype != "fp32" or "wrist" in policy.config.cameras):
             raise ValueError("mode=onnx runs the scene-camera decode in fp32 on the CPU: needs device=cpu, dtype=fp32")
-        self.policy = policy.to(device).eval()
         self.dtype, self.device, self.mode, self.batch_size = DTYPES[dtype], device, mode, batch_size
+        self.policy = policy.to(device).eval()
+        if self.dtype != torch.float32 and mode != "onnx":
+            self.policy = _matmul_weights_in(self.policy, self.dtype)
         self.use_cache = use_cache  # autoregressive decoding: the KV cache, or recompute per token
         c = policy.config
         length, width = c.text_max_length, policy.text.out_dim
@@ -154,6 +156,24 @@ class StaticDecoder:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.output = self._run(self.inputs)
+
+
+def _matmul_weights_in(policy: VLAPolicy, dtype: torch.dtype) -> VLAPolicy:
+    """A copy whose Linear and Conv2d weights are stored in ``dtype``: autocast would cast the
+    same fp32 weights to the same values on every call (a copy kernel per weight, ~1/5 of a
+    batch-1 decode on a GPU); cast once, its casts are no-ops. The text encoder is shared."""
+    import copy
+
+    text, policy.text = policy.text, None
+    try:
+        lowered = copy.deepcopy(policy)
+    finally:
+        policy.text = text
+    for module in lowered.modules():
+        if type(module) in (torch.nn.Linear, torch.nn.Conv2d):
+            module.to(dtype)
+    lowered.text = text
+    return lowered
 
 
 class _FeatureDecode(torch.nn.Module):
