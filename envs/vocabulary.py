@@ -55,7 +55,14 @@ def check_zone_colour(colour: str) -> str:
 
 def object_name(colour: str, shape: str) -> str:
     """The MuJoCo body name of an object, e.g. ``red_cube``."""
-    return f"{check_colour(colour)}_{check_shape(shape)}"
+    if isinstance(colour, str) and isinstance(shape, str):  # tasks ask several times a step
+        name = _OBJECT_NAMES.get((colour, shape))
+        if name is not None:
+            return name
+    return f"{check_colour(colour)}_{check_shape(shape)}"  # raises the error naming the bad value
+
+
+_OBJECT_NAMES = {(c, s): f"{c}_{s}" for c in OBJECT_COLOURS for s in OBJECT_SHAPES}
 
 
 def all_objects() -> list[tuple[str, str]]:
