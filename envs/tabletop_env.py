@@ -119,7 +119,9 @@ class TabletopEnv(gym.Env):
         self._arm_qpos = self.ik.qpos_idx
         self._arm_actuators = np.array([self.model.actuator(j).id for j in ARM_JOINTS])
         assert list(self._arm_actuators) == list(range(len(ARM_JOINTS))), "arm actuators must come first"
-        self._finger_actuators = np.array([self.model.actuator(f).id for f in ("finger_left", "finger_right")])
+        finger_actuators = [self.model.actuator(f).id for f in ("finger_left", "finger_right")]
+        assert finger_actuators == [len(ARM_JOINTS), len(ARM_JOINTS) + 1], "finger actuators must follow the arm's"
+        self._finger_actuators = slice(len(ARM_JOINTS), len(ARM_JOINTS) + 2)  # a slice writes without an index array
         # Parked objects sleep (see _configure_objects); the arm and objects in use never do.
         self.model.opt.enableflags |= mujoco.mjtEnableBit.mjENBL_SLEEP
         # Remember every object's collision bits: parked objects get theirs switched off.
@@ -206,15 +208,16 @@ class TabletopEnv(gym.Env):
     def actuate(self, action: np.ndarray) -> None:
         """Apply one (already validated and clipped) action and advance the physics one
         control period. ``step`` = ``actuate`` + success/reward + rendering."""
-        arm_ctrl = self.data.ctrl[: len(ARM_JOINTS)]  # a view: the arm actuators come first
+        model, data = self.model, self.data
+        arm_ctrl = data.ctrl[: len(ARM_JOINTS)]  # a view: the arm actuators come first
         start = arm_ctrl.copy()
-        goal = self.ik.joint_targets(self.data, start, action[:3] * MAX_TRANSLATION, action[3:6] * MAX_ROTATION)
-        self.data.ctrl[self._finger_actuators] = (1.0 - action[6]) / 2.0 * FINGER_TRAVEL
+        goal = self.ik.joint_targets(data, start, action[:3] * MAX_TRANSLATION, action[3:6] * MAX_ROTATION)
+        data.ctrl[self._finger_actuators] = (1.0 - action[6]) / 2.0 * FINGER_TRAVEL
         # Ramp the arm targets across the substeps: a step change every 50 ms accelerated
         # the gripper at >10 g and shook grasped objects loose (measured ~14 mm of slip).
         for target in start + _RAMP[:, None] * (goal - start):
             arm_ctrl[:] = target
-            mujoco.mj_step(self.model, self.data)
+            mujoco.mj_step(model, data)
 
     def _sample_arm_start(self, rng: np.random.Generator) -> np.ndarray:
         """Home pose plus uniform joint noise of half-width ``start_spread``, redrawn while the
