@@ -6,7 +6,9 @@ three loops on the same task for ``--seconds``:
             resets included
   physics   only the control path (IK + 10 physics substeps), no rendering
   render    only the policy camera render of the current state
-and prints steps/s summed over processes and per process, plus rendered/physics.
+and prints steps/s summed over processes and per process, plus rendered/physics. Each loop
+also counts steps per CPU second of its process (all threads): on a machine shared with other
+jobs that is what a process would reach on a core of its own.
 ``--baseline DIR`` runs the same benchmark on another checkout's ``envs`` (e.g. ``git
 worktree add /tmp/base <commit>``) and this one in turns, ``--rounds`` times each, and prints
 every round of both and the median ratio: the machine's load then weighs on both alike.
@@ -30,13 +32,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _rate(fn, seconds: float) -> float:
+def _rate(fn, seconds: float) -> tuple[float, float]:
+    """Calls per wall-clock second and per CPU second of this process (all its threads)."""
     fn()  # warm up (first render creates the GL context)
-    n, start = 0, time.perf_counter()
+    n, start, start_cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         fn()
         n += 1
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), n / (time.process_time() - start_cpu)
 
 
 def measure(task_id: str, image_size: int, seconds: float, seed: int) -> dict[str, float]:
@@ -61,7 +64,10 @@ def measure(task_id: str, image_size: int, seconds: float, seed: int) -> dict[st
     def render():
         base._observation()
 
-    return {"rendered": _rate(rendered, seconds), "physics": _rate(physics, seconds), "render": _rate(render, seconds)}
+    rates = {}
+    for name, fn in (("rendered", rendered), ("physics", physics), ("render", render)):
+        rates[name], rates[f"{name}_per_cpu_s"] = _rate(fn, seconds)
+    return rates
 
 
 def bench(task: str, image_size: int, seconds: float, processes: list[int]) -> list[dict]:
@@ -90,22 +96,24 @@ def bench_checkout(root: Path, args: argparse.Namespace) -> list[dict]:
 def print_rows(rows: list[dict]) -> None:
     print(
         "| processes | rendered steps/s | physics-only steps/s | render-only frames/s "
-        "| rendered per process | rendered/physics |"
+        "| rendered per process | rendered per process per CPU s | rendered/physics |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['processes']} | {r['rendered']:.0f} | {r['physics']:.0f} | {r['render']:.0f} | "
-            f"{r['per_process']['rendered']:.0f} | {r['rendered'] / r['physics']:.2f} |"
+            f"{r['per_process']['rendered']:.0f} | {r['per_process']['rendered_per_cpu_s']:.0f} | "
+            f"{r['rendered'] / r['physics']:.2f} |"
         )
 
 
 def print_comparison(runs: dict[str, list[list[dict]]]) -> None:
-    """Per-process rendered, physics and render rates of every round, then the median ratios."""
+    """Per-process rendered, physics and render rates of every round, then the median ratios;
+    the same per CPU second (what a process would reach on a core of its own)."""
     print("| processes | loop | baseline per process (each round) | now per process (each round) | now / baseline |")
     print("|---|---|---|---|---|")
     for i, row in enumerate(runs["now"][0]):
-        for loop in ("rendered", "physics", "render"):
+        for loop in ("rendered", "physics", "render", "rendered_per_cpu_s"):
             cells = {
                 label: [rounds[i]["per_process"][loop] for rounds in rounds_by_label]
                 for label, rounds_by_label in runs.items()
@@ -126,7 +134,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_env.json"))
     args = parser.parse_args()
 
-    print(f"{args.task}, {args.image_size}x{args.image_size}, {args.seconds:.0f} s per loop")
+    print(f"{args.task}, {args.image_size}x{args.image_size}, {args.seconds:g} s per loop")
     if args.baseline is None:
         rows = bench(args.task, args.image_size, args.seconds, args.processes)
         print_rows(rows)
