@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import REPO_ROOT
+from vla.app.cli import compose_config
 from vla.policy import PolicyConfig, VLAPolicy
 from vla.sizes import kv_cache_bytes, parameter_counts, saved_activation_bytes
 from vla.training.sharded_run import make_policy, rows, run, synthetic_batch, train_steps
@@ -16,10 +16,9 @@ STEPS, BATCH, SEED, LR = 3, 4, 0, 1e-3
 
 
 def large_config() -> PolicyConfig:
-    """configs/model/large.yaml over the PolicyConfig defaults, with the from-scratch text
-    encoder (nothing to download)."""
-    values = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "configs/model/large.yaml"))
-    values.pop("defaults")
+    """``model=large`` as train/bc.py composes it, with the from-scratch text encoder (nothing
+    to download)."""
+    values = OmegaConf.to_container(compose_config("bc", ["model=large"]).model)
     return PolicyConfig.from_dict(values | {"text_encoder": "scratch"})
 
 

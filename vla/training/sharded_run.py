@@ -53,7 +53,12 @@ def make_policy(config: PolicyConfig, seed: int) -> VLAPolicy:
     """The policy every rank (and the single-process reference) starts from: the same seed, so
     the same weights on every rank, as sharding and replication both assume."""
     torch.manual_seed(seed)
-    return VLAPolicy(config)
+    policy = VLAPolicy(config)
+    if policy.keypoint_reader is not None and policy.keypoint_reader.absent is not None:
+        # The BC loss never reads the abstain cell (grounding pretraining trains it), and DDP
+        # waits for a gradient of every trainable weight: frozen here, in every mode alike.
+        policy.keypoint_reader.absent.requires_grad_(False)
+    return policy
 
 
 def train_steps(
