@@ -13,7 +13,7 @@ from tests.reliability.cases import record_case
 from vla.app.cli import FRACTIONS, compose_config, hydra_entry
 
 # entry point (its config) -> the check its script runs before the job
-ENTRY_POINTS = ("bc", "ppo", "collect", "dagger", "eval", "robustness", "load_test", "serve", "demo")
+ENTRY_POINTS = ("bc", "ppo", "collect", "dagger", "eval", "robustness", "load_test", "serve", "demo", "inspect")
 
 
 def check_for(config_name: str):
@@ -33,6 +33,8 @@ def check_for(config_name: str):
         from eval.load_test import check_config
     elif config_name == "demo":
         from vla.demo.__main__ import check_config
+    elif config_name == "inspect":
+        from eval.inspect_policy import check_config
     else:
         from vla.serve.__main__ import check_config
     return check_config
@@ -60,7 +62,7 @@ class Reached(Exception):
     """The job was called: the config passed every check."""
 
 
-NEEDS_CHECKPOINT = {"eval", "robustness", "load_test", "serve", "demo"}
+NEEDS_CHECKPOINT = {"eval", "robustness", "load_test", "serve", "demo", "inspect"}
 
 
 @pytest.fixture(scope="module")
