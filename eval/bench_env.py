@@ -89,7 +89,8 @@ def bench_checkout(root: Path, args: argparse.Namespace) -> list[dict]:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--task", args.task, "--out", str(out)]
         cmd += ["--image-size", str(args.image_size), "--seconds", str(args.seconds)]
         cmd += ["--processes", *map(str, args.processes)]
-        subprocess.run(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, check=True, capture_output=True)
+        path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))  # root's envs first
+        subprocess.run(cmd, cwd=root, env={**os.environ, "PYTHONPATH": path}, check=True, capture_output=True)
         return json.loads(out.read_text())
 
 

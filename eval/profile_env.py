@@ -183,7 +183,7 @@ def _subprocess_profile(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """``profile`` in a fresh process that imports ``envs`` from checkout ``root``."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--task", args.task]
     cmd += ["--image-size", str(args.image_size), "--steps", str(args.steps), "--seed", str(args.seed)]
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
