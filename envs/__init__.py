@@ -14,7 +14,8 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 # Mesa's llvmpipe rasterizes in the calling thread instead of handing each frame to worker
 # threads: a 64 x 64 frame is one 64 x 64 tile, so the workers only add thread switches
-# (measured ~10% of a step on this 2-core CPU; the pixels are the same). Read when Mesa loads.
+# (~10% of a step's CPU on this 2-core CPU; the pixels are the same). Read when Mesa loads;
+# set LP_NUM_THREADS before importing envs to choose otherwise (docs/performance.md).
 os.environ.setdefault("LP_NUM_THREADS", "0")
 
 import gymnasium as gym  # noqa: E402
