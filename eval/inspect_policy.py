@@ -41,6 +41,10 @@ def check_config(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={cfg[key]}: allowed are {low}..{high}")
     if not 0 <= cfg.seed <= MAX_SEED:
         raise ValueError(f"seed={cfg.seed}: allowed are 0..{MAX_SEED}")
+    if cfg.layer is not None and not (
+        isinstance(cfg.layer, int) and not isinstance(cfg.layer, bool) and cfg.layer >= 0
+    ):
+        raise ValueError(f"layer={cfg.layer}: give a decoder block's index (0 = the first), or null for the last")
     if not isinstance(cfg.out_dir, str) or not cfg.out_dir.strip():
         raise ValueError(f"out_dir={cfg.out_dir}: give a folder path (quote it: out_dir='...')")
     if cfg.instruction is not None and not (isinstance(cfg.instruction, str) and cfg.instruction.strip()):
@@ -60,6 +64,7 @@ def inspect_checkpoint(cfg: DictConfig) -> list[dict]:
             out_dir,
             instruction=cfg.instruction,
             max_steps=int(cfg.max_steps),
+            layer=cfg.layer,
             stills=int(cfg.stills),
             video_suffix=f".{cfg.video}",
             progress=bool(cfg.progress),

@@ -120,9 +120,16 @@ def test_a_bad_value_is_one_line_naming_it_and_what_is_allowed(tmp_path):
         ("task=fly", "error: unknown task 'fly'; valid values are: reach, push"),
         ("video=avi", "error: unknown video 'avi'; valid values are: mp4, gif"),
         ("stills=50", "error: stills=50: allowed are 1..12"),
+        ("layer=-1", "error: layer=-1: give a decoder block's index"),
+        ("layer=abc", "error: layer=abc: give a decoder block's index"),
     ):
         with pytest.raises(SystemExit) as stop:
             hydra_entry(
                 "inspect", lambda cfg: pytest.fail("the job ran"), check_config, [f"checkpoint={checkpoint}", override]
             )
         assert str(stop.value.code).startswith(expected), stop.value.code
+
+
+def test_a_layer_the_decoder_does_not_have_is_named():
+    with pytest.raises(ValueError, match="layer=3: this policy's decoder has 1 layers, allowed are 0..0"):
+        DecoderAttention(tiny_policy("parallel"), layer=3)

@@ -53,7 +53,7 @@ def attention_output(attn: Attention, weights: torch.Tensor, values: torch.Tenso
 
 
 class DecoderAttention:
-    """Records the last decoder block's attention rows while the policy decodes.
+    """Records a decoder block's attention rows (``layer``; None: the last) while the policy decodes.
 
     ``with DecoderAttention(policy) as recorder: policy.decode(batch)``; then
     ``recorder.action_rows()`` is (B, heads, action tokens, keys): each action query's
@@ -61,9 +61,13 @@ class DecoderAttention:
     decoding (one query a call), parallel decoding (all action queries in one call) and
     cache-free decoding (the whole sequence again per token) give the same rows."""
 
-    def __init__(self, policy: VLAPolicy, keep_values: bool = False):
+    def __init__(self, policy: VLAPolicy, keep_values: bool = False, layer: int | None = None):
+        layers = len(policy.blocks)
+        if layer is not None and not 0 <= layer < layers:
+            raise ValueError(f"layer={layer}: this policy's decoder has {layers} layers, allowed are 0..{layers - 1}")
         self.policy = policy
-        self.attn = policy.blocks[-1].attn
+        self.layer = layers - 1 if layer is None else layer
+        self.attn = policy.blocks[self.layer].attn
         self.keep_values = keep_values  # also keep V and the module's output (to check the recomputation)
         self.rows: dict[int, torch.Tensor] = {}
         self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (weights, values, output)

@@ -59,9 +59,12 @@ class Episode:
     success_step: int | None = None  # first step whose state solved the task
     expert_success_step: int | None = None
     key_positions: np.ndarray = field(default_factory=lambda: np.zeros(6, np.float32))  # target, destination (m)
+    layer: str = ""  # whose attention is drawn: "layer i of n"
 
 
-def run_policy(runner: PolicyRunner, env: Any, seed: int, instruction: str | None, bar: Any) -> Episode:
+def run_policy(
+    runner: PolicyRunner, env: Any, seed: int, instruction: str | None, bar: Any, layer: int | None = None
+) -> Episode:
     """Roll out the policy on ``seed``, decoding every observation (the last one too, so the
     final state is shown with what the policy makes of it) inside the attention recorder."""
     options = {"instruction": instruction} if instruction is not None else None
@@ -69,7 +72,8 @@ def run_policy(runner: PolicyRunner, env: Any, seed: int, instruction: str | Non
     runner.reset()
     episode = Episode(env.unwrapped.task.name, seed, obs["instruction"], key_positions=info["key_positions"])
     done, step = False, 0
-    with DecoderAttention(runner.policy) as recorder:
+    with DecoderAttention(runner.policy, layer=layer) as recorder:
+        episode.layer = f"layer {recorder.layer} of {len(runner.policy.blocks)}"
         while True:
             recorder.clear()
             action, why = runner.act_with_info(obs)
@@ -155,6 +159,7 @@ def summary(episode: Episode) -> dict[str, Any]:
         "expert_success": episode.expert_success_step is not None,
         "expert_success_step": episode.expert_success_step,
         **path_gaps(np.stack(episode.path), np.stack(episode.expert_path)),
+        "attention_layer": episode.layer,
         "attention_shares": shares,  # mean over steps of the action tokens' attention per kind of token
     }
     if views[0].read is not None:  # pixels of the policy's image between read and true keypoints
@@ -198,13 +203,14 @@ def inspect_episodes(
     out_dir: Path,
     instruction: str | None = None,
     max_steps: int = 0,
+    layer: int | None = None,
     stills: int = 4,
     video_suffix: str = ".mp4",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Per seed: the policy's episode (video, still), the expert's on the same seed (the
     trajectory plot); ``inspect.json`` with every episode's summary. ``max_steps`` 0: the
-    task's own limit."""
+    task's own limit; ``layer``: the decoder block whose attention is drawn (None: the last)."""
     limit = min(max_steps, TASK_CLASSES[task].max_steps) if max_steps else TASK_CLASSES[task].max_steps
     kwargs = policy_env_kwargs(runner.policy)
     env = gym.make(
@@ -215,7 +221,7 @@ def inspect_episodes(
     bar = progress_bar(total=len(seeds) * limit, desc="inspect", unit="step", disable=not progress)
     try:
         for seed in seeds:
-            episode = run_policy(runner, env, seed, instruction, bar)
+            episode = run_policy(runner, env, seed, instruction, bar, layer)
             bar.update(limit - (len(episode.views) - 1))  # an episode that ended early
             run_expert(env, episode)
             result = summary(episode)

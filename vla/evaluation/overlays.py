@@ -50,7 +50,7 @@ def heatmap_panel(view: StepView) -> np.ndarray:
     return _caption(panel, "keypoint heatmaps" if view.heatmaps is not None else "no keypoint reader")
 
 
-def attention_panel(view: StepView) -> np.ndarray:
+def attention_panel(view: StepView, layer: str = "") -> np.ndarray:
     """The action tokens' attention on the scene's tokens (summing to 1 over the patches and
     the keypoint tokens): each patch tinted by its share and labelled in percent where there
     is room, each keypoint token's share written beside its dot."""
@@ -68,7 +68,7 @@ def attention_panel(view: StepView) -> np.ndarray:
         x, y = (uv + 1) / 2 * VIEW_SIZE
         text = f"{100 * view.keypoint_attention[k]:.0f}%"
         draw.text((x + 6, y - 6 + 12 * k), text, fill=KEYPOINT_COLOURS[k % 2], stroke_width=1, stroke_fill=(0, 0, 0))
-    return _caption(np.asarray(panel), "decoder attention")
+    return _caption(np.asarray(panel), f"decoder attention {layer}".strip())
 
 
 def _caption(panel: np.ndarray, text: str) -> np.ndarray:
@@ -91,7 +91,8 @@ def step_frame(episode: Episode, view: StepView) -> np.ndarray:
         f"step {view.step}  tokens {' '.join(map(str, view.tokens))}  {status}",
         shares_text(view.shares),
     ]
-    return below(np.concatenate([view.pretty, heatmap_panel(view), attention_panel(view)], 1), lines)
+    panels = [view.pretty, heatmap_panel(view), attention_panel(view, episode.layer)]
+    return below(np.concatenate(panels, 1), lines)
 
 
 def below(image: np.ndarray, lines: list[str]) -> np.ndarray:
@@ -113,7 +114,7 @@ def still(episode: Episode, count: int = 4) -> np.ndarray:
     columns = []
     for i in picks:
         view = episode.views[i]
-        column = np.concatenate([view.pretty, heatmap_panel(view), attention_panel(view)], 0)
+        column = np.concatenate([view.pretty, heatmap_panel(view), attention_panel(view, episode.layer)], 0)
         label = Image.new("RGB", (column.shape[1], CAPTION_BAND), (255, 255, 255))
         ImageDraw.Draw(label).text((3, 1), f"step {view.step}" + (" (solved)" if view.success else ""), fill=(0, 0, 0))
         columns.append(np.concatenate([np.asarray(label), column], 0))
