@@ -3,6 +3,7 @@ over loopback gloo, and the sizes that decide how a model is split (V19).
 
     python eval/fsdp_demo.py [--model large] [--world 2] [--steps 5] [--batch-size 8]
 
+Modes: fsdp (ZeRO-3), zero2 (gathered weights kept from forward to backward), ddp.
 Prints the parameters per component, the activations saved for backward per sample
 (measured), the KV cache per sequence, then for each mode and rank: the bytes of parameters,
 gradients and AdamW states the rank held, its peak resident memory, the median step time
@@ -39,8 +40,10 @@ def sizes(config: PolicyConfig, batch_size: int) -> None:
     layout = policy.token_layout(batch)
     tokens = sum(n for _, n in layout)
     kv = kv_cache_bytes(config.layers, tokens, config.width)
-    print(f"KV cache: {kv / 1024:.0f} KiB per sequence ({config.layers} layers x 2 x {tokens} tokens {layout} x ")
-    print(f"  width {config.width} x 4 bytes)")
+    print(
+        f"KV cache: {kv / 1024:.0f} KiB per sequence ({config.layers} layers x 2 x {tokens} tokens x width "
+        f"{config.width} x 4 bytes; tokens {dict(layout)})"
+    )
 
 
 def train(config: PolicyConfig, mode: str, args: argparse.Namespace, out: Path) -> None:
@@ -65,12 +68,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="global batch, split over the processes")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--modes", default=",".join(MODES), help="fsdp, ddp or both")
+    parser.add_argument("--modes", default=",".join(MODES), help="any of fsdp (ZeRO-3), zero2, ddp")
     args = parser.parse_args()
     values = OmegaConf.to_container(compose_config("bc", [f"model={args.model}"]).model)
     config = PolicyConfig.from_dict(values | {"text_encoder": args.text_encoder})
     VLAPolicy(config)  # a bad config fails here, before any process starts
-    sizes(config, args.batch_size)
+    sizes(config, min(args.batch_size, 8))  # per sample: a small batch measures it as well
     with tempfile.TemporaryDirectory() as out:
         for mode in args.modes.split(","):
             train(config, mode, args, Path(out))

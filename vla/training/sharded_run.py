@@ -27,7 +27,9 @@ import torch.multiprocessing as mp
 from vla.policy import PolicyConfig, VLAPolicy
 from vla.training.sharding import full_state_dict, rank_memory, shard_policy
 
-MODES = ("fsdp", "ddp")
+# fsdp: ZeRO-3 (weights gathered for the forward and again for the backward); zero2: the
+# gathered weights kept from forward to backward (FSDP's reshard_after_forward=False); ddp.
+MODES = ("fsdp", "zero2", "ddp")
 WORDS = ("red cube", "blue cylinder", "green block", "yellow cup")
 
 
@@ -101,8 +103,8 @@ def _worker(rank: int, world: int, port: int, job: dict[str, Any], out_dir: str)
         local = rows(batch, rank * per_rank, (rank + 1) * per_rank)
         resident_before = _resident_bytes()
         policy = make_policy(config, job["seed"])
-        if job["mode"] == "fsdp":
-            model = shard_policy(policy)
+        if job["mode"] in ("fsdp", "zero2"):
+            model = shard_policy(policy, reshard_after_forward=job["mode"] == "fsdp")
         else:
             model = torch.nn.parallel.DistributedDataParallel(policy)
         losses, times, optimizer = train_steps(model, local, job["steps"], job["lr"], reduce=True)
@@ -110,7 +112,7 @@ def _worker(rank: int, world: int, port: int, job: dict[str, Any], out_dir: str)
         state = full_state_dict(model)
         model.eval()
         with torch.no_grad():  # every rank decodes (a sharded decode gathers weights: collective)
-            tokens, logits, _ = (model.decode if job["mode"] == "fsdp" else policy.decode)(local, scores=True)
+            tokens, logits, _ = (policy.decode if job["mode"] == "ddp" else model.decode)(local, scores=True)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
         result = {"rank": rank, "losses": losses, "step_seconds": times, "held": held}
         result |= {"tokens": tokens, "logits": logits}
@@ -138,7 +140,7 @@ def run(
     seed: int = 0,
     threads: int = 1,
 ) -> list[dict[str, Any]]:
-    """Train on ``world`` gloo processes (``mode``: fsdp or ddp) and return each rank's result
+    """Train on ``world`` gloo processes (``mode``: one of MODES) and return each rank's result
     (see the module docstring); rank 0's also holds the gathered ``state``."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid values are: {', '.join(MODES)}")
