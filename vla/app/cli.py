@@ -215,17 +215,26 @@ def check_types(cfg: DictConfig, defaults: DictConfig, overrides: list[str]) -> 
             raise ValueError(f"{override}: {key} is a share in [0, 1] (default {was!r})")
 
 
-def usage(config_name: str) -> str:
-    script = {"bc": "train/bc.py", "ppo": "train/ppo.py", "collect": "train/collect.py"}.get(config_name, config_name)
+def usage(config_name: str, config_dir: Path = CONFIG_DIR) -> str:
+    """--help: the command as the config's first line writes it, its config groups, the model settings."""
+    from omegaconf import OmegaConf
+
+    path = config_dir / f"{config_name}.yaml"
+    first = path.read_text().splitlines()[0].lstrip("# ").strip()
+    defaults = OmegaConf.to_container(OmegaConf.load(path)).get("defaults") or []
+    used = {key for entry in defaults if isinstance(entry, dict) for key in entry}
     groups = "\n".join(
         f"  {group}={'|'.join(o for o in options if o != 'policy_schema')}"
-        for group, options in config_options().items()
+        for group, options in config_options(config_dir).items()
+        if group in used or (group == "recipe" and "model" in used)
     )
-    return (
-        f"usage: python {script} [group=option ...] [+recipe=name] [key=value ...] [--cfg job]\n\n"
-        f"Composes configs/{config_name}.yaml (every key is documented there and in its groups).\n"
-        f"Config groups and their options:\n{groups}\n"
-        "  (recipe is added with a '+': +recipe=five_gpu)\n\n"
-        "--cfg job   print the composed config and stop\n"
-        f"Model settings (model.<name>=..., documented in vla/policy.py PolicyConfig): {policy_settings()}"
-    )
+    text = f"usage: {first}\n\nComposes configs/{config_name}.yaml (every key is documented there"
+    if groups:
+        text += f" and in its groups).\nConfig groups and their options:\n{groups}\n"
+        text += "  (recipe is added with a '+': +recipe=five_gpu)\n"
+    else:
+        text += ").\n"
+    text += "\n--cfg job   print the composed config and stop"
+    if "model" in used:
+        text += f"\nModel settings (model.<name>=..., documented in vla/policy.py PolicyConfig): {policy_settings()}"
+    return text
