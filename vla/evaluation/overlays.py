@@ -41,12 +41,13 @@ def blend(image: np.ndarray, weight: np.ndarray, colour: tuple[int, int, int], f
 
 
 def heatmap_panel(view: StepView) -> np.ndarray:
-    """The keypoint reader's heatmaps (target red, destination blue) with its soft-argmax
-    points (dots) and the true points (rings), enlarged to VIEW_SIZE."""
+    """The keypoint reader's heatmaps (target red, destination blue) and the true points
+    (rings), enlarged to VIEW_SIZE. The soft-argmax dots go on the attention panel: a
+    confident reader's heatmap is a cell or two, and a dot would hide it."""
     image = view.image
     for k, heatmap in enumerate(view.heatmaps if view.heatmaps is not None else []):
         image = blend(image, heatmap, KEYPOINT_COLOURS[k % 2])
-    panel = policy_view(image, view.read, view.truth)
+    panel = policy_view(image, None, view.truth)
     return _caption(panel, "keypoint heatmaps" if view.heatmaps is not None else "no keypoint reader")
 
 
