@@ -23,21 +23,24 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 
+from vla.language import ScratchTextEncoder
 from vla.policy import VLAPolicy
 
 
 def shard_units(policy: VLAPolicy) -> list[nn.Module]:
     """The modules sharded as units of their own, inner first (``fully_shard`` wants children
     before parents): every transformer block, and the scratch encoder's word embedding (at
-    width 256 its 30,522 rows are 7.8M parameters, more than the six decoder blocks)."""
+    width 256 its 30,522 rows are 7.8M parameters, more than the six decoder blocks). A frozen
+    pretrained encoder is one unit: left in the root, all its weights would be gathered with
+    the root's for the whole forward."""
     units: list[nn.Module] = []
     if policy.vision is not None:
         units += list(policy.vision.blocks)
     text = policy.text
-    if isinstance(getattr(text, "encoder", None), nn.TransformerEncoder) and any(
-        p.requires_grad for p in text.parameters()
-    ):
+    if isinstance(text, ScratchTextEncoder):
         units += [text.embed, *text.encoder.layers]
+    elif any(True for _ in text.parameters()):
+        units.append(text)
     units += list(policy.blocks)
     return units
 
