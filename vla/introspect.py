@@ -31,6 +31,8 @@ def attention_weights(
     """The weights (B, heads, queries, keys) and values (B, heads, keys, head_dim) of one call
     of ``attn`` (``Attention.forward``'s arguments), in float32. Call it *after* that call:
     with a cache, the keys and values are the cache's, which the call has just extended."""
+    if mask is not None and not torch.is_tensor(mask):  # a FlexAttention BlockMask: a predicate, not weights
+        raise TypeError("attention weights are read from a boolean mask: decode with FlexAttention off")
     b, n, w = x.shape
     head_dim = w // attn.heads
     q, k, v = attn.qkv(x).view(b, n, 3, attn.heads, head_dim).permute(2, 0, 3, 1, 4)
