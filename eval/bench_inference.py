@@ -4,7 +4,7 @@
         [--sections latency,throughput,phases,vision,decoding] [--batch-sizes 1,16,256,4096]
         [--draft DRAFT_PT --observations 100]   # --sections speculative
         [--dtypes fp32,bf16,fp16] [--modes eager,compile,graph,int8] [--repeats 200] [--out bench.json]
-        [--weights fp,int8] [--compile-mode default|max-autotune-no-cudagraphs]
+        [--weights fp,int8] [--compile-mode default|max-autotune-no-cudagraphs] [--attention sdpa|flex]
     python eval/bench_inference.py --compete     # batch 1 beside a CPU-bound process: threads matter
 
 Sections (each prints one table; ``--out`` writes them all as JSON):
@@ -162,12 +162,13 @@ def decoder_for(
     use_cache: bool = True,
     weights: str = "fp",
     compile_mode: str = "default",
+    attention: str = "sdpa",
 ) -> StaticDecoder:
     if mode == "int8":
         return StaticDecoder(quantize_int8(policy), batch_size, device, "fp32", "eager", use_cache)
     if weights == "int8":
         policy = quantize_weight_int8(policy)
-    return StaticDecoder(policy, batch_size, device, dtype, mode, use_cache, compile_mode)
+    return StaticDecoder(policy, batch_size, device, dtype, mode, use_cache, compile_mode, attention)
 
 
 def weight_variants(args, mode: str) -> list[str]:
@@ -204,7 +205,8 @@ def latency(args, values, weights, device) -> list[dict[str, Any]]:
             if why is not None:
                 continue
             free_memory(device)
-            decoder = decoder_for(policy, 1, device, dtype, mode, use_cache, quant, args.compile_mode)
+            attention = args.attention if decoding == "parallel" else "sdpa"  # flex serves parallel decoding
+            decoder = decoder_for(policy, 1, device, dtype, mode, use_cache, quant, args.compile_mode, attention)
             agree = 0
             for i in range(probes):
                 row = {k: v[i : i + 1] for k, v in check.items()}
@@ -245,7 +247,7 @@ def throughput(args, values, weights, device) -> list[dict[str, Any]]:
             free_memory(device)
             reset_peak(device)
             try:
-                decoder = decoder_for(policy, size, device, dtype, mode, True, quant, args.compile_mode)
+                decoder = decoder_for(policy, size, device, dtype, mode, True, quant, args.compile_mode, args.attention)
                 decoder.load(observations(policy, size, device))
                 times = timed(decoder.decode, max(5, args.repeats // 10), device)
             except torch.OutOfMemoryError:
@@ -290,7 +292,7 @@ def profile(args, values, weights, device) -> list[dict[str, Any]]:
             continue
         for size in args.batch_sizes:
             free_memory(device)
-            decoder = decoder_for(policy, size, device, dtype, mode, True, quant, args.compile_mode)
+            decoder = decoder_for(policy, size, device, dtype, mode, True, quant, args.compile_mode, args.attention)
             decoder.load(observations(policy, size, device))
             timed(decoder.decode, 3, device)  # compile / capture outside the trace
             calls = max(3, args.repeats // 10)
@@ -786,6 +788,12 @@ def main() -> None:
         type=comma_list(str),
         default=["fp"],
         help="fp (as trained) and/or int8 (weight-only int8, torchao: the quant extra)",
+    )
+    parser.add_argument(
+        "--attention",
+        default="sdpa",
+        choices=["sdpa", "flex"],
+        help="parallel decoding's attention: SDPA with a boolean mask, or FlexAttention (latency, throughput, profile)",
     )
     parser.add_argument(
         "--compile-mode",

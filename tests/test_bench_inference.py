@@ -137,3 +137,25 @@ def test_weight_only_int8_stores_int8_weights_and_keeps_the_tokens():
     agree = (quantised.decode(data) == policy.decode(data)).float().mean().item()
     assert agree >= 0.9, agree
     assert quantised.text is policy.text  # shared, not copied
+
+
+@pytest.mark.parametrize("word_tokens", [False, True], ids=["no padding", "padded words"])
+def test_flex_attention_decodes_the_tokens_of_sdpa(word_tokens):
+    """The prefix-LM mask as a FlexAttention block mask gives SDPA's tokens (padding included),
+    and the caller's policy keeps SDPA."""
+    torch.manual_seed(0)
+    overrides = {"decoding": "parallel", "proprio_dim": 8, "word_tokens": word_tokens, "sentence_token": True}
+    policy = VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, **overrides})).eval()
+    policy.head.weight.data *= 50  # far-apart logits: float noise between kernels cannot flip a token
+    data = batch(policy, 6)
+    expected = StaticDecoder(policy, 6, torch.device("cpu")).decode(data)
+    flex = StaticDecoder(policy, 6, torch.device("cpu"), attention="flex")
+    assert flex.policy.flex_attention and not policy.flex_attention
+    assert torch.equal(flex.decode(data), expected)
+    with pytest.raises(ValueError, match="decoding=parallel"):
+        StaticDecoder(
+            VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "proprio_dim": 8})),
+            1,
+            torch.device("cpu"),
+            attention="flex",
+        )

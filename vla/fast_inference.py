@@ -14,7 +14,9 @@ more to launch from Python than to run. ``StaticDecoder`` removes what a fixed s
 - ``mode="onnx"``: the decode exported once to ONNX and run by ONNX Runtime (CPU; the ``onnx``
   extra): one call into C++ per decode instead of a few hundred PyTorch operator calls;
 - ``dtype``: bf16 / fp16 matrix products under autocast, as training runs them (the tokens
-  may then differ from fp32's: eval/bench_inference.py reports how often).
+  may then differ from fp32's: eval/bench_inference.py reports how often);
+- ``attention="flex"``: the prefix-LM mask as a FlexAttention block mask instead of a dense
+  boolean bias for SDPA (compiled, one fused attention kernel per layer).
 
 ``decode(batch)`` returns the action bins of ``policy.decode`` (greedy) for a batch of exactly
 ``batch_size`` observations.
@@ -22,6 +24,7 @@ more to launch from Python than to run. ``StaticDecoder`` removes what a fixed s
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -30,6 +33,10 @@ import torch.nn.functional as F
 from vla.policy import VLAPolicy
 
 MODES = ("eager", "graph", "compile", "compile-graph", "onnx")
+ATTENTIONS = (
+    "sdpa",
+    "flex",
+)  # SDPA with a boolean mask | FlexAttention (parallel decoding; compiled: one fused kernel)
 INPUT_NAMES = ("image", "proprio", "text_states", "text_mask")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,6 +60,7 @@ class StaticDecoder:
         mode: str = "eager",
         use_cache: bool = True,
         compile_mode: str = "default",
+        attention: str = "sdpa",
     ):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid values are: {', '.join(MODES)}")
@@ -62,8 +70,15 @@ class StaticDecoder:
             raise ValueError(f"mode={mode} captures a CUDA graph: it needs device=cuda")
         if mode == "onnx" and (device.type != "cpu" or dtype != "fp32" or "wrist" in policy.config.cameras):
             raise ValueError("mode=onnx runs the scene-camera decode in fp32 on the CPU: needs device=cpu, dtype=fp32")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {attention!r}; valid values are: {', '.join(ATTENTIONS)}")
+        if attention == "flex" and (policy.config.decoding != "parallel" or mode == "onnx"):
+            raise ValueError("attention=flex serves parallel decoding in PyTorch: needs decoding=parallel, not onnx")
         self.dtype, self.device, self.mode, self.batch_size = DTYPES[dtype], device, mode, batch_size
         self.policy = policy.to(device).eval()
+        if attention == "flex":  # on a shallow copy: the caller's policy keeps SDPA
+            self.policy = copy.copy(self.policy)
+            self.policy.flex_attention = True
         if self.dtype != torch.float32 and mode != "onnx":
             self.policy = _matmul_weights_in(self.policy, self.dtype)
         self.use_cache = use_cache  # autoregressive decoding: the KV cache, or recompute per token
@@ -162,8 +177,6 @@ def _matmul_weights_in(policy: VLAPolicy, dtype: torch.dtype) -> VLAPolicy:
     """A copy whose Linear and Conv2d weights are stored in ``dtype``: autocast would cast the
     same fp32 weights to the same values on every call (a copy kernel per weight, ~1/5 of a
     batch-1 decode on a GPU); cast once, its casts are no-ops. The text encoder is shared."""
-    import copy
-
     text, policy.text = policy.text, None
     try:
         lowered = copy.deepcopy(policy)
@@ -192,8 +205,6 @@ def quantize_int8(policy: VLAPolicy) -> VLAPolicy:
     """A copy whose Linear layers hold int8 weights and quantise their inputs per call
     (PyTorch's dynamic int8, for the CPU); the frozen text encoder stays as it is (it runs
     once per instruction)."""
-    import copy
-
     from torch.ao.quantization import quantize_dynamic
 
     text, policy.text = policy.text, None
@@ -212,8 +223,6 @@ def quantize_weight_int8(policy: VLAPolicy) -> VLAPolicy:
     fp32/bf16). The text encoder stays as it is (it runs once per instruction), and so do the
     keypoint reader's ``nn.MultiheadAttention`` projections (it passes its weights to
     ``F.multi_head_attention_forward``, which quantised weights do not support)."""
-    import copy
-
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError:

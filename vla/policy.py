@@ -172,6 +172,9 @@ class VLAPolicy(nn.Module):
         self.key_position_head = None
         if c.aux_weight > 0 and not c.keypoints:  # with keypoints the aux loss supervises their heatmaps
             self.key_position_head = nn.Linear(c.width, KEY_POSITION_DIM)
+        # Parallel decoding through FlexAttention instead of SDPA with a boolean mask (an inference
+        # choice, not a weight: vla/fast_inference.py sets it on its copy when asked to).
+        self.flex_attention = False
         # The keypoint heatmap logits of the last prefix (B, K, cells): the loss reads them
         # after the decoder has run, without threading them through every caller.
         self._keypoint_logits: torch.Tensor | None = None
@@ -292,13 +295,34 @@ class VLAPolicy(nn.Module):
         allowed = (k < prefix_length) | ((q >= prefix_length) & (k <= q))
         return (allowed[None] & key_valid[:, None, :]).unsqueeze(1)
 
-    def _run(self, x, mask, cache: KVCache | None = None, read_from: int = 0) -> torch.Tensor:
+    def _run(self, x, mask, cache: KVCache | None = None, read_from: int = 0, last_mask=None) -> torch.Tensor:
         """The decoder over ``x``; returns the positions from ``read_from`` on (the last block
-        computes only those: exact, and it skips most of a block when only the actions are read)."""
+        computes only those: exact, and it skips most of a block when only the actions are read).
+        ``last_mask``: the last block's own mask (a FlexAttention mask is built per query range)."""
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, cache, i, queries_from=read_from if i == last else 0)
+            own = last_mask if i == last and last_mask is not None else mask
+            x = block(x, own, cache, i, queries_from=read_from if i == last else 0)
         return x
+
+    @staticmethod
+    def _flex_masks(key_valid: torch.Tensor, prefix_length: int, read_from: int) -> tuple[Any, Any]:
+        """``_mask``'s rule as FlexAttention block masks, for every query and for the queries
+        from ``read_from`` on (the last block's): one fused kernel that reads no dense mask."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        b, n = key_valid.shape
+
+        def rule(offset: int):
+            def allowed(batch, head, q, kv):
+                q = q + offset
+                return ((kv < prefix_length) | ((q >= prefix_length) & (kv <= q))) & key_valid[batch, kv]
+
+            return allowed
+
+        device = key_valid.device
+        full = create_block_mask(rule(0), b, None, n, n, device=device)
+        return full, create_block_mask(rule(read_from), b, None, n - read_from, n, device=device)
 
     # --- training ------------------------------------------------------------------------
     def action_logits(self, batch: dict[str, Any], augment: bool = False) -> torch.Tensor:
@@ -399,7 +423,11 @@ class VLAPolicy(nn.Module):
         if self.config.decoding == "parallel":
             x = torch.cat([prefix, self._action_inputs(None, b, d)], 1)
             valid = torch.cat([key_valid, ones], 1)
-            states = self.norm(self._run(x, self._mask(valid, p), read_from=p))
+            if self.flex_attention:
+                full, last = self._flex_masks(valid, p, read_from=p)
+                states = self.norm(self._run(x, full, read_from=p, last_mask=last))
+            else:
+                states = self.norm(self._run(x, self._mask(valid, p), read_from=p))
             logits = self.head(states)
             bins = _choose(logits, temperature, generator)
             return (bins, logits, states[:, 0]) if scores else bins

@@ -1,7 +1,8 @@
 """Pre-norm transformer blocks on ``scaled_dot_product_attention``, with an optional KV
 cache for incremental decoding.
 
-Masks are boolean and broadcast to (B, heads, queries, keys); True means "may attend".
+Masks are boolean and broadcast to (B, heads, queries, keys); True means "may attend"; or a
+FlexAttention ``BlockMask`` (the same rule as a predicate, compiled into one fused kernel).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 
 class KVCache:
@@ -45,8 +47,12 @@ class Attention(nn.Module):
             k, v = cache.append(layer, k, v)
         if queries_from:
             q = q[:, :, queries_from:]
-            mask = mask[..., queries_from:, :] if mask is not None and mask.shape[-2] > 1 else mask
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if isinstance(mask, BlockMask):  # FlexAttention: the mask as a predicate, already for these queries
+            y = flex_attention(q, k, v, block_mask=mask)
+        else:
+            if queries_from and mask is not None and mask.shape[-2] > 1:
+                mask = mask[..., queries_from:, :]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(b, n - queries_from, w))
 
 
