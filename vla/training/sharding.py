@@ -5,7 +5,8 @@ and the text embedding into a shard unit of PyTorch's ``fully_shard``, then the 
 (the root unit: embeddings, heads, the keypoint reader and whatever else is left). Each rank
 keeps 1/world of every parameter, its gradient and its optimiser state; a unit's parameters
 are all-gathered just before its forward and backward and dropped again after them, and its
-gradients are reduce-scattered, so only one unit's full weights are alive at a time.
+gradients are reduce-scattered, so besides the root's only a unit or two are whole at a time
+(the next one is gathered while this one computes).
 
 The training loop is unchanged: ``policy(batch)`` is still the loss, the optimiser is built
 on the sharded parameters (DTensors) after sharding, ``clip_grad_norm_`` computes the global
