@@ -133,3 +133,15 @@ def test_a_bad_value_is_one_line_naming_it_and_what_is_allowed(tmp_path):
 def test_a_layer_the_decoder_does_not_have_is_named():
     with pytest.raises(ValueError, match="layer=3: this policy's decoder has 1 layers, allowed are 0..0"):
         DecoderAttention(tiny_policy("parallel"), layer=3)
+
+
+def test_path_gaps_tell_timing_from_shape():
+    from vla.evaluation.inspection import path_gaps
+
+    expert = np.stack([np.linspace(0, 0.1, 11), np.zeros(11), np.zeros(11)], 1)
+    same = path_gaps(expert, expert)
+    assert same["gap_mean_cm"] == 0 and same["off_path_mean_cm"] == 0
+    late = path_gaps(np.concatenate([expert[:1], expert]), expert)  # one step behind, the same road
+    assert late["off_path_mean_cm"] == 0 and late["gap_max_cm"] == pytest.approx(1.0)
+    beside = path_gaps(expert + [0, 0.02, 0], expert)  # 2 cm to the side all the way
+    assert beside["gap_mean_cm"] == pytest.approx(2.0) and beside["off_path_mean_cm"] == pytest.approx(2.0)
