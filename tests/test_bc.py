@@ -96,10 +96,20 @@ def test_fp16_training_scales_its_loss_and_resumes_exactly(tiny_demos, tmp_path)
     assert losses(split) == losses(whole)
 
 
-def test_two_process_ddp_on_cpu_trains_and_checkpoints(tiny_demos, tmp_path):
+@pytest.mark.parametrize("reader", [False, True], ids=["no keypoints", "keypoint reader trained"])
+def test_two_process_ddp_on_cpu_trains_and_checkpoints(tiny_demos, tmp_path, reader):
+    """With the keypoint reader trained on (the large trainer), its abstain head, which only
+    grounding trains, must not stop DDP: DDP refuses trainable weights the loss never reaches."""
     run_dir = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    result = train(tiny_demos, run_dir, "trainer.steps=3", "eval.final_episodes=1", launcher=launcher)
+    grounding = [
+        "grounding.scenes=100",
+        "grounding.steps=2",
+        "grounding.batch_size=8",
+        f"grounding.path={tmp_path}/g.npz",
+    ]
+    extra = ["model.keypoints=2", "model.aux_weight=1.0", "model.scope_check=true", *grounding] if reader else []
+    result = train(tiny_demos, run_dir, "trainer.steps=3", "eval.final_episodes=1", *extra, launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x2" in result.stdout  # the run reports both ranks
     assert (run_dir / "checkpoints" / "latest.pt").exists()

@@ -222,6 +222,13 @@ class VLAPolicy(nn.Module):
             masks.append(torch.ones(len(vision), 1, dtype=torch.bool, device=device))
         return torch.cat(parts, 1), torch.cat(masks, 1)
 
+    def freeze_outside_bc_loss(self) -> None:
+        """Freeze what the behaviour-cloning loss never reads: the keypoint reader's abstain head
+        (grounding trains it). BC is unchanged (no gradient reaches it either way), and
+        DistributedDataParallel waits for a gradient of every trainable weight."""
+        if self.keypoint_reader is not None and self.keypoint_reader.absent is not None:
+            self.keypoint_reader.absent.requires_grad_(False)
+
     def reads_pixels(self, cached_keypoints: bool) -> bool:
         """Whether a forward pass needs the camera images: not when the keypoints arrive read
         (``batch["keypoint_coords"]``) and there is no ViT."""

@@ -158,6 +158,7 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
             ground(cfg, policy, run_dir, progress=t.progress)
     model = policy
     if world > 1:
+        policy.freeze_outside_bc_loss()
         model = torch.nn.parallel.DistributedDataParallel(
             policy, device_ids=[device.index] if device.type == "cuda" else None
         )

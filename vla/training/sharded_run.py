@@ -56,10 +56,7 @@ def make_policy(config: PolicyConfig, seed: int) -> VLAPolicy:
     the same weights on every rank, as sharding and replication both assume."""
     torch.manual_seed(seed)
     policy = VLAPolicy(config)
-    if policy.keypoint_reader is not None and policy.keypoint_reader.absent is not None:
-        # The BC loss never reads the abstain cell (grounding pretraining trains it), and DDP
-        # waits for a gradient of every trainable weight: frozen here, in every mode alike.
-        policy.keypoint_reader.absent.requires_grad_(False)
+    policy.freeze_outside_bc_loss()  # in every mode alike (DDP needs it)
     return policy
 
 
