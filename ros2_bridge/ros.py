@@ -25,6 +25,7 @@ from ros2_bridge import require_ros
 
 require_ros()
 
+import os  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -202,9 +203,27 @@ def run_node(
         if not interrupted():
             raise  # a real failure: its traceback is the report
     finally:
+        force_exit_after(STOP_GRACE_S, label)
         if node is not None and before_close is not None:
             before_close(node)
         close_node(node, executor)
     if cannot_start is not None:
         print(f"{label}: cannot start: {cannot_start}", file=sys.stderr)
         sys.exit(2)
+
+
+STOP_GRACE_S = 10.0  # from a stop to the process's end, at most (a launcher would escalate to SIGKILL)
+
+
+def force_exit_after(seconds: float, label: str) -> None:
+    """End the process ``seconds`` from now if closing has not ended it: an executor thread
+    stuck in a callback would otherwise keep it alive (shutdown and the interpreter's exit both
+    wait for it), and a node told to stop must stop. A daemon timer: a normal exit ignores it."""
+
+    def expire() -> None:
+        print(f"{label}: still closing {seconds:.0f} s after the stop; exiting", file=sys.stderr, flush=True)
+        os._exit(0)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
