@@ -22,12 +22,15 @@ def require_ros() -> None:
 def exit_quietly_on_sigint() -> None:
     """Until a node's ``main`` takes over, Ctrl-C (SIGINT) ends the process with exit code 0 and
     no traceback. Importing rclpy and torch and loading a checkpoint take seconds, and a launcher
-    that stops a node meanwhile (``processes.stop`` sends SIGINT) must not read as a crash."""
+    that stops a node meanwhile (``processes.stop`` sends SIGINT) must not read as a crash.
+    The process ends at once (``os._exit``): nothing is open yet, and an exception raised
+    here (SystemExit) could land in an imported library's bare ``except:`` and be lost, leaving
+    the node to start as if never stopped (seen on a loaded machine)."""
+    import os
     import signal
-    import sys
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # keep an inherited "ignore"
-        signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(0))
+        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(0))
 
 
 def interrupt_as_keyboard_interrupt() -> None:
