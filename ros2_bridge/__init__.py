@@ -19,24 +19,34 @@ def require_ros() -> None:
         raise ImportError(INSTALL_HINT)
 
 
+_orderly_stop = False  # set once a node runs: from then on a SIGINT stops it in order
+
+
 def exit_quietly_on_sigint() -> None:
-    """Until a node's ``main`` takes over, Ctrl-C (SIGINT) ends the process with exit code 0 and
-    no traceback. Importing rclpy and torch and loading a checkpoint take seconds, and a launcher
-    that stops a node meanwhile (``processes.stop`` sends SIGINT) must not read as a crash.
-    The process ends at once (``os._exit``): nothing is open yet, and an exception raised
-    here (SystemExit) could land in an imported library's bare ``except:`` and be lost, leaving
-    the node to start as if never stopped (seen on a loaded machine)."""
+    """Until a node runs, Ctrl-C (SIGINT) ends the process at once with exit code 0 and no
+    traceback. Importing rclpy and torch and loading a checkpoint take seconds, and a launcher
+    that stops a node meanwhile (``processes.stop`` sends SIGINT) must not read as a crash. At
+    once (``os._exit``), not by an exception: nothing is open yet, and a SystemExit or
+    KeyboardInterrupt raised while a library loads can land in its bare ``except:`` and be
+    lost, and the node then starts as if never stopped (seen on a loaded machine). Call it
+    before ``rclpy.init``: rclpy's handler chains to the one installed then."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):  # keep an inherited "ignore"
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+def stop_orderly_from_now() -> None:
+    """From now on a SIGINT raises KeyboardInterrupt, which a node's ``main`` catches to close
+    the node in order. No signal disposition changes: ``signal.signal`` now would replace
+    rclpy's handler, which wakes the executor."""
+    global _orderly_stop
+    _orderly_stop = True
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    if _orderly_stop:
+        raise KeyboardInterrupt
     import os
-    import signal
 
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # keep an inherited "ignore"
-        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(0))
-
-
-def interrupt_as_keyboard_interrupt() -> None:
-    """Back to Python's own Ctrl-C (KeyboardInterrupt), which a node's ``main`` catches; call it
-    before ``rclpy.init``, which chains its handler to the one installed then."""
-    import signal
-
-    if signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, signal.SIG_DFL, None):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    os._exit(0)

@@ -40,7 +40,7 @@ from rclpy.subscription import MessageInfo  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ros2_bridge import interrupt_as_keyboard_interrupt  # noqa: E402
+from ros2_bridge import exit_quietly_on_sigint, stop_orderly_from_now  # noqa: E402
 from ros2_bridge.safety import SafetyFilter  # noqa: E402
 
 NAMESPACE = "/vla"
@@ -178,7 +178,7 @@ def run_node(
     """A bridge node's ``main``: spin it on ``threads`` executor threads until Ctrl-C or SIGINT
     (exit code 0, no traceback, also while it is starting); a bad parameter, checkpoint or
     ``--ros-args`` is one line ``<label>: cannot start: ...`` and exit code 2."""
-    interrupt_as_keyboard_interrupt()
+    exit_quietly_on_sigint()  # until the node is built: a stop ends the process at once
     node: Node | None = None
     executor: MultiThreadedExecutor | None = None
     cannot_start: Exception | None = None
@@ -196,6 +196,9 @@ def run_node(
         if node is not None:
             executor = MultiThreadedExecutor(num_threads=threads)
             executor.add_node(node)
+            # From here a stop is orderly (goals aborted, node closed). Not earlier: loading a
+            # checkpoint runs libraries whose bare ``except:`` can swallow a KeyboardInterrupt.
+            stop_orderly_from_now()
             executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # Ctrl-C or SIGINT: a normal stop
