@@ -325,8 +325,13 @@ def test_policy_node_sigint_while_loading_exits_cleanly(tiny_checkpoint):
                 break
             time.sleep(0.02)
         assert process.poll() is None, "the node ended before it was interrupted"
+        status = Path(f"/proc/{process.pid}/status").read_text()  # how the node held SIGINT then
+        held = [line for line in status.splitlines() if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
         os.killpg(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
+        try:
+            _, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the node kept running after SIGINT; its signal masks then: {held}") from None
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
