@@ -171,6 +171,17 @@ def decoder_for(
     return StaticDecoder(policy, batch_size, device, dtype, mode, use_cache, compile_mode, attention)
 
 
+def runnable_variants(args, device: torch.device) -> list[tuple[str, str, str]]:
+    """(dtype, mode, weights) of the command line that can run on ``device``."""
+    return [
+        (d, m, w)
+        for d in args.dtypes
+        for m in args.modes
+        for w in weight_variants(args, m)
+        if mode_supported(m, d, device) is None
+    ]
+
+
 def weight_variants(args, mode: str) -> list[str]:
     """The --weights a (mode) row runs with: dynamic int8 has its own int8 weights."""
     return ["fp"] if mode == "int8" else args.weights
@@ -240,9 +251,7 @@ def latency(args, values, weights, device) -> list[dict[str, Any]]:
 def throughput(args, values, weights, device) -> list[dict[str, Any]]:
     rows = []
     policy = make_policy(values, weights, device, decoding="parallel")
-    for dtype, mode, quant in ((d, m, w) for d in args.dtypes for m in args.modes for w in weight_variants(args, m)):
-        if mode_supported(mode, dtype, device):
-            continue
+    for dtype, mode, quant in runnable_variants(args, device):
         for size in args.batch_sizes:
             free_memory(device)
             reset_peak(device)
@@ -287,9 +296,7 @@ def profile(args, values, weights, device) -> list[dict[str, Any]]:
         return []
     rows = []
     policy = make_policy(values, weights, device, decoding="parallel")
-    for dtype, mode, quant in ((d, m, w) for d in args.dtypes for m in args.modes for w in weight_variants(args, m)):
-        if mode_supported(mode, dtype, device):
-            continue
+    for dtype, mode, quant in runnable_variants(args, device):
         for size in args.batch_sizes:
             free_memory(device)
             decoder = decoder_for(policy, size, device, dtype, mode, True, quant, args.compile_mode, args.attention)

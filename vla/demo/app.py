@@ -262,19 +262,7 @@ def uvicorn_config(service: DemoService, host: str, port: int) -> Any:
 @contextlib.contextmanager
 def demo_in_background(service: DemoService, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Run the demo server in a thread of this process (tests, screenshots); yields its URL."""
-    import uvicorn
+    from vla.serve.app import uvicorn_in_background
 
-    server = uvicorn.Server(uvicorn_config(service, host, port))
-    thread = threading.Thread(target=server.run, name="demo-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the demo server did not start on {host}:{port}")
-        time.sleep(0.01)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{host}:{bound}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with uvicorn_in_background(uvicorn_config(service, host, port), "demo server") as url:
+        yield url

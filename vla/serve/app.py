@@ -192,22 +192,32 @@ def make_app(service: PolicyService) -> Starlette:
 @contextlib.contextmanager
 def serve_in_background(service: PolicyService, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Run the server in a thread of this process (tests, benchmarks); yields its URL."""
+    import uvicorn
+
+    config = uvicorn.Config(make_app(service), host=host, port=port, log_level="warning", timeout_keep_alive=30)
+    with uvicorn_in_background(config, "policy server") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def uvicorn_in_background(config: Any, name: str) -> Iterator[str]:
+    """A uvicorn server (``config``: a ``uvicorn.Config``) on a thread of this process until
+    the block ends; yields its URL, with the port it bound."""
     import threading
 
     import uvicorn
 
-    config = uvicorn.Config(make_app(service), host=host, port=port, log_level="warning", timeout_keep_alive=30)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="policy-server", daemon=True)
+    thread = threading.Thread(target=server.run, name=name.replace(" ", "-"), daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the policy server did not start on {host}:{port}")
+            raise RuntimeError(f"the {name} did not start on {config.host}:{config.port}")
         time.sleep(0.01)
     bound = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://{host}:{bound}"
+        yield f"http://{config.host}:{bound}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
