@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -54,6 +55,14 @@ def demo_url(runner) -> str:
         yield url
 
 
+def wait_until_no_pages(demo_url: str, timeout_s: float = 30.0) -> None:
+    """Pages the earlier tests closed are released by the server a moment later (under load, seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while json.loads(urllib.request.urlopen(f"{demo_url}/health", timeout=10).read())["pages"] > 0:
+        assert time.monotonic() < deadline, "the server still counts pages the earlier tests closed"
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def browser():
     if CHROMIUM is None:
@@ -70,6 +79,7 @@ def browser():
 
 @pytest.fixture
 def page(browser, demo_url):
+    wait_until_no_pages(demo_url)
     page = browser.new_page(viewport={"width": 1100, "height": 760})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(demo_url)
@@ -156,6 +166,7 @@ def test_the_scripted_expert_runs_the_same_scene(page):
 
 
 def test_pause_stops_a_run_and_run_goes_on(browser, demo_url):
+    wait_until_no_pages(demo_url)
     page = browser.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(demo_url)
@@ -185,6 +196,7 @@ def next_of(socket, kind: str) -> dict:
 def test_the_server_refuses_bad_messages_and_extra_pages(demo_url):
     from websockets.sync.client import connect
 
+    wait_until_no_pages(demo_url)
     info = json.loads(urllib.request.urlopen(f"{demo_url}/api/info", timeout=10).read())
     assert "reach" in info["tasks"] and info["max_instruction_length"] == 256 and info["keypoints"]
     address = demo_url.replace("http", "ws") + "/ws"
