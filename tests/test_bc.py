@@ -410,3 +410,15 @@ def test_the_run_log_holds_what_the_run_printed(trained_run):
     assert "config: tasks ['reach', 'lift']" in log and "token layout per step" in log
     assert "all tasks" in log  # the final evaluation table
     assert "\r" not in log  # no progress-bar refreshes
+
+
+def test_a_flow_head_film_policy_with_learned_loss_weights_trains_and_evaluates_closed_loop(tiny_demos, tmp_path):
+    options = ("model.action_head=flow", "model.chunk=2", "model.fusion=film", "model.word_tokens=false")
+    balance = ("model.aux_weight=1.0", "model.loss_weighting=uncertainty")
+    result = train(tiny_demos, tmp_path / "flow", "trainer.steps=3", *options, *balance)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "text 0," in result.stdout and "action 2]" in result.stdout  # no text tokens; one token per action
+    rows = [json.loads(line) for line in (tmp_path / "flow" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["weight_action"] > 0 and r["weight_aux"] > 0 for r in rows if "loss" in r)
+    report = json.loads((tmp_path / "flow" / "evaluation.json").read_text())
+    assert report["tasks"] and 0 <= report["open_loop"]["token_accuracy"] <= 1

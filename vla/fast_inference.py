@@ -62,6 +62,7 @@ class StaticDecoder:
         compile_mode: str = "default",
         attention: str = "sdpa",
     ):
+        policy.require_plain_blocks("the static decoder (CUDA graphs, compile, ONNX)")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid values are: {', '.join(MODES)}")
         if dtype not in DTYPES:

@@ -68,6 +68,8 @@ class PolicyRunner:
         if precision not in AUTOCAST:
             raise ValueError(f"precision must be one of {', '.join(AUTOCAST)}, got {precision!r}")
         self.autocast = AUTOCAST[precision]  # decode under autocast to this dtype (None: fp32)
+        if backend == "onnx":
+            policy.require_plain_blocks("backend=onnx (the exported token decoder)")
         self.backend = backend
         self._onnx = None  # the batch-1 ONNX Runtime decoder, made at the first call
         self.threads = threads

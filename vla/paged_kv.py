@@ -132,6 +132,7 @@ class ContinuousDecoder:
     every running request and returns ``[(key, bins)]`` of those that are complete."""
 
     def __init__(self, policy: VLAPolicy, block_size: int = 16, num_blocks: int | None = None, max_batch: int = 32):
+        policy.require_plain_blocks("continuous batching")
         c = policy.config
         if c.decoding != "autoregressive":
             raise ValueError(

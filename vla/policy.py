@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla.flow import FlowMatchingHead, bins_to_unit, flow_training_pair, unit_to_bins
 from vla.language import (
     InstructionReader,
     check_text_encoder,
@@ -38,6 +39,9 @@ from vla.transformer import Block, KVCache
 from vla.vision import TextQueriedKeypoints, ViT, random_shift
 
 DECODINGS = ("autoregressive", "parallel")
+FUSIONS = ("tokens", "film")
+LOSS_WEIGHTINGS = ("fixed", "uncertainty")
+ACTION_HEADS = ("tokens", "flow")
 KEY_POSITION_SCALE = 0.1  # metres -> units of the auxiliary regression (the table spans ~+-0.2 m)
 KEY_POSITION_DIM = 6
 KEYPOINT_COUNTS = (0, 2)  # off, or one per key position: the target and its destination
@@ -68,6 +72,8 @@ class PolicyConfig:
     text_max_length: int = 32  # instruction tokens kept
     sentence_token: bool = True  # the instruction's sentence embedding as one text token
     word_tokens: bool = False  # also the encoder's per-word states as text tokens (~13 more tokens)
+    fusion: str = "tokens"  # tokens (text tokens in the decoder's sequence) | film (the sentence scales and
+    # shifts every decoder block's features, as RT-1 conditions its image encoder; no text tokens)
     text_normalise: bool = True  # lower-case, drop punctuation and extra spaces before encoding
     colour_words: bool = True  # read colour words outside the palette as the palette colour they look like
     colour_palette: dict[str, list[float]] = field(default_factory=dict)  # the world's colours (name -> sRGB),
@@ -80,8 +86,11 @@ class PolicyConfig:
     keypoint_channels: int = 16  # channels of the keypoint reader's half-resolution conv map
     keypoint_sentence: bool = True  # each keypoint question also reads the sentence embedding (held-out nouns)
     aux_weight: float = 0.0  # >0: train the keypoint heatmaps on the demos too (needs images, no keypoint cache)
+    loss_weighting: str = "fixed"  # fixed: action + aux_weight x aux | uncertainty: learned weights (Kendall et al.)
     scope_check: bool = True  # with keypoints: the reader may answer "nothing named is in view", and act stops
     # --- actions ---
+    action_head: str = "tokens"  # tokens (7 binned tokens per action, cross-entropy) | flow (vla/flow.py)
+    flow_steps: int = 10  # flow head: Euler steps from noise to the action chunk at inference
     action_dim: int = 7  # [dx, dy, dz, droll, dpitch, dyaw, gripper]
     bins: int = 256  # action tokens per element (the tokenizer's bins)
     decoding: str = "parallel"  # parallel (7 tokens in one pass) | autoregressive (KV cache)
@@ -107,7 +116,17 @@ class PolicyConfig:
                 "vision_tokens=false reads the scene through its keypoints alone: it needs keypoints=2 and "
                 f"cameras=[scene], got keypoints={config.keypoints}, cameras={config.cameras}"
             )
-        if not config.word_tokens and not config.sentence_token:
+        if config.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"unknown loss_weighting {config.loss_weighting!r}; valid values are: {', '.join(LOSS_WEIGHTINGS)}"
+            )
+        if config.loss_weighting == "uncertainty" and not config.aux_weight > 0:
+            raise ValueError("loss_weighting=uncertainty balances the action and auxiliary losses: set aux_weight > 0")
+        if config.fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {config.fusion!r}; valid values are: {', '.join(FUSIONS)}")
+        if config.fusion == "film" and config.word_tokens:
+            raise ValueError("fusion=film conditions on the sentence embedding alone: it needs word_tokens=false")
+        if config.fusion == "tokens" and not config.word_tokens and not config.sentence_token:
             raise ValueError(
                 "word_tokens=false leaves the sentence token as the decoder's only text token: it needs "
                 f"sentence_token=true, got sentence_token={config.sentence_token}"
@@ -118,6 +137,10 @@ class PolicyConfig:
             raise ValueError(f"chunk must be an integer >= 1 (actions predicted per step), got {config.chunk!r}")
         if config.decoding not in DECODINGS:
             raise ValueError(f"unknown decoding {config.decoding!r}; valid values are: {', '.join(DECODINGS)}")
+        if config.action_head not in ACTION_HEADS:
+            raise ValueError(f"unknown action_head {config.action_head!r}; valid values are: {', '.join(ACTION_HEADS)}")
+        if not isinstance(config.flow_steps, int) or config.flow_steps < 1:
+            raise ValueError(f"flow_steps must be an integer >= 1 (Euler steps), got {config.flow_steps!r}")
         check_text_encoder(config.text_encoder)
         if not config.label_sigma >= 0:
             raise ValueError(f"label_sigma must be >= 0 bins (0: one-hot labels), got {config.label_sigma!r}")
@@ -156,19 +179,28 @@ class VLAPolicy(nn.Module):
         self.register_buffer("proprio_mean", torch.zeros(c.proprio_dim))
         self.register_buffer("proprio_std", torch.ones(c.proprio_dim))
         self.type_embed = nn.Parameter(torch.randn(4, c.width) * 0.02)  # vision, text, proprio, action
-        self.action_embed = nn.Embedding(c.bins, c.width)  # the reserved action-token block
-        # Parallel decoding never feeds earlier tokens back in: the embedding gets no gradient,
-        # and DistributedDataParallel refuses trainable weights that take no part in the loss.
-        self.action_embed.requires_grad_(c.decoding == "autoregressive")
-        # Gaussian labels depend on the label's bin alone: one row per bin, made once, looked up
-        # by the loss (not saved: the config re-makes it).
-        table = soft_bin_targets(torch.arange(c.bins), c.bins, c.label_sigma) if c.label_sigma > 0 else None
-        self.register_buffer("soft_labels", table, persistent=False)
-        self.action_position = nn.Parameter(torch.randn(c.chunk * c.action_dim, c.width) * 0.02)
-        self.start = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
+        # The token head's pieces (None with the flow head, which has its own: vla/flow.py).
+        self.action_embed = self.start = self.head = self.flow = None
+        self.register_buffer("soft_labels", None, persistent=False)
+        if c.action_head == "tokens":
+            self.action_embed = nn.Embedding(c.bins, c.width)  # the reserved action-token block
+            # Parallel decoding never feeds earlier tokens back in: the embedding gets no gradient,
+            # and DistributedDataParallel refuses trainable weights that take no part in the loss.
+            self.action_embed.requires_grad_(c.decoding == "autoregressive")
+            # Gaussian labels depend on the label's bin alone: one row per bin, made once, looked up
+            # by the loss (not saved: the config re-makes it).
+            if c.label_sigma > 0:
+                self.soft_labels = soft_bin_targets(torch.arange(c.bins), c.bins, c.label_sigma)
+        action_tokens = c.chunk * c.action_dim if c.action_head == "tokens" else c.chunk  # flow: one per action
+        self.action_position = nn.Parameter(torch.randn(action_tokens, c.width) * 0.02)
+        if c.action_head == "tokens":
+            self.start = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
         self.blocks = nn.ModuleList(Block(c.width, c.heads, dropout=c.dropout) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.width)
-        self.head = nn.Linear(c.width, c.bins)
+        if c.action_head == "tokens":
+            self.head = nn.Linear(c.width, c.bins)
+        else:
+            self.flow = FlowMatchingHead(c.action_dim, c.width)
         self.key_position_head = None
         if c.aux_weight > 0 and not c.keypoints:  # with keypoints the aux loss supervises their heatmaps
             self.key_position_head = nn.Linear(c.width, KEY_POSITION_DIM)
@@ -179,7 +211,19 @@ class VLAPolicy(nn.Module):
         # after the decoder has run, without threading them through every caller.
         self._keypoint_logits: torch.Tensor | None = None
         # made last, so every weight above starts as it does without it (same random draws)
-        self.sentence_proj = nn.Linear(self.text.out_dim, c.width) if c.sentence_token else None
+        self.sentence_proj = self.film_proj = None
+        if c.fusion == "film":  # the sentence -> (scale, shift) x (attention, MLP) of every block
+            self.film_proj = nn.Linear(self.text.out_dim, c.layers * 4 * c.width)
+            nn.init.zeros_(self.film_proj.weight)  # starts as the identity: no scale, no shift
+            nn.init.zeros_(self.film_proj.bias)
+        elif c.sentence_token:
+            self.sentence_proj = nn.Linear(self.text.out_dim, c.width)
+        # Uncertainty weighting: one log-variance s per loss (action, auxiliary), each loss counted
+        # as exp(-s) * loss + s, so a noisier loss learns a smaller weight and s keeps it from 0.
+        self.loss_log_vars = nn.Parameter(torch.zeros(2)) if c.loss_weighting == "uncertainty" else None
+        # FiLM's scales and shifts of the last prefix (B, layers, 4, width): the blocks read them
+        # in _run, for the prefix and the actions after it.
+        self._film: torch.Tensor | None = None
 
     # --- the prefix ----------------------------------------------------------------------
     def prefix(self, batch: dict[str, Any], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,9 +257,14 @@ class VLAPolicy(nn.Module):
                 views.append(tokens + self.camera_embed[i])
         vision = torch.cat(views, 1) + self.type_embed[0]
         device = vision.device
-        text, text_mask = self._text_tokens(text_states, text_mask)
-        text = text + self.type_embed[1]
-        parts, masks = [vision, text], [torch.ones(vision.shape[:2], dtype=torch.bool, device=device), text_mask]
+        parts, masks = [vision], [torch.ones(vision.shape[:2], dtype=torch.bool, device=device)]
+        if self.film_proj is not None:  # the instruction conditions every block instead of being read
+            film = self.film_proj(sentence_embedding(text_states, text_mask).to(self.film_proj.weight.dtype))
+            self._film = film.view(len(vision), self.config.layers, 4, self.config.width)
+        else:
+            text, text_mask = self._text_tokens(text_states, text_mask)
+            parts.append(text + self.type_embed[1])
+            masks.append(text_mask)
         if self.config.use_proprio:
             proprio = self._read_proprio(batch["proprio"])
             parts.append(self.proprio_proj(proprio).unsqueeze(1) + self.type_embed[2])
@@ -257,7 +306,7 @@ class VLAPolicy(nn.Module):
         if self.config.use_proprio:
             layout[-1] = ("text", layout[-1][1] - 1)
             layout.append(("proprio", 1))
-        return [*layout, ("action", self.config.chunk * self.config.action_dim)]
+        return [*layout, ("action", len(self.action_position))]  # tokens: 7 per action; flow: 1
 
     def set_proprio_statistics(self, mean: Any, std: Any) -> None:
         """Standardise proprio with the training data's per-element mean and std (a floor on
@@ -293,13 +342,15 @@ class VLAPolicy(nn.Module):
         return torch.cat(inputs, 1) + position
 
     @staticmethod
-    def _mask(key_valid: torch.Tensor, prefix_length: int, query_start: int = 0) -> torch.Tensor:
+    def _mask(key_valid: torch.Tensor, prefix_length: int, query_start: int = 0, causal: bool = True) -> torch.Tensor:
         """(B, 1, Q, K) attention mask: prefix queries see the prefix; action queries see the
-        prefix and the actions up to themselves; padded keys are never seen."""
+        prefix and the actions up to themselves (every action with ``causal=False``: the flow
+        head denoises its chunk jointly); padded keys are never seen."""
         keys = key_valid.shape[1]
         q = torch.arange(query_start, keys, device=key_valid.device)[:, None]
         k = torch.arange(keys, device=key_valid.device)[None, :]
-        allowed = (k < prefix_length) | ((q >= prefix_length) & (k <= q))
+        later = (q >= prefix_length) & (k <= q) if causal else q >= prefix_length
+        allowed = (k < prefix_length) | later
         return (allowed[None] & key_valid[:, None, :]).unsqueeze(1)
 
     def _run(self, x, mask, cache: KVCache | None = None, read_from: int = 0, last_mask=None) -> torch.Tensor:
@@ -309,7 +360,8 @@ class VLAPolicy(nn.Module):
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             own = last_mask if i == last and last_mask is not None else mask
-            x = block(x, own, cache, i, queries_from=read_from if i == last else 0)
+            film = self._film[:, i] if self._film is not None else None
+            x = block(x, own, cache, i, queries_from=read_from if i == last else 0, film=film)
         return x
 
     @staticmethod
@@ -341,6 +393,7 @@ class VLAPolicy(nn.Module):
         on ``batch["action_bins"]`` (B, tokens): the head turns them into logits, RL heads read
         them too. ``tokens`` is 7 per action, for 1 up to ``chunk`` actions: a chunked policy's
         first 7 states are the same whether or not the later actions are given (causal)."""
+        self.require_token_head("action_states")
         bins = batch["action_bins"]
         d = bins.shape[1]
         c = self.config
@@ -358,6 +411,7 @@ class VLAPolicy(nn.Module):
         """Final normalised state at the first action position, from the prefix and the start
         token only (B, width): equal to ``action_states(...)[:, 0]`` for any action bins, since
         action positions are causal (a value head reads it without choosing actions)."""
+        self.require_token_head("start_state (PPO's value head)")
         x, _, mask = self.prefill_inputs(*self.prefix(batch))
         return self.norm(self._run(x, mask, read_from=x.shape[1] - 1)[:, -1])
 
@@ -366,6 +420,42 @@ class VLAPolicy(nn.Module):
         return self.loss(batch, augment)
 
     def loss(self, batch: dict[str, Any], augment: bool = True) -> dict[str, torch.Tensor]:
+        if self.flow is not None:
+            states, out = self._flow_loss(batch, augment)
+        else:
+            states, out = self._token_loss(batch, augment)
+        if self.keypoint_reader is not None and self.config.aux_weight > 0:
+            if "key_uv" not in batch:
+                raise ValueError("model.aux_weight > 0 needs demos that record key_positions (collect them anew)")
+            if self._keypoint_logits is None:
+                raise ValueError("cached keypoint coordinates leave no heatmaps to supervise: set model.aux_weight=0")
+            aux, error_px = self.keypoint_reader.heatmap_loss(self._keypoint_logits, batch["key_uv"])
+            out.update(aux_loss=aux, keypoint_error_px=error_px.detach())
+            out.update(self._balance(out["action_loss"], aux))
+        if self.key_position_head is not None:
+            if "key_positions" not in batch:
+                raise ValueError("model.aux_weight > 0 needs demos that record key_positions (collect them anew)")
+            predicted = self.key_position_head(states[:, 0]).float()
+            aux = F.mse_loss(predicted, batch["key_positions"] / KEY_POSITION_SCALE)
+            out["aux_loss"] = aux
+            # the mean position error in centimetres is what a reader can judge
+            out["aux_error_cm"] = (predicted.detach() - batch["key_positions"] / KEY_POSITION_SCALE).abs().mean() * (
+                100 * KEY_POSITION_SCALE
+            )
+            out.update(self._balance(out["action_loss"], aux))
+        return out
+
+    def _balance(self, action_loss: torch.Tensor, aux_loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The total loss: fixed weights, or learned ones (model.loss_weighting=uncertainty)."""
+        if self.loss_log_vars is None:
+            return {"loss": action_loss + self.config.aux_weight * aux_loss}
+        s = self.loss_log_vars
+        weights = torch.exp(-s)
+        total = weights[0] * action_loss + s[0] + weights[1] * aux_loss + s[1]
+        return {"loss": total, "weight_action": weights[0].detach(), "weight_aux": weights[1].detach()}
+
+    def _token_loss(self, batch: dict[str, Any], augment: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Cross-entropy of the action tokens (Gaussian labels with label_sigma > 0)."""
         states = self.action_states(batch, augment)
         logits = self.head(states)
         target = batch["action_bins"]
@@ -382,26 +472,71 @@ class VLAPolicy(nn.Module):
         # accuracy of the executed (first) action, comparable across chunk sizes
         first = self.config.action_dim
         out["token_accuracy"] = (logits[:, :first].argmax(-1) == target[:, :first]).float().mean()
-        if self.keypoint_reader is not None and self.config.aux_weight > 0:
-            if "key_uv" not in batch:
-                raise ValueError("model.aux_weight > 0 needs demos that record key_positions (collect them anew)")
-            if self._keypoint_logits is None:
-                raise ValueError("cached keypoint coordinates leave no heatmaps to supervise: set model.aux_weight=0")
-            aux, error_px = self.keypoint_reader.heatmap_loss(self._keypoint_logits, batch["key_uv"])
-            out.update(aux_loss=aux, keypoint_error_px=error_px.detach())
-            out["loss"] = action_loss + self.config.aux_weight * aux
-        if self.key_position_head is not None:
-            if "key_positions" not in batch:
-                raise ValueError("model.aux_weight > 0 needs demos that record key_positions (collect them anew)")
-            predicted = self.key_position_head(states[:, 0]).float()
-            aux = F.mse_loss(predicted, batch["key_positions"] / KEY_POSITION_SCALE)
-            out["aux_loss"] = aux
-            # the mean position error in centimetres is what a reader can judge
-            out["aux_error_cm"] = (predicted.detach() - batch["key_positions"] / KEY_POSITION_SCALE).abs().mean() * (
-                100 * KEY_POSITION_SCALE
+        return states, out
+
+    def _flow_loss(self, batch: dict[str, Any], augment: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Flow matching (vla/flow.py): the velocity's squared error at a random time of the
+        straight path from noise to the demo chunk."""
+        c = self.config
+        bins = batch["action_bins"]
+        if bins.shape[1] != c.chunk * c.action_dim:
+            raise ValueError(
+                f"the flow head denoises whole chunks: action_bins must hold {c.chunk} actions of "
+                f"{c.action_dim} tokens, got {bins.shape[1]} tokens per row"
             )
-            out["loss"] = action_loss + self.config.aux_weight * aux
-        return out
+        actions = bins_to_unit(bins, c.bins).view(len(bins), c.chunk, c.action_dim)
+        noisy, t, target = flow_training_pair(actions)
+        prefix, key_valid = self.prefix(batch, augment)
+        states = self._flow_states(prefix, key_valid, noisy, t)
+        error = (self.flow.velocity(states) - target).pow(2).mean(-1)  # (B, chunk)
+        if "action_valid" in batch:  # a chunk running past the episode's end: no label there
+            weight = batch["action_valid"].float()
+            flow_loss = (error * weight).sum() / weight.sum().clamp_min(1.0)
+        else:
+            flow_loss = error.mean()
+        return states, {"loss": flow_loss, "action_loss": flow_loss}
+
+    def _flow_states(
+        self, prefix: torch.Tensor, key_valid: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """Final normalised states (B, chunk, width) of the noisy chunk's tokens after the prefix."""
+        b, p, _ = prefix.shape
+        actions = self.flow.tokens(noisy, t).to(prefix.dtype) + self.action_position + self.type_embed[3]
+        valid = torch.cat([key_valid, torch.ones(b, actions.shape[1], dtype=torch.bool, device=prefix.device)], 1)
+        mask = self._mask(valid, p, causal=False)
+        return self.norm(self._run(torch.cat([prefix, actions], 1), mask, read_from=p))
+
+    @torch.no_grad()
+    def _flow_decode(self, batch: dict[str, Any], temperature: float, generator: torch.Generator | None):
+        """Action bins (B, action_dim) of the first action of a chunk integrated from noise:
+        ``temperature`` scales the starting noise (0: start at its mean, deterministic)."""
+        c = self.config
+        prefix, key_valid = self.prefix(batch)
+        b, p, _ = prefix.shape
+        cache = KVCache(len(self.blocks))  # the prefix's keys and values, computed once
+        self._run(prefix, key_valid[:, None, None, :], cache, read_from=p - 1)
+        valid = torch.cat([key_valid, torch.ones(b, c.chunk, dtype=torch.bool, device=prefix.device)], 1)
+        x = torch.zeros(b, c.chunk, c.action_dim, device=prefix.device)
+        if temperature > 0:
+            x = temperature * torch.randn(x.shape, device=x.device, generator=generator)
+        for step in range(c.flow_steps):
+            t = torch.full((b,), step / c.flow_steps, device=x.device)
+            tokens = self.flow.tokens(x, t).to(prefix.dtype) + self.action_position + self.type_embed[3]
+            states = self.norm(self._run(tokens, valid[:, None, None, :], cache.fork()))
+            x = x + self.flow.velocity(states) / c.flow_steps
+        return unit_to_bins(x[:, 0], c.bins)
+
+    def require_token_head(self, what: str) -> None:
+        """A clear error where ``what`` reads action tokens a flow-head policy does not have."""
+        if self.flow is not None:
+            raise ValueError(f"{what} reads action tokens: this policy has model.action_head=flow (use tokens)")
+
+    def require_plain_blocks(self, what: str) -> None:
+        """A clear error where ``what`` runs the decoder blocks itself (not through ``_run``,
+        which applies FiLM) or reads action tokens."""
+        self.require_token_head(what)
+        if self.film_proj is not None:
+            raise ValueError(f"{what} runs the decoder blocks without FiLM: this policy has model.fusion=film")
 
     # --- inference -------------------------------------------------------------------------
     @torch.no_grad()
@@ -423,6 +558,10 @@ class VLAPolicy(nn.Module):
         with ``reuse_prefix=False`` it also re-encodes the image and instruction each time,
         as a plain ``model(inputs)`` call per token would (the no-cache baselines of L1).
         """
+        if self.flow is not None:
+            if scores:
+                raise ValueError("scores=True returns token logits: this policy has model.action_head=flow")
+            return self._flow_decode(batch, temperature, generator)
         prefix, key_valid = self.prefix(batch)
         b, p, _ = prefix.shape
         d = self.config.action_dim

@@ -84,6 +84,8 @@ class SpeculativeDecoder:
         target_tokenizer: ActionTokenizer | None = None,
         draft_tokenizer: ActionTokenizer | None = None,
     ):
+        target.require_plain_blocks("speculative decoding")
+        draft.require_plain_blocks("speculative decoding")
         why = vocabulary_mismatch(target, draft, target_tokenizer, draft_tokenizer)
         if why is not None:
             raise ValueError(f"the draft must share the target's action tokenizer, but {why}")

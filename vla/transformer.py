@@ -20,6 +20,12 @@ class KVCache:
         self.keys: list[torch.Tensor | None] = [None] * layers
         self.values: list[torch.Tensor | None] = [None] * layers
 
+    def fork(self) -> KVCache:
+        """A cache holding the same entries, whose appends leave this one as it is."""
+        other = KVCache(len(self.keys))
+        other.keys, other.values = list(self.keys), list(self.values)
+        return other
+
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.keys[layer] is not None:
             k = torch.cat([self.keys[layer], k], dim=2)
@@ -65,8 +71,16 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0, queries_from: int = 0):
+    def forward(self, x, mask=None, cache: KVCache | None = None, layer: int = 0, queries_from: int = 0, film=None):
         """The block's output for the tokens from ``queries_from`` on: a last block whose
-        earlier positions nobody reads skips their attention output and MLP."""
-        x = x[:, queries_from:] + self.drop(self.attn(self.norm1(x), mask, cache, layer, queries_from))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        earlier positions nobody reads skips their attention output and MLP. ``film`` (B, 4,
+        width): FiLM's scale and shift of every token's normalised features, before the
+        attention (rows 0, 1) and before the MLP (rows 2, 3)."""
+        h = self.norm1(x)
+        if film is not None:
+            h = h * (1 + film[:, 0:1]) + film[:, 1:2]
+        x = x[:, queries_from:] + self.drop(self.attn(h, mask, cache, layer, queries_from))
+        h = self.norm2(x)
+        if film is not None:
+            h = h * (1 + film[:, 2:3]) + film[:, 3:4]
+        return x + self.drop(self.mlp(h))

@@ -63,6 +63,7 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         critic_lr_scale: float = 1.0,
         **kwargs: Any,
     ):
+        vla.require_token_head("PPO fine-tuning (token log-probabilities)")
         if kwargs.pop("ortho_init", False) or kwargs.pop("normalize_images", False):
             raise ValueError("the VLA policy keeps its own initialisation and image normalisation")
         if value_head not in VALUE_HEADS:

@@ -56,6 +56,8 @@ from vla.training.runtime import (
 from vla.training.step import TrainStep, compile_mode
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+# Loss outputs written to the metrics log when the model reports them (a flow head has no tokens).
+LOGGED = ("token_accuracy", "aux_loss", "aux_error_cm", "keypoint_error_px", "weight_action", "weight_aux")
 
 
 def check_config(cfg: DictConfig) -> PolicyConfig:
@@ -208,15 +210,15 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
             metrics = {
                 "step": step + 1,
                 "loss": out["loss"].item(),
-                "token_accuracy": out["token_accuracy"].item(),
-                **{k: out[k].item() for k in ("aux_loss", "aux_error_cm", "keypoint_error_px") if k in out},
+                **{k: out[k].item() for k in LOGGED if k in out},
                 "grad_norm": grad_norm.item(),
                 "lr": schedule.get_last_lr()[0],
                 "samples_per_s": samples / (now - last_time),
             }
             last_time, samples = now, 0
             log_metrics(writer, run_dir, metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['token_accuracy']:.2f}")
+            shown = {"acc": f"{metrics['token_accuracy']:.2f}"} if "token_accuracy" in metrics else {}
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", **shown)
         bar.update(1)
 
         done = step + 1 == stop
