@@ -422,3 +422,26 @@ def test_a_flow_head_film_policy_with_learned_loss_weights_trains_and_evaluates_
     assert all(r["weight_action"] > 0 and r["weight_aux"] > 0 for r in rows if "loss" in r)
     report = json.loads((tmp_path / "flow" / "evaluation.json").read_text())
     assert report["tasks"] and 0 <= report["open_loop"]["token_accuracy"] <= 1
+
+
+def test_a_run_takes_the_grounded_reader_of_another_instead_of_grounding_its_own(tiny_demos, tmp_path):
+    """grounding.reader: every variant of an experiment starts from one grounded reader; with
+    the reader frozen (cache_keypoints) the new run's checkpoint holds exactly those weights."""
+    from vla.checkpoint import read_checkpoint
+
+    scenes = tmp_path / "scenes.npz"
+    grounding = ["grounding.scenes=200", "grounding.steps=5", "grounding.batch_size=16", f"grounding.path={scenes}"]
+    model = ["model.keypoints=2", "model.aux_weight=0", "model.vision_tokens=false", "trainer.cache_keypoints=true"]
+    source = train(tiny_demos, tmp_path / "source", "trainer.steps=2", *model, *grounding)
+    assert source.returncode == 0, source.stderr[-3000:]
+    taker = train(tiny_demos, tmp_path / "taker", "trainer.steps=2", *model, f"grounding.reader={tmp_path / 'source'}")
+    assert taker.returncode == 0, taker.stderr[-3000:]
+    assert "no grounding here" in taker.stdout and "grounding: keypoints" not in taker.stdout
+    weights = [read_checkpoint(tmp_path / run)["model"] for run in ("source", "taker")]
+    grounded = ("keypoint_reader.features.", "keypoint_reader.questions", "keypoint_reader.query.")
+    reader = [k for k in weights[0] if k.startswith(grounded)]
+    assert reader and all(torch.equal(weights[0][k], weights[1][k]) for k in reader)
+    other = train(
+        tiny_demos, tmp_path / "other", *model, "model.keypoint_channels=8", f"grounding.reader={tmp_path / 'source'}"
+    )
+    assert_one_clear_error(other, "grounding.reader=", "keypoint_channels: checkpoint 16 vs config 8")

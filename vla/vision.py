@@ -149,6 +149,9 @@ class TextQueriedKeypoints(nn.Module):
     its own projection, added to what it read from the words (see PolicyConfig.keypoint_sentence).
     """
 
+    # The tokens made of the coordinates: behaviour cloning trains them, grounding does not.
+    TOKEN_PARTS = ("embed.", "roles")
+
     def __init__(
         self,
         width: int,

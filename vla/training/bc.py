@@ -108,6 +108,10 @@ def check_config(cfg: DictConfig) -> PolicyConfig:
         )
     check_device(cfg.device)
     check_start_points(cfg.resume, cfg.init)
+    if g.get("reader") and not Path(g.reader).exists():
+        raise FileNotFoundError(f"grounding.reader={g.reader}: no such checkpoint or run directory")
+    if g.get("reader") and not config.keypoints:
+        raise ValueError(f"grounding.reader={g.reader} is a keypoint reader for a model without one (keypoints=0)")
     if not (Path(cfg.data.path) / "index.h5").exists() and not cfg.data.collect_if_missing:
         raise FileNotFoundError(
             f"no dataset at {cfg.data.path}; collect one with `python train/collect.py output={cfg.data.path}`"
@@ -155,7 +159,9 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
         start_step, best_success = payload["step"], payload["best_success"]
         tokenizer = ActionTokenizer.from_state_dict(payload["tokenizer"])
     fresh = not cfg.resume and not cfg.get("init")
-    if policy.keypoint_reader is not None and cfg.grounding.steps > 0 and fresh:
+    if policy.keypoint_reader is not None and cfg.grounding.get("reader") and fresh:
+        load_grounded_reader(Path(cfg.grounding.reader), policy_config, policy, run_dir if rank == 0 else None)
+    elif policy.keypoint_reader is not None and cfg.grounding.steps > 0 and fresh:
         if rank == 0:  # DistributedDataParallel hands rank 0's grounded reader to the others
             ground(cfg, policy, run_dir, progress=t.progress)
     model = policy
@@ -448,6 +454,38 @@ def load_init_weights(path: Path, config: PolicyConfig, policy) -> ActionTokeniz
         raise SystemExit(f"error: cannot start from init={path}: {error}") from None
     print(f"initialised from {payload['path']} (step {payload.get('step')})")
     return ActionTokenizer.from_state_dict(payload["tokenizer"])
+
+
+# What a keypoint reader's weights were made for: a reader taken from another run must match them.
+READER_SETTINGS = (
+    "image_size", "width", "keypoints", "keypoint_channels", "keypoint_sentence", "scope_check",
+    "text_encoder", "text_max_length", "text_normalise", "colour_words", "colour_palette",
+)  # fmt: skip
+
+
+def load_grounded_reader(path: Path, config: PolicyConfig, policy, run_dir: Path | None) -> None:
+    """The keypoint reader grounded in another run (``grounding.reader``), instead of grounding one
+    here; its source goes to <run dir>/grounding.json."""
+    try:
+        payload = read_checkpoint(path)
+        saved = payload["policy_config"]
+        diff = {k: (saved.get(k), getattr(config, k)) for k in READER_SETTINGS if saved.get(k) != getattr(config, k)}
+        if diff:
+            details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointError(f"its reader was made for other settings ({details})")
+        prefix = "keypoint_reader."
+        state = {k.removeprefix(prefix): v for k, v in payload["model"].items() if k.startswith(prefix)}
+        # what grounding trained; the tokens made of the keypoints (BC trains them) start fresh, as here
+        state = {k: v for k, v in state.items() if not k.startswith(policy.keypoint_reader.TOKEN_PARTS)}
+        missing, unexpected = policy.keypoint_reader.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith(policy.keypoint_reader.TOKEN_PARTS) for k in missing):
+            raise CheckpointError(f"its reader differs from this one: missing {missing[:4]}, extra {unexpected[:4]}")
+    except (CheckpointError, RuntimeError) as error:
+        raise SystemExit(f"error: cannot take the keypoint reader of grounding.reader={path}: {error}") from None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "grounding.json").write_text(json.dumps({"reader": payload["path"]}, indent=2))
+    print(f"keypoint reader from {payload['path']} (grounded there: no grounding here)")
 
 
 def load_resume_state(run_dir: Path, config: PolicyConfig, policy, optimizer, schedule) -> dict:
