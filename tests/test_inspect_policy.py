@@ -27,10 +27,10 @@ STEPS = 3  # max_steps: a short look is enough to check the files
 HOLD = 10  # frames the video holds the last one (vla/evaluation/overlays.py episode_frames)
 
 
-def tiny_policy(decoding: str) -> VLAPolicy:
+def tiny_policy(decoding: str, **extra) -> VLAPolicy:
     """The tests' tiny model with a keypoint reader (and its abstain cell), untrained."""
     torch.manual_seed(0)
-    config = {**TINY_MODEL, "keypoints": 2, "scope_check": True, "decoding": decoding}
+    config = {**TINY_MODEL, "keypoints": 2, "scope_check": True, "decoding": decoding, **extra}
     return VLAPolicy(PolicyConfig.from_dict(config)).eval()
 
 
@@ -61,6 +61,22 @@ def test_the_recomputed_attention_is_the_decoders_own(decoding, use_cache):
     heatmaps = keypoint_heatmaps(policy)
     assert heatmaps.shape == (1, 2, 16, 16)  # the reader's half-resolution map
     torch.testing.assert_close(heatmaps.sum((-1, -2)), torch.ones(1, 2))
+
+
+@pytest.mark.parametrize("extra", [{"action_head": "flow", "chunk": 2}, {"fusion": "film", "word_tokens": False}])
+def test_a_flow_or_film_policy_shows_its_real_attention_too(extra):
+    """The flow head's rows are its chunk tokens at the last integration step; FiLM's blocks
+    attend over the modulated features the hook sees."""
+    policy = tiny_policy("parallel", **extra)
+    with DecoderAttention(policy, keep_values=True) as recorder:
+        policy.decode(observation_batch())
+    for weights, values, output in recorder.calls:
+        torch.testing.assert_close(attention_output(policy.blocks[-1].attn, weights, values), output)
+    rows = recorder.action_rows()
+    assert rows.shape[2] == policy.decoded_tokens
+    maps = vision_attention(policy, rows)
+    torch.testing.assert_close(maps["patches"].sum((-1, -2)) + maps["keypoints"].sum(-1), torch.ones(1))
+    torch.testing.assert_close(sum(maps["shares"].values()), torch.ones(1))
 
 
 def test_cache_and_no_cache_decoding_record_the_same_rows():

@@ -103,8 +103,9 @@ class DecoderAttention:
             self.calls.append((weights, values, output.detach().float()))
 
     def action_rows(self) -> torch.Tensor:
-        """(B, heads, action_dim, keys): the rows of the last decoded action's tokens."""
-        d = self.policy.config.action_dim
+        """(B, heads, tokens, keys): the rows of the last decoded action's tokens (7 action
+        tokens; the flow head's chunk tokens at its last integration step)."""
+        d = self.policy.decoded_tokens
         positions = range(self.keys - d, self.keys)
         missing = [p for p in positions if p not in self.rows]
         if missing:
@@ -116,10 +117,10 @@ class DecoderAttention:
 
 def token_segments(policy: VLAPolicy, keys: int) -> dict[str, slice]:
     """Where each kind of token sits among ``keys`` decoder positions (prefix plus the
-    ``action_dim`` action tokens of one action), in ``VLAPolicy.prefix``'s order."""
+    action tokens of one decoding), in ``VLAPolicy.prefix``'s order."""
     c = policy.config
     patches = policy.vision.num_tokens if policy.vision is not None else 0
-    prefix = keys - c.action_dim
+    prefix = keys - policy.decoded_tokens
     segments = {"scene patches": slice(0, patches), "keypoints": slice(patches, patches + c.keypoints)}
     end = patches + c.keypoints
     if len(c.cameras) > 1:

@@ -526,6 +526,11 @@ class VLAPolicy(nn.Module):
             x = x + self.flow.velocity(states) / c.flow_steps
         return unit_to_bins(x[:, 0], c.bins)
 
+    @property
+    def decoded_tokens(self) -> int:
+        """Action tokens after the prefix in one decoding pass: 7, or the flow head's chunk."""
+        return self.config.chunk if self.flow is not None else self.config.action_dim
+
     def require_token_head(self, what: str) -> None:
         """A clear error where ``what`` reads action tokens a flow-head policy does not have."""
         if self.flow is not None:
