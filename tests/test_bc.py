@@ -287,6 +287,8 @@ def test_the_default_and_the_recipes_compose_to_their_measured_settings():
 
     keypoints_only = check_config(compose_config("bc", ["+recipe=five_cpu_keypoints"]))
     assert not keypoints_only.vision_tokens and (keypoints_only.width, keypoints_only.layers) == (64, 2)
+    flow = check_config(compose_config("bc", ["+recipe=five_cpu_flow"]))  # the same recipe, the flow head
+    assert flow == PolicyConfig(**{**vars(keypoints_only), "action_head": "flow"})
 
     gpu = compose_config("bc", ["+recipe=five_gpu"])
     large = PolicyConfig.from_dict(dict(gpu.model))
