@@ -48,10 +48,6 @@ VARIANT_SETS = {  # name -> {variant -> the model settings it changes}
 }
 
 
-def parse_value(text: str):
-    return json.loads(text) if text[:1] in "[{0123456789-" or text in ("true", "false") else text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", required=True, choices=list(VARIANT_SETS), help="which comparison")
@@ -67,13 +63,12 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda needs a CUDA GPU; this machine has none")
     device = torch.device(args.device)
-    base = OmegaConf.to_container(compose_config("bc", [f"model={args.model}"]).model)
+    overrides = [f"model={args.model}", *(f"model.{item}" for item in args.set)]  # Hydra parses and checks them
+    try:
+        base = OmegaConf.to_container(compose_config("bc", overrides).model)
+    except ValueError as error:
+        raise SystemExit(f"error: --set: {error}") from None
     base["text_encoder"] = "scratch"
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or key not in base:
-            raise SystemExit(f"error: --set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(base))}")
-        base[key] = parse_value(value)
 
     variants = VARIANT_SETS[args.variants]
     n, g = args.batch_size, torch.Generator().manual_seed(0)

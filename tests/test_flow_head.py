@@ -63,7 +63,7 @@ def test_cached_flow_steps_compute_what_the_whole_sequence_computes():
         cache = KVCache(len(policy.blocks))
         policy._run(prefix, key_valid[:, None, None, :], cache, read_from=prefix.shape[1] - 1)
         valid = torch.cat([key_valid, torch.ones(3, 3, dtype=torch.bool)], 1)
-        tokens = policy.flow.tokens(noisy, t) + policy.action_position + policy.type_embed[3]
+        tokens = policy._flow_inputs(noisy, t, prefix.dtype)
         cached = policy.norm(policy._run(tokens, valid[:, None, None, :], cache.fork()))
     assert torch.allclose(whole, cached, atol=1e-5)
     assert cache.keys[0].shape[2] == prefix.shape[1]  # the fork's appends left the prefix cache as it was

@@ -463,11 +463,7 @@ class VLAPolicy(nn.Module):
         if self.soft_labels is not None:
             labels = self.soft_labels[labels]
         token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, reduction="none")
-        if "action_valid" in batch:  # a chunk running past the episode's end: no label there
-            weight = batch["action_valid"].repeat_interleave(self.config.action_dim, 1).reshape(-1).float()
-            action_loss = (token_loss * weight).sum() / weight.sum().clamp_min(1.0)
-        else:
-            action_loss = token_loss.mean()
+        action_loss = _mean_over_valid(token_loss.view(len(target), -1, self.config.action_dim), batch)
         out = {"loss": action_loss, "action_loss": action_loss}
         # accuracy of the executed (first) action, comparable across chunk sizes
         first = self.config.action_dim
@@ -488,12 +484,7 @@ class VLAPolicy(nn.Module):
         noisy, t, target = flow_training_pair(actions)
         prefix, key_valid = self.prefix(batch, augment)
         states = self._flow_states(prefix, key_valid, noisy, t)
-        error = (self.flow.velocity(states) - target).pow(2).mean(-1)  # (B, chunk)
-        if "action_valid" in batch:  # a chunk running past the episode's end: no label there
-            weight = batch["action_valid"].float()
-            flow_loss = (error * weight).sum() / weight.sum().clamp_min(1.0)
-        else:
-            flow_loss = error.mean()
+        flow_loss = _mean_over_valid((self.flow.velocity(states) - target).pow(2), batch)
         return states, {"loss": flow_loss, "action_loss": flow_loss}
 
     def _flow_states(
@@ -501,10 +492,14 @@ class VLAPolicy(nn.Module):
     ) -> torch.Tensor:
         """Final normalised states (B, chunk, width) of the noisy chunk's tokens after the prefix."""
         b, p, _ = prefix.shape
-        actions = self.flow.tokens(noisy, t).to(prefix.dtype) + self.action_position + self.type_embed[3]
+        actions = self._flow_inputs(noisy, t, prefix.dtype)
         valid = torch.cat([key_valid, torch.ones(b, actions.shape[1], dtype=torch.bool, device=prefix.device)], 1)
         mask = self._mask(valid, p, causal=False)
         return self.norm(self._run(torch.cat([prefix, actions], 1), mask, read_from=p))
+
+    def _flow_inputs(self, noisy: torch.Tensor, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The chunk's decoder inputs (B, chunk, width): noisy actions and time, at the action positions."""
+        return self.flow.tokens(noisy, t).to(dtype) + self.action_position + self.type_embed[3]
 
     @torch.no_grad()
     def _flow_decode(self, batch: dict[str, Any], temperature: float, generator: torch.Generator | None):
@@ -516,13 +511,13 @@ class VLAPolicy(nn.Module):
         cache = KVCache(len(self.blocks))  # the prefix's keys and values, computed once
         self._run(prefix, key_valid[:, None, None, :], cache, read_from=p - 1)
         valid = torch.cat([key_valid, torch.ones(b, c.chunk, dtype=torch.bool, device=prefix.device)], 1)
+        mask = valid[:, None, None, :]  # each step's chunk tokens see the prefix and one another
         x = torch.zeros(b, c.chunk, c.action_dim, device=prefix.device)
         if temperature > 0:
             x = temperature * torch.randn(x.shape, device=x.device, generator=generator)
         for step in range(c.flow_steps):
             t = torch.full((b,), step / c.flow_steps, device=x.device)
-            tokens = self.flow.tokens(x, t).to(prefix.dtype) + self.action_position + self.type_embed[3]
-            states = self.norm(self._run(tokens, valid[:, None, None, :], cache.fork()))
+            states = self.norm(self._run(self._flow_inputs(x, t, prefix.dtype), mask, cache.fork()))
             x = x + self.flow.velocity(states) / c.flow_steps
         return unit_to_bins(x[:, 0], c.bins)
 
@@ -643,6 +638,15 @@ class VLAPolicy(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
+
+
+def _mean_over_valid(loss: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Mean of a per-element loss (B, actions, elements) over the actions the demo has: a chunk
+    running past the episode's end has no label there (``batch["action_valid"]``, (B, actions))."""
+    if "action_valid" not in batch:
+        return loss.mean()
+    weight = batch["action_valid"].float()[:, :, None].expand_as(loss)
+    return (loss * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:

@@ -468,11 +468,7 @@ def load_grounded_reader(path: Path, config: PolicyConfig, policy, run_dir: Path
     here; its source goes to <run dir>/grounding.json."""
     try:
         payload = read_checkpoint(path)
-        saved = payload["policy_config"]
-        diff = {k: (saved.get(k), getattr(config, k)) for k in READER_SETTINGS if saved.get(k) != getattr(config, k)}
-        if diff:
-            details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
-            raise CheckpointError(f"its reader was made for other settings ({details})")
+        check_checkpoint_config(payload, {k: getattr(config, k) for k in READER_SETTINGS})
         prefix = "keypoint_reader."
         state = {k.removeprefix(prefix): v for k, v in payload["model"].items() if k.startswith(prefix)}
         # what grounding trained; the tokens made of the keypoints (BC trains them) start fresh, as here
