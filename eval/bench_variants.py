@@ -5,7 +5,8 @@
         [--out outputs/bench_heads.json]
 
 ``heads`` (V18, V4): the token head, the flow-matching head with 10 and 5 integration steps,
-FiLM conditioning. ``vision`` (V5): image size, patch size, token pooling, no ViT at all.
+FiLM conditioning. ``vision`` (V5): image size, patch size, token pooling, frozen ViT blocks, LoRA
+adapters, no ViT at all.
 Each variant is the same model but for the settings it names. Latency: one greedy action for
 one real reach observation (batch 1), median of
 ``--rounds`` calls. Training: optimiser steps per second on a batch of ``--batch-size`` samples
@@ -43,6 +44,8 @@ VARIANT_SETS = {  # name -> {variant -> the model settings it changes}
         "64 px, patch 8: 64 tokens": {"patch_size": 8},
         "64 px, patch 16, pool 2: 4 tokens": {"vision_pool": 2},
         "96 px, patch 16: 36 tokens": {"image_size": 96},
+        "ViT's first block frozen": {"vision_frozen_layers": 1},
+        "ViT frozen, LoRA rank 4": {"vision_lora_rank": 4},
         "no ViT: keypoint tokens only": {"vision_tokens": False},
     },
 }

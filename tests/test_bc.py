@@ -447,3 +447,29 @@ def test_a_run_takes_the_grounded_reader_of_another_instead_of_grounding_its_own
         tiny_demos, tmp_path / "other", *model, "model.keypoint_channels=8", f"grounding.reader={tmp_path / 'source'}"
     )
     assert_one_clear_error(other, "grounding.reader=", "keypoint_channels: checkpoint 16 vs config 8")
+
+
+@pytest.mark.parametrize("adapt", ["model.vision_frozen_layers=1", "model.vision_lora_rank=2"], ids=["frozen", "lora"])
+def test_a_run_fine_tunes_the_vit_of_another_frozen_or_through_lora(trained_run, tiny_demos, tmp_path, adapt):
+    """vision_init: the ViT starts from another run's; frozen (or under LoRA adapters) its own
+    weights come out of training exactly as they went in, while the rest of the policy learns."""
+    from vla.checkpoint import read_checkpoint
+
+    result = train(tiny_demos, tmp_path / "run", "trainer.steps=3", adapt, "model.vision_layers=1",
+                   f"vision_init={trained_run}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"ViT from {trained_run}" in result.stdout
+    source, tuned = (read_checkpoint(path)["model"] for path in (trained_run, tmp_path / "run"))
+    vit = [k for k in source if k.startswith("vision.")]
+
+    def own(key: str) -> str:  # under LoRA a linear layer's weights sit in its base_layer
+        module, _, leaf = key.rpartition(".")
+        return key if key in tuned else f"{module}.base_layer.{leaf}"
+
+    assert vit and all(torch.equal(source[k], tuned[own(k)]) for k in vit)
+    assert not torch.equal(source["head.weight"], tuned["head.weight"])  # the decoder trained
+    if "lora" in adapt:
+        adapters = [k for k in tuned if "lora_B" in k]
+        assert adapters and any(tuned[k].abs().sum() > 0 for k in adapters)  # B left zero: the adapters learned
+    other = train(tiny_demos, tmp_path / "other", adapt, "model.width=64", f"vision_init={trained_run}")
+    assert_one_clear_error(other, "vision_init=", "width: checkpoint 32 vs config 64")

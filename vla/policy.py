@@ -36,7 +36,7 @@ from vla.language import (
 )
 from vla.tokenizer import soft_bin_targets
 from vla.transformer import Block, KVCache
-from vla.vision import TextQueriedKeypoints, ViT, random_shift
+from vla.vision import TextQueriedKeypoints, ViT, adapt_vit, random_shift
 
 DECODINGS = ("autoregressive", "parallel")
 FUSIONS = ("tokens", "film")
@@ -60,6 +60,8 @@ class PolicyConfig:
     vision_pool: int = 1  # average-pool k x k patch tokens before the decoder (fewer tokens: V5, V20)
     vision_layers: int = 1  # ViT transformer blocks
     patch_embed: str = "linear"  # linear (classic ViT) | conv (a small conv stem before the tokens)
+    vision_frozen_layers: int = 0  # the ViT's patch embedding and first N blocks get no gradient (pretrained kept)
+    vision_lora_rank: int = 0  # >0: the whole ViT frozen, LoRA adapters of this rank on its blocks (peft)
     vision_tokens: bool = True  # false: no ViT, the decoder sees the scene through the keypoint tokens only
     cameras: list[str] = field(default_factory=lambda: ["scene"])  # scene | scene + wrist (one shared ViT)
     # --- the decoder ---
@@ -116,6 +118,15 @@ class PolicyConfig:
                 "vision_tokens=false reads the scene through its keypoints alone: it needs keypoints=2 and "
                 f"cameras=[scene], got keypoints={config.keypoints}, cameras={config.cameras}"
             )
+        if not 0 <= config.vision_frozen_layers <= config.vision_layers or config.vision_lora_rank < 0:
+            raise ValueError(
+                f"vision_frozen_layers must be in [0, vision_layers={config.vision_layers}] and vision_lora_rank "
+                f">= 0, got {config.vision_frozen_layers} and {config.vision_lora_rank}"
+            )
+        if config.vision_frozen_layers and config.vision_lora_rank:
+            raise ValueError("vision_lora_rank already freezes the whole ViT: set vision_frozen_layers=0 with it")
+        if (config.vision_frozen_layers or config.vision_lora_rank) and not config.vision_tokens:
+            raise ValueError("vision_frozen_layers and vision_lora_rank adapt the ViT: they need vision_tokens=true")
         if config.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(
                 f"unknown loss_weighting {config.loss_weighting!r}; valid values are: {', '.join(LOSS_WEIGHTINGS)}"
@@ -155,6 +166,7 @@ class VLAPolicy(nn.Module):
         if c.vision_tokens:
             vit = (c.image_size, c.patch_size, c.width, c.vision_layers, c.heads, c.vision_pool, c.patch_embed)
             self.vision = ViT(*vit)
+            adapt_vit(self.vision, c.vision_frozen_layers, c.vision_lora_rank)
         # One ViT for every camera; a learned embedding per camera tells the decoder which view
         # a token came from.
         self.camera_embed = nn.Parameter(torch.randn(len(c.cameras), c.width) * 0.02)

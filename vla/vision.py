@@ -101,6 +101,42 @@ class ViT(nn.Module):
         return x
 
 
+# The ViT's linear layers that LoRA adapts: each block's attention in/out projections and MLP.
+LORA_TARGETS = ["attn.qkv", "attn.out", "mlp.0", "mlp.2"]
+
+
+def adapt_vit(vit: ViT, frozen_layers: int = 0, lora_rank: int = 0) -> None:
+    """Cheaper fine-tuning of a pretrained ViT (V5). ``frozen_layers`` > 0: its patch embedding,
+    positions and first ``frozen_layers`` blocks get no gradient (all of them: its final norm too),
+    so the backward pass stops above them. ``lora_rank`` > 0: every ViT weight is frozen and each
+    block's linear layers get LoRA adapters of that rank (peft), B zero-initialised so training
+    starts from the pretrained features exactly."""
+    if frozen_layers:
+        frozen = [vit.patch, *vit.blocks[:frozen_layers]]
+        if frozen_layers == len(vit.blocks):
+            frozen.append(vit.norm)
+        vit.position.requires_grad_(False)
+        for module in frozen:
+            module.requires_grad_(False)
+    if lora_rank:
+        from peft import LoraConfig, inject_adapter_in_model  # optional extra: pip install -e '.[lora]'
+
+        # alpha = rank: the adapters' update is B @ A unscaled, whatever the rank
+        inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS), vit)
+
+
+def plain_vit_state(vit: ViT, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A plain ViT's weights keyed as ``vit`` holds them: under LoRA a linear layer's own weights
+    live in its ``base_layer``."""
+    own = vit.state_dict()
+    renamed = {}
+    for key, value in state.items():
+        module, _, leaf = key.rpartition(".")
+        base = f"{module}.base_layer.{leaf}"
+        renamed[base if key not in own and base in own else key] = value
+    return renamed
+
+
 def sincos_2d(grid: int, width: int) -> torch.Tensor:
     """(1, grid*grid, width) fixed 2-D sine-cosine position code (as in MAE): half the channels
     encode the row, half the column, at geometrically spaced frequencies."""

@@ -54,6 +54,7 @@ from vla.training.runtime import (
     warmup_cosine,
 )
 from vla.training.step import TrainStep, compile_mode
+from vla.vision import plain_vit_state
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 # Loss outputs written to the metrics log when the model reports them (a flow head has no tokens).
@@ -159,6 +160,8 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
         start_step, best_success = payload["step"], payload["best_success"]
         tokenizer = ActionTokenizer.from_state_dict(payload["tokenizer"])
     fresh = not cfg.resume and not cfg.get("init")
+    if cfg.get("vision_init") and fresh:
+        load_pretrained_vision(Path(cfg.vision_init), policy_config, policy)
     if policy.keypoint_reader is not None and cfg.grounding.get("reader") and fresh:
         load_grounded_reader(Path(cfg.grounding.reader), policy_config, policy, run_dir if rank == 0 else None)
     elif policy.keypoint_reader is not None and cfg.grounding.steps > 0 and fresh:
@@ -454,6 +457,29 @@ def load_init_weights(path: Path, config: PolicyConfig, policy) -> ActionTokeniz
         raise SystemExit(f"error: cannot start from init={path}: {error}") from None
     print(f"initialised from {payload['path']} (step {payload.get('step')})")
     return ActionTokenizer.from_state_dict(payload["tokenizer"])
+
+
+# What a ViT's weights were made for: a ViT taken from another run must match them.
+VISION_SETTINGS = ("image_size", "patch_size", "vision_pool", "vision_layers", "patch_embed", "width", "heads")
+
+
+def load_pretrained_vision(path: Path, config: PolicyConfig, policy) -> None:
+    """The ViT of another run (``vision_init``): pretrained features for frozen layers or LoRA."""
+    if policy.vision is None:
+        raise SystemExit("error: vision_init needs a ViT: model.vision_tokens=true")
+    try:
+        payload = read_checkpoint(path)
+        check_checkpoint_config(payload, {k: getattr(config, k) for k in VISION_SETTINGS})
+        state = {k.removeprefix("vision."): v for k, v in payload["model"].items() if k.startswith("vision.")}
+        if not state:
+            raise CheckpointError("it has no ViT (vision_tokens=false)")
+        state = plain_vit_state(policy.vision, state)
+        missing, unexpected = policy.vision.load_state_dict(state, strict=False)
+        if unexpected or any("lora_" not in k for k in missing):
+            raise CheckpointError(f"its ViT differs from this one: missing {missing[:4]}, extra {unexpected[:4]}")
+    except (CheckpointError, RuntimeError) as error:
+        raise SystemExit(f"error: cannot take the ViT of vision_init={path}: {error}") from None
+    print(f"ViT from {payload['path']}")
 
 
 # What a keypoint reader's weights were made for: a reader taken from another run must match them.
