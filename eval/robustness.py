@@ -23,7 +23,7 @@ from vla.app.cli import hydra_entry
 from vla.app.console import run_log
 from vla.checkpoint import build_policy, read_checkpoint
 from vla.evaluation.closed_loop import held_out_demos, policy_env_kwargs
-from vla.evaluation.robustness import open_loop_by_kind, robustness_suite, robustness_table
+from vla.evaluation.robustness import calibrate_and_record, open_loop_by_kind, robustness_suite, robustness_table
 from vla.inference import PolicyRunner
 from vla.training.runtime import check_whole_numbers, resolve_device
 
@@ -46,6 +46,9 @@ def run(cfg: DictConfig) -> dict:
     with run_log(out_dir / "robustness.log"):
         payload = read_checkpoint(cfg.checkpoint)
         policy, tokenizer = build_policy(payload)
+        if cfg.calibrate:  # checkpoints from before the known-commands check lack it
+            policy.to(resolve_device(cfg.device))
+            calibrate_and_record(policy, task_ids(list(cfg.tasks)), int(cfg.calibration_scenes), Path(payload["path"]))
         runner = PolicyRunner(policy, tokenizer, resolve_device(cfg.device), scope_threshold=cfg.scope_threshold)
         print(f"checkpoint {payload['path']} (step {payload.get('step')})")
         if runner.scope_threshold is None:

@@ -518,7 +518,8 @@ def test_act_stops_on_an_empty_instruction_and_says_why():
     action, info = runner.act_with_info(obs)
     assert info["stopped"] and "is empty" in info["message"] and not action[:6].any()
     _, info = runner.act_with_info({**obs, "instruction": "touch the red cube"})
-    assert set(info) == {"stopped", "message", "nothing_named", "read_as"} and 0 <= info["nothing_named"] <= 1
+    assert set(info) == {"stopped", "message", "nothing_named", "command_similarity", "read_as"}
+    assert 0 <= info["nothing_named"] <= 1 and info["command_similarity"] == 1.0  # no known commands yet
     assert runner.scope_threshold == 0.5  # an uncalibrated reader's default
     with pytest.raises(
         ValueError, match=r"scope_threshold must be 'calibrated', a number in \(0, 1\) or None, got 1.5"
@@ -527,3 +528,34 @@ def test_act_stops_on_an_empty_instruction_and_says_why():
     plain = PolicyRunner(VLAPolicy(PolicyConfig.from_dict({**config, "scope_check": False})), runner.tokenizer)
     assert plain.scope_threshold is None  # no abstain cell: it stops only on empty instructions
     assert plain.act_with_info(obs)[1]["stopped"]
+
+
+def test_act_stops_on_an_instruction_like_no_known_command_and_the_bank_saves_and_loads(tmp_path):
+    """The known commands (set by calibrate_scope): an instruction whose sentence embedding is
+    below the least similarity to every one of them stops, saying why; the bank's length
+    travels with the weights."""
+    from vla.inference import PolicyRunner
+
+    torch.manual_seed(0)
+    config = {**TINY_MODEL, "keypoints": 2, "keypoint_channels": 8}
+    policy = VLAPolicy(PolicyConfig.from_dict(config))
+    known = ["touch the red cube", "push the blue cylinder to the green zone", "lift the white cube"]
+    sentences = policy.sentences(known, torch.device("cpu"))
+    policy.known_commands.set(sentences, 0.999)
+    obs = {"image": np.zeros((32, 32, 3), np.uint8), "proprio": np.zeros(9, np.float32), "instruction": known[0]}
+    runner = PolicyRunner(policy, ActionTokenizer(bins=256), scope_threshold=0.99)
+    action, info = runner.act_with_info(obs)
+    assert not info["stopped"] and info["command_similarity"] == pytest.approx(1.0)
+    action, info = runner.act_with_info({**obs, "instruction": "qwerty asdf zxcv"})
+    assert info["stopped"] and "reads as no task this policy was trained for" in info["message"]
+    assert info["command_similarity"] < 0.999 and not action[:6].any()
+    torch.save(policy.state_dict(), tmp_path / "w.pt")
+    again = VLAPolicy(PolicyConfig.from_dict(config))
+    again.load_trainable_state_dict(torch.load(tmp_path / "w.pt"))
+    assert torch.equal(again.known_commands.bank, sentences) and float(again.known_commands.threshold) == pytest.approx(
+        0.999
+    )
+    older = {k: v for k, v in policy.state_dict().items() if not k.startswith("known_commands.")}
+    again = VLAPolicy(PolicyConfig.from_dict(config))
+    again.load_trainable_state_dict(older)  # a checkpoint from before the bank: no check
+    assert len(again.known_commands.bank) == 0

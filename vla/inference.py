@@ -8,8 +8,11 @@ or the instruction is empty, it stops for as long as that instruction stands: th
 still (zero translation and rotation, the gripper as decoded) instead of moving confidently
 toward a random object. Once per instruction, because mid-episode the gripper hides what it
 holds: checked at every step, 1 in 6 valid five-task episodes stopped (this CPU, 2026-12-06).
-``act_with_info(obs)`` returns the action and ``{"stopped": bool, "message": str | None,
-"nothing_named": probability, "read_as": str}`` (what the policy read: the instruction
+It also stops on an instruction that is like no command it was trained on (nonsense: "sing
+me a song"), by the similarity of its sentence embedding to the nearest of the training
+instructions kept with the weights. ``act_with_info(obs)`` returns the action and
+``{"stopped": bool, "message": str | None, "nothing_named": probability,
+"command_similarity": cosine, "read_as": str}`` (what the policy read: the instruction
 normalised, its colour words read as the world's colours, vla/colour_words.py); ``act``
 returns the action alone.
 
@@ -35,7 +38,7 @@ import torch
 
 from vla.checkpoint import build_policy, read_checkpoint
 from vla.data import check_observations, observations_to_batch
-from vla.language import normalise_instruction
+from vla.language import normalise_instruction, sentence_embedding
 from vla.policy import CAMERA_KEYS, VLAPolicy
 from vla.tokenizer import ActionTokenizer
 
@@ -88,8 +91,10 @@ class PolicyRunner:
                 f"scope_threshold must be 'calibrated', a number in (0, 1) or None, got {scope_threshold!r}"
             )
         self.scope_threshold = scope_threshold if checks else None
+        # below this similarity to every known command an instruction stops (-1: no known commands)
+        self.command_threshold = float(policy.known_commands.threshold) if checks else -1.0
         # (session, instruction) -> "nothing named" probability at the instruction's first sighting
-        self._verdicts: dict[tuple[str, str], float] = {}
+        self._verdicts: dict[tuple[str, str], tuple[float, float]] = {}
 
     def reset(self, session: str | None = None) -> None:
         """Between episodes: forget which instructions were checked for scope (of one
@@ -134,30 +139,38 @@ class PolicyRunner:
                     bins = self.policy.decode(
                         batch, use_cache=self.use_cache, temperature=self.temperature, generator=self.generator
                     )
-            nothing = self.nothing_named(batch, sessions)
-        return self.finish(bins.cpu().numpy(), batch["instruction"], nothing)
+            verdicts = self.scope_verdicts(batch, sessions)
+        return self.finish(bins.cpu().numpy(), batch["instruction"], verdicts)
 
     def finish(
-        self, bins: np.ndarray, texts: list[str], nothing: np.ndarray
+        self, bins: np.ndarray, texts: list[str], verdicts: np.ndarray
     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Actions and infos from decoded ``bins`` (B, 7): the arm held still where an instruction
-        is empty or names nothing in view (``nothing``: ``nothing_named`` per row)."""
+        is empty, names nothing in view, or is like no command trained on (``verdicts``:
+        ``scope_verdicts`` per row)."""
         actions = self.tokenizer.decode(bins)
         infos = []
         for i, text in enumerate(texts):
             message = None
+            nothing, similarity = verdicts[i]
+            shown = text if len(text) <= 80 else text[:77] + "..."
             if not normalise_instruction(text):
                 message = f"the instruction {text!r} is empty: nothing to do"
-            elif self.scope_threshold is not None and nothing[i] > self.scope_threshold:
-                shown = text if len(text) <= 80 else text[:77] + "..."
-                message = f"nothing in view matches {shown!r} (confidence {nothing[i]:.2f}): holding still"
+            elif self.scope_threshold is not None and similarity < self.command_threshold:
+                message = (
+                    f"{shown!r} reads as no task this policy was trained for (similarity {similarity:.2f} to the "
+                    f"nearest known command, below {self.command_threshold:.2f}): holding still"
+                )
+            elif self.scope_threshold is not None and nothing > self.scope_threshold:
+                message = f"nothing in view matches {shown!r} (confidence {nothing:.2f}): holding still"
             if message is not None:
                 actions[i, :ARM_DIMS] = 0.0
             infos.append(
                 {
                     "stopped": message is not None,
                     "message": message,
-                    "nothing_named": float(nothing[i]),
+                    "nothing_named": float(nothing),
+                    "command_similarity": float(similarity),
                     "read_as": self.policy.reader(text),
                 }
             )
@@ -171,22 +184,25 @@ class PolicyRunner:
         return self._onnx
 
     @torch.no_grad()
-    def nothing_named(self, batch: dict[str, Any], sessions: list[str]) -> np.ndarray:
-        """(B,) the reader's probability that each instruction's target is nowhere in view, as
-        judged at the instruction's first sighting in its session since ``reset()``."""
+    def scope_verdicts(self, batch: dict[str, Any], sessions: list[str]) -> np.ndarray:
+        """(B, 2): the reader's probability that each instruction's target is nowhere in view,
+        and the instruction's similarity to its nearest known command, as judged at the
+        instruction's first sighting in its session since ``reset()``."""
         texts = batch["instruction"]
         if self.scope_threshold is None:
-            return np.zeros(len(texts))
+            return np.tile([0.0, 1.0], (len(texts), 1))
         keys = list(zip(sessions, texts, strict=True))
         new = [i for i, key in enumerate(keys) if key not in self._verdicts]
         if new:
             if len(self._verdicts) > 10_000:  # a long-running caller that never resets
                 self._verdicts.clear()
-            text_states, text_mask = self.policy.text([texts[i] for i in new], self.device)
+            asked = [texts[i] for i in new]
+            text_states, text_mask = self.policy.text(asked, self.device)
             images = batch["image"][new]
             nothing = self.policy.keypoint_reader.nothing_named(images, text_states, text_mask)[:, 0]
-            for i, p in zip(new, nothing.tolist(), strict=True):
-                self._verdicts.setdefault(keys[i], p)
+            similarity = self.policy.known_commands.similarity(sentence_embedding(text_states, text_mask))
+            for i, p, s in zip(new, nothing.tolist(), similarity.tolist(), strict=True):
+                self._verdicts.setdefault(keys[i], (p, s))
         return np.array([self._verdicts[key] for key in keys])
 
 

@@ -314,6 +314,36 @@ def sentence_embedding(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return F.normalize((states.float() * real).sum(1) / real.sum(1).clamp(min=1.0), dim=-1)
 
 
+class KnownCommands(nn.Module):
+    """The sentence embeddings of instructions the policy was trained to follow (a bank set after
+    training, ``calibrate_scope``) and the least cosine similarity to one of them that a new
+    instruction must reach. Nonsense ("sing me a song") is far from every robot command, even
+    where the keypoint reader, finding no object named, has nothing to abstain from. An empty
+    bank (checkpoints from before it) checks nothing."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("bank", torch.zeros(0, dim))
+        self.register_buffer("threshold", torch.tensor(-1.0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        bank = state_dict.get(prefix + "bank")
+        if bank is not None:  # the bank's length is the saved one's
+            self.bank = torch.empty_like(bank, device=self.bank.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def set(self, sentences: torch.Tensor, threshold: float) -> None:
+        """Keep these unit-length sentence embeddings (N, D) and this least similarity."""
+        self.bank = sentences.detach().float().to(self.bank.device)
+        self.threshold.fill_(threshold)
+
+    def similarity(self, sentences: torch.Tensor) -> torch.Tensor:
+        """(B,) each sentence's cosine similarity to its nearest known command (1 with no bank)."""
+        if not len(self.bank):
+            return sentences.new_ones(len(sentences))
+        return (sentences.float() @ self.bank.T).max(-1).values
+
+
 def make_text_encoder(name: str, width: int, max_length: int = 32, read: InstructionReader | None = None) -> nn.Module:
     """The policy's text encoder: a frozen pretrained one by Hugging Face id or folder, or ``scratch``;
     ``read`` says what it reads of an instruction (default: the normalised instruction)."""

@@ -29,6 +29,7 @@ from torch import nn
 from vla.flow import FlowMatchingHead, bins_to_unit, flow_training_pair, unit_to_bins
 from vla.language import (
     InstructionReader,
+    KnownCommands,
     check_text_encoder,
     is_pretrained,
     make_text_encoder,
@@ -223,6 +224,8 @@ class VLAPolicy(nn.Module):
         # after the decoder has run, without threading them through every caller.
         self._keypoint_logits: torch.Tensor | None = None
         # made last, so every weight above starts as it does without it (same random draws)
+        # act's second out-of-scope check: how close an instruction is to the commands trained on
+        self.known_commands = KnownCommands(self.text.out_dim) if c.keypoints and c.scope_check else None
         self.sentence_proj = self.film_proj = None
         if c.fusion == "film":  # the sentence -> (scale, shift) x (attention, MLP) of every block
             self.film_proj = nn.Linear(self.text.out_dim, c.layers * 4 * c.width)
@@ -632,6 +635,12 @@ class VLAPolicy(nn.Module):
             position = position[:, None]
         return self.action_embed(previous) + position + self.type_embed[3]
 
+    @torch.no_grad()
+    def sentences(self, instructions: list[str], device: torch.device) -> torch.Tensor:
+        """(B, D) the instructions' unit-length sentence embeddings, as the text encoder reads them."""
+        states, mask = self.text(instructions, device)
+        return sentence_embedding(states, mask)
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights to checkpoint: a frozen pretrained text encoder reloads by name instead."""
         state = self.state_dict()
@@ -643,8 +652,10 @@ class VLAPolicy(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         frozen = is_pretrained(self.config.text_encoder)
         missing = [k for k in missing if not (frozen and k.startswith("text.model."))]
-        # checkpoints from before the reader's calibrated threshold keep its default (0.5)
-        missing = [k for k in missing if k != "keypoint_reader.scope_threshold"]
+        # checkpoints from before the reader's calibrated threshold keep its default (0.5),
+        # and those from before the known commands check none
+        calibrated = ("keypoint_reader.scope_threshold", "known_commands.bank", "known_commands.threshold")
+        missing = [k for k in missing if k not in calibrated]
         if missing or unexpected:
             raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

@@ -12,6 +12,7 @@ nothing at all; the share where ``act`` stops, against the share where it stops 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -23,6 +24,7 @@ from envs.progress import progress as progress_bar
 from envs.rewrites import KINDS, OUT_OF_SCOPE_KINDS, out_of_scope, rewrite, suite_instruction, training_rewrite
 from envs.stats import wilson_interval
 from envs.tasks import task_ids
+from vla.checkpoint import update_weights
 from vla.data import observations_to_batch
 from vla.inference import PolicyRunner
 from vla.policy import VLAPolicy
@@ -128,18 +130,22 @@ def open_loop_by_kind(
 
 def scope_stops(runner: PolicyRunner, ids: list[str], scenes: int, env_kwargs: dict[str, Any]) -> dict[str, Any]:
     """Share of first observations where ``act`` stops: for each out-of-scope case (should
-    be 1) and for the scene's own training wording (should be 0), on the evaluation seeds."""
-    asked: dict[str, list[bool]] = {case: [] for case in (TRAINING_WORDING, *SCOPE_CASES)}
+    be 1), and for the scene's own training wording and each kind of rewrite of it (valid:
+    should be 0), on the evaluation seeds."""
+    valid = [f"{kind} (valid)" for kind in KINDS]
+    asked: dict[str, list[bool]] = {case: [] for case in (TRAINING_WORDING, *valid, *SCOPE_CASES)}
     messages: dict[str, str] = {}
     for task_id in ids:
         env = gym.make(task_id, **env_kwargs)
         for i in range(scenes):
             seed = EVAL_SEED_BASE + i
             obs, info = env.reset(seed=seed)
-            rng = np.random.default_rng(seed)
+            rng, valid_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
             for case in asked:
                 if case == TRAINING_WORDING:
                     text = obs["instruction"]
+                elif case in valid:
+                    text = rewrite(obs["instruction"], info["task_spec"], case.split(" ")[0], valid_rng, "suite")
                 elif case == "empty":
                     text = ""
                 else:
@@ -157,39 +163,75 @@ def scope_stops(runner: PolicyRunner, ids: list[str], scenes: int, env_kwargs: d
     return {"cases": rows, "example_messages": messages}
 
 
+def valid_instructions(ids: list[str], seeds: range, env_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The first observation of each scene of these seeds, per task, asked four valid ways: the
+    scene's training wording and three training rewrites of it (never the suite's words)."""
+    observations = []
+    for task_id in ids:
+        env = gym.make(task_id, **env_kwargs)
+        for seed in seeds:
+            obs, info = env.reset(seed=seed)
+            for draw in range(4):
+                text = training_rewrite(obs["instruction"], info["task_spec"], 0.0 if draw == 0 else 1.0, seed, draw)
+                observations.append({**obs, "instruction": text})
+        env.close()
+    return observations
+
+
 @torch.no_grad()
 def calibrate_scope(
     policy: VLAPolicy, ids: list[str], scenes: int, env_kwargs: dict[str, Any], false_stops: float = FALSE_STOPS
 ) -> float:
-    """Set the reader's ``scope_threshold`` to the (1 - ``false_stops``) quantile of its
-    "nothing named" probability on valid instructions (each scene's training wording and
-    training rewrites, never the suite's), on the first observation of ``scenes`` validation
-    scenes per task, clipped to ``THRESHOLD_RANGE``; returns it. How sure the reader is of
-    its "nothing named" differs from model to model, so one fixed threshold stopped 15% of
-    valid first steps of one model and 1.5% of another (2026-12-06)."""
+    """Calibrate both out-of-scope checks of ``act`` on valid instructions of ``scenes``
+    validation scenes per task; returns the reader's threshold.
+
+    - The reader's ``scope_threshold``: the (1 - ``false_stops``) quantile of its "nothing
+      named" probability, clipped to ``THRESHOLD_RANGE``. How sure the reader is of its
+      "nothing named" differs from model to model, so one fixed threshold stopped 15% of
+      valid first steps of one model and 1.5% of another (2026-12-06).
+    - The known commands: the sentence embeddings of valid instructions of as many training
+      scenes (other seeds), and as least similarity the ``false_stops`` quantile of the
+      validation instructions' similarity to their nearest one."""
     reader = policy.keypoint_reader
-    if reader is None or reader.absent is None:
+    if reader is None or reader.absent is None or policy.known_commands is None:
         raise ValueError("calibrate_scope needs a keypoint reader with an abstain cell (model.scope_check=true)")
     device = policy.proprio_mean.device
-    observations = []
-    for task_id in ids:
-        env = gym.make(task_id, **env_kwargs)
-        for i in range(scenes):
-            obs, info = env.reset(seed=VALIDATION_SEED_BASE + i)
-            for draw in range(4):  # the training wording, then rewrites of it
-                share = 0.0 if draw == 0 else 1.0
-                text = training_rewrite(obs["instruction"], info["task_spec"], share, VALIDATION_SEED_BASE + i, draw)
-                observations.append({**obs, "instruction": text})
-        env.close()
-    probabilities = []
     policy.eval()
+    known = [obs["instruction"] for obs in valid_instructions(ids, range(scenes), env_kwargs)]
+    bank = torch.cat([policy.sentences(known[i : i + 256], device) for i in range(0, len(known), 256)])
+    observations = valid_instructions(ids, range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + scenes), env_kwargs)
+    probabilities, sentences = [], []
     for start in range(0, len(observations), 256):
         batch = observations_to_batch(observations[start : start + 256], device)
         states, mask = policy.text(batch["instruction"], device)
         probabilities.append(reader.nothing_named(batch["image"], states, mask)[:, 0].float().cpu())
+        sentences.append(policy.sentences(batch["instruction"], device))
     quantile = float(torch.cat(probabilities).quantile(1.0 - false_stops))
     threshold = float(np.clip(quantile, *THRESHOLD_RANGE))
     reader.scope_threshold.fill_(threshold)
+    policy.known_commands.set(torch.unique(bank, dim=0), 0.0)
+    similarity = policy.known_commands.similarity(torch.cat(sentences)).cpu()
+    policy.known_commands.threshold.fill_(float(similarity.quantile(false_stops)))
+    return threshold
+
+
+def calibrate_and_record(policy: VLAPolicy, ids: list[str], scenes: int, path: Path) -> float:
+    """Calibrate when ``act`` stops on out-of-scope instructions (``calibrate_scope``) and write
+    it into checkpoint file ``path``, which every later load then uses."""
+    from vla.evaluation.closed_loop import policy_env_kwargs
+
+    threshold = calibrate_scope(policy, ids, scenes, policy_env_kwargs(policy))
+    commands = policy.known_commands
+    calibrated = {
+        "keypoint_reader.scope_threshold": policy.keypoint_reader.scope_threshold,
+        "known_commands.bank": commands.bank,
+        "known_commands.threshold": commands.threshold,
+    }
+    update_weights(path, {k: v.cpu() for k, v in calibrated.items()})
+    print(
+        f"out-of-scope threshold: {threshold:.3f} (above it: 1% of valid instructions, {scenes} scenes per task); "
+        f"{len(commands.bank)} known commands, least similarity {float(commands.threshold):.3f}"
+    )
     return threshold
 
 

@@ -28,10 +28,11 @@ from envs.tabletop_env import PROPRIO_NAMES
 from envs.tasks import resolve_tasks, task_ids
 from envs.vocabulary import check_name
 from vla.app.console import run_log
-from vla.checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint, update_weights
+from vla.checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
 from vla.checkpoint import check_config as check_checkpoint_config
 from vla.data import ActionTokenDataset, collate
 from vla.evaluation.closed_loop import final_evaluation, success_rate
+from vla.evaluation.robustness import calibrate_and_record
 from vla.language import encoder_folder, is_pretrained
 from vla.policy import PolicyConfig, VLAPolicy
 from vla.tokenizer import BINNINGS, ActionTokenizer
@@ -248,7 +249,8 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
             checkpoint("best.pt", stop)
         load_weights(policy, read_checkpoint(run_dir / "checkpoints" / "best.pt"))  # evaluate the best
         if policy.keypoint_reader is not None and policy.keypoint_reader.absent is not None:
-            calibrate_and_record(policy, cfg, run_dir / "checkpoints" / "best.pt")
+            scenes = cfg.eval.scope_calibration_scenes
+            calibrate_and_record(policy, task_ids(list(cfg.data.tasks)), scenes, run_dir / "checkpoints" / "best.pt")
         report = final_evaluation(policy, tokenizer, cfg, device, demos, val_idx, run_dir)
     else:
         report = None
@@ -257,19 +259,6 @@ def _train(cfg: DictConfig, rank: int, world: int, device: torch.device, run_dir
     if torch.distributed.is_initialized():  # under torchrun, even with one process
         torch.distributed.destroy_process_group()
     return report
-
-
-def calibrate_and_record(policy: VLAPolicy, cfg: DictConfig, path: Path) -> float:
-    """Calibrate when ``act`` stops on out-of-scope instructions (on validation scenes) and
-    write the threshold into the best checkpoint, which every later load then uses."""
-    from vla.evaluation.closed_loop import policy_env_kwargs
-    from vla.evaluation.robustness import calibrate_scope
-
-    scenes = cfg.eval.scope_calibration_scenes
-    threshold = calibrate_scope(policy, task_ids(list(cfg.data.tasks)), scenes, policy_env_kwargs(policy))
-    update_weights(path, {"keypoint_reader.scope_threshold": policy.keypoint_reader.scope_threshold.cpu()})
-    print(f"out-of-scope threshold: {threshold:.3f} (above it: 1% of valid instructions, {scenes} scenes per task)")
-    return threshold
 
 
 def build(
