@@ -559,3 +559,32 @@ def test_act_stops_on_an_instruction_like_no_known_command_and_the_bank_saves_an
     again = VLAPolicy(PolicyConfig.from_dict(config))
     again.load_trainable_state_dict(older)  # a checkpoint from before the bank: no check
     assert len(again.known_commands.bank) == 0
+
+
+@pytest.mark.parametrize("encoder", ["scratch", "sentence-transformers/all-MiniLM-L6-v2"], ids=["scratch", "minilm"])
+def test_calibration_sets_both_out_of_scope_checks_on_real_scenes(encoder):
+    """calibrate_scope on rendered validation scenes: the reader's threshold within its range,
+    the known commands from training scenes, and their least similarity between the training
+    lexicon's nonsense and the valid instructions, which it lets through."""
+    from envs.evaluation import VALIDATION_SEED_BASE
+    from envs.rewrites import TRAINING
+    from vla.evaluation.closed_loop import policy_env_kwargs
+    from vla.evaluation.robustness import THRESHOLD_RANGE, calibrate_scope, valid_instructions
+
+    torch.manual_seed(0)
+    config = {**TINY_MODEL, "keypoints": 2, "keypoint_channels": 8, "text_encoder": encoder}
+    policy = VLAPolicy(PolicyConfig.from_dict(config)).eval()
+    ids, kwargs = ["VLASandbox/Reach-v0", "VLASandbox/Lift-v0"], policy_env_kwargs(policy)
+    threshold = calibrate_scope(policy, ids, 20, kwargs)
+    assert THRESHOLD_RANGE[0] <= threshold <= THRESHOLD_RANGE[1]
+    commands, cpu = policy.known_commands, torch.device("cpu")
+    assert 0 < len(commands.bank) <= 2 * 20 * 4  # unique valid instructions of the training scenes
+    valid = [obs["instruction"] for obs in valid_instructions(ids, range(20), kwargs)]
+    assert (commands.similarity(policy.sentences(valid, cpu)) >= commands.threshold).all()
+    validation = valid_instructions(ids, range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + 20), kwargs)
+    quantile = commands.similarity(policy.sentences([obs["instruction"] for obs in validation], cpu)).quantile(0.01)
+    nonsense = commands.similarity(policy.sentences(list(TRAINING.nonsense), cpu)).max()
+    assert commands.threshold <= quantile + 1e-6  # at most 1% of valid validation instructions stop
+    assert nonsense < quantile or encoder == "scratch"  # a pretrained encoder tells commands from chatter
+    if nonsense < quantile:  # separable: halfway, so unlike nonsense stops too
+        assert float(commands.threshold) == pytest.approx(float(nonsense + quantile) / 2, abs=1e-5)
