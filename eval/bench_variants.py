@@ -29,6 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 import envs  # noqa: F401  (registers the tasks)
+from envs.camera import key_image_coordinates
 from vla.app.cli import compose_config
 from vla.policy import PolicyConfig, VLAPolicy
 
@@ -89,10 +90,13 @@ def main() -> None:
                 "proprio": torch.as_tensor(obs["proprio"])[None].to(device),
                 "instruction": [words],
             }
+            key_positions = torch.randn(n, 6, generator=g) * 0.1  # metres, for the auxiliary loss
             batch = {
                 "image": torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g).to(device),
                 "proprio": torch.randn(n, len(obs["proprio"]), generator=g).to(device),
                 "instruction": [words] * n,
+                "key_positions": key_positions.to(device),
+                "key_uv": torch.as_tensor(key_image_coordinates(key_positions.numpy()), dtype=torch.float32).to(device),
             }
             inputs[size] = one, batch
         return inputs[size]
