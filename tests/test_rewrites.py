@@ -166,7 +166,8 @@ def test_the_robustness_suite_runs_every_kind_on_the_same_seeds_and_asks_out_of_
     seeds = [row["seeds"] for row in report["wordings"].values()]
     assert seeds[0] == seeds[1] == seeds[2]  # every kind on the training wording's scenes
     assert all(row["episodes"] == 2 for row in report["wordings"].values())
-    assert set(report["scope"]["cases"]) == {"train", *SCOPE_CASES}
+    valid = {f"{kind} (valid)" for kind in KINDS}  # every kind of rewrite asked too: none should stop
+    assert set(report["scope"]["cases"]) == {"train", *valid, *SCOPE_CASES}
     assert report["scope"]["cases"]["empty"]["stop_rate"] == 1.0  # "" always stops, with its message
     assert "is empty" in report["scope"]["example_messages"]["empty"]
     table = robustness_table(report)
