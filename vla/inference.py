@@ -153,16 +153,15 @@ class PolicyRunner:
         for i, text in enumerate(texts):
             message = None
             nothing, similarity = verdicts[i]
-            shown = text if len(text) <= 80 else text[:77] + "..."
             if not normalise_instruction(text):
                 message = f"the instruction {text!r} is empty: nothing to do"
             elif self.scope_threshold is not None and similarity < self.command_threshold:
                 message = (
-                    f"{shown!r} reads as no task this policy was trained for (similarity {similarity:.2f} to the "
-                    f"nearest known command, below {self.command_threshold:.2f}): holding still"
+                    f"{_shown(text)!r} reads as no task this policy was trained for (similarity {similarity:.2f} "
+                    f"to the nearest known command, below {self.command_threshold:.2f}): holding still"
                 )
             elif self.scope_threshold is not None and nothing > self.scope_threshold:
-                message = f"nothing in view matches {shown!r} (confidence {nothing:.2f}): holding still"
+                message = f"nothing in view matches {_shown(text)!r} (confidence {nothing:.2f}): holding still"
             if message is not None:
                 actions[i, :ARM_DIMS] = 0.0
             infos.append(
@@ -204,6 +203,11 @@ class PolicyRunner:
             for i, p, s in zip(new, nothing.tolist(), similarity.tolist(), strict=True):
                 self._verdicts.setdefault(keys[i], (p, s))
         return np.array([self._verdicts[key] for key in keys])
+
+
+def _shown(text: str) -> str:
+    """An instruction as a message quotes it: at most 80 characters."""
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def usable_cores() -> int:

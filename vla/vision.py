@@ -125,10 +125,10 @@ def adapt_vit(vit: ViT, frozen_layers: int = 0, lora_rank: int = 0) -> None:
         inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS), vit)
 
 
-def plain_vit_state(vit: ViT, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A plain ViT's weights keyed as ``vit`` holds them: under LoRA a linear layer's own weights
-    live in its ``base_layer``."""
-    own = vit.state_dict()
+def keyed_as_adapted(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights saved without adapters, keyed as ``module`` holds them: under LoRA a linear layer's
+    own weights live in its ``base_layer`` (without adapters: ``state`` as it is)."""
+    own = module.state_dict()
     renamed = {}
     for key, value in state.items():
         module, _, leaf = key.rpartition(".")

@@ -34,7 +34,9 @@ from envs.stats import wilson_interval
 from envs.tasks import task_ids
 from vla.checkpoint import update_weights
 from vla.data import observations_to_batch
+from vla.evaluation.closed_loop import policy_env_kwargs
 from vla.inference import PolicyRunner
+from vla.language import sentence_embedding
 from vla.policy import VLAPolicy
 
 SCOPE_CASES = (*OUT_OF_SCOPE_KINDS, "empty")  # out-of-scope instructions the suite asks
@@ -216,7 +218,7 @@ def calibrate_scope(
         batch = observations_to_batch(observations[start : start + 256], device)
         states, mask = policy.text(batch["instruction"], device)
         probabilities.append(reader.nothing_named(batch["image"], states, mask)[:, 0].float().cpu())
-        sentences.append(policy.sentences(batch["instruction"], device))
+        sentences.append(sentence_embedding(states, mask))  # the same encoding, read as one sentence
     quantile = float(torch.cat(probabilities).quantile(1.0 - false_stops))
     threshold = float(np.clip(quantile, *THRESHOLD_RANGE))
     reader.scope_threshold.fill_(threshold)
@@ -230,8 +232,6 @@ def calibrate_scope(
 def calibrate_and_record(policy: VLAPolicy, ids: list[str], scenes: int, path: Path) -> float:
     """Calibrate when ``act`` stops on out-of-scope instructions (``calibrate_scope``) and write
     it into checkpoint file ``path``, which every later load then uses."""
-    from vla.evaluation.closed_loop import policy_env_kwargs
-
     threshold = calibrate_scope(policy, ids, scenes, policy_env_kwargs(policy))
     commands = policy.known_commands
     calibrated = {

@@ -55,7 +55,7 @@ from vla.training.runtime import (
     warmup_cosine,
 )
 from vla.training.step import TrainStep, compile_mode
-from vla.vision import plain_vit_state
+from vla.vision import keyed_as_adapted
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 # Loss outputs written to the metrics log when the model reports them (a flow head has no tokens).
@@ -448,26 +448,39 @@ def load_init_weights(path: Path, config: PolicyConfig, policy) -> ActionTokeniz
     return ActionTokenizer.from_state_dict(payload["tokenizer"])
 
 
+def load_part(
+    path: Path, option: str, name: str, module: torch.nn.Module, prefix: str, settings: dict, fresh=lambda key: False
+) -> dict:
+    """One part of the policy (``module``: its weights under ``prefix``) taken from another run's
+    checkpoint, given by setting ``option``; ``settings`` must match what that part was made for.
+    Weights ``fresh`` names (by their key within the part) are neither taken nor expected.
+    Returns the checkpoint's payload; a mismatch is one ``error:`` line."""
+    try:
+        payload = read_checkpoint(path)
+        check_checkpoint_config(payload, settings)
+        state = {k.removeprefix(prefix): v for k, v in payload["model"].items() if k.startswith(prefix)}
+        state = {k: v for k, v in state.items() if not fresh(k)}
+        if not state:
+            raise CheckpointError(f"it has no {name}")
+        missing, unexpected = module.load_state_dict(keyed_as_adapted(module, state), strict=False)
+        if unexpected or any(not fresh(k) for k in missing):
+            raise CheckpointError(f"its {name} differs from this one: missing {missing[:4]}, extra {unexpected[:4]}")
+    except (CheckpointError, RuntimeError) as error:
+        raise SystemExit(f"error: cannot take the {name} of {option}={path}: {error}") from None
+    return payload
+
+
 # What a ViT's weights were made for: a ViT taken from another run must match them.
 VISION_SETTINGS = ("image_size", "patch_size", "vision_pool", "vision_layers", "patch_embed", "width", "heads")
 
 
 def load_pretrained_vision(path: Path, config: PolicyConfig, policy) -> None:
-    """The ViT of another run (``vision_init``): pretrained features for frozen layers or LoRA."""
+    """The ViT of another run (``vision_init``): pretrained features for frozen layers or LoRA
+    (its adapters start fresh)."""
     if policy.vision is None:
         raise SystemExit("error: vision_init needs a ViT: model.vision_tokens=true")
-    try:
-        payload = read_checkpoint(path)
-        check_checkpoint_config(payload, {k: getattr(config, k) for k in VISION_SETTINGS})
-        state = {k.removeprefix("vision."): v for k, v in payload["model"].items() if k.startswith("vision.")}
-        if not state:
-            raise CheckpointError("it has no ViT (vision_tokens=false)")
-        state = plain_vit_state(policy.vision, state)
-        missing, unexpected = policy.vision.load_state_dict(state, strict=False)
-        if unexpected or any("lora_" not in k for k in missing):
-            raise CheckpointError(f"its ViT differs from this one: missing {missing[:4]}, extra {unexpected[:4]}")
-    except (CheckpointError, RuntimeError) as error:
-        raise SystemExit(f"error: cannot take the ViT of vision_init={path}: {error}") from None
+    settings = {k: getattr(config, k) for k in VISION_SETTINGS}
+    payload = load_part(path, "vision_init", "ViT", policy.vision, "vision.", settings, lambda k: "lora_" in k)
     print(f"ViT from {payload['path']}")
 
 
@@ -480,19 +493,12 @@ READER_SETTINGS = (
 
 def load_grounded_reader(path: Path, config: PolicyConfig, policy, run_dir: Path | None) -> None:
     """The keypoint reader grounded in another run (``grounding.reader``), instead of grounding one
-    here; its source goes to <run dir>/grounding.json."""
-    try:
-        payload = read_checkpoint(path)
-        check_checkpoint_config(payload, {k: getattr(config, k) for k in READER_SETTINGS})
-        prefix = "keypoint_reader."
-        state = {k.removeprefix(prefix): v for k, v in payload["model"].items() if k.startswith(prefix)}
-        # what grounding trained; the tokens made of the keypoints (BC trains them) start fresh, as here
-        state = {k: v for k, v in state.items() if not k.startswith(policy.keypoint_reader.TOKEN_PARTS)}
-        missing, unexpected = policy.keypoint_reader.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith(policy.keypoint_reader.TOKEN_PARTS) for k in missing):
-            raise CheckpointError(f"its reader differs from this one: missing {missing[:4]}, extra {unexpected[:4]}")
-    except (CheckpointError, RuntimeError) as error:
-        raise SystemExit(f"error: cannot take the keypoint reader of grounding.reader={path}: {error}") from None
+    here; its source goes to <run dir>/grounding.json. What grounding trained is taken; the tokens
+    made of the keypoints (BC trains them) start fresh, as here."""
+    reader = policy.keypoint_reader
+    settings = {k: getattr(config, k) for k in READER_SETTINGS}
+    fresh = lambda key: key.startswith(reader.TOKEN_PARTS)  # noqa: E731
+    payload = load_part(path, "grounding.reader", "keypoint reader", reader, "keypoint_reader.", settings, fresh)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "grounding.json").write_text(json.dumps({"reader": payload["path"]}, indent=2))
