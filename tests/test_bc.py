@@ -248,11 +248,12 @@ def test_keypoints_are_grounded_on_rendered_scenes_before_behaviour_cloning(tiny
 def test_keypoints_read_once_after_grounding_train_as_reading_them_every_step_does(tiny_demos, tmp_path):
     """Without the auxiliary loss the reader gets no gradient in behaviour cloning (its
     coordinates reach the decoder detached), so reading each demo step once must leave the
-    losses as they were: only the work per step changes."""
+    losses as they were, with re-worded instructions too (each sample keeps its one wording):
+    only the work per step changes."""
     scenes = tmp_path / "scenes.npz"
     grounding = ["grounding.scenes=200", "grounding.steps=5", "grounding.batch_size=16", f"grounding.path={scenes}"]
     model = ["model.keypoints=2", "model.aux_weight=0", "model.vision_tokens=false"]
-    steps = ["trainer.steps=4"]
+    steps = ["trainer.steps=4", "data.instructions=augmented_large"]  # each sample keeps its one wording
     cached = train(tiny_demos, tmp_path / "cached", *steps, "trainer.cache_keypoints=true", *model, *grounding)
     assert cached.returncode == 0, cached.stderr[-3000:]
     assert "[vision 2," in cached.stdout
@@ -264,8 +265,8 @@ def test_keypoints_read_once_after_grounding_train_as_reading_them_every_step_do
     bad = ["trainer.cache_keypoints=true", "model.keypoints=2", "model.aux_weight=1", "model.keypoint_sentence=true"]
     wrong = train(tiny_demos, tmp_path / "bad", *bad)
     assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
-    needs = "cache_keypoints=true needs model.keypoints=2, model.aux_weight=0 and data.instructions=train"
-    assert needs in wrong.stderr and "got 2, 1.0 and train" in wrong.stderr
+    needs = "cache_keypoints=true needs model.keypoints=2 and model.aux_weight=0"
+    assert needs in wrong.stderr and "got 2 and 1.0" in wrong.stderr
 
 
 def test_the_default_and_the_recipes_compose_to_their_measured_settings():
@@ -299,6 +300,9 @@ def test_the_default_and_the_recipes_compose_to_their_measured_settings():
     assert gpu.grounding.path.endswith("_augmented_large.npz")  # its own grounding scenes
     assert list(gpu.eval.splits) == ["train", "heldout"]
     assert (gpu.data.rewrites, gpu.grounding.negatives, gpu.eval.robustness_episodes) == (0.5, 0.25, 20)
+    gpu_flow = compose_config("bc", ["+recipe=five_gpu_flow"])  # the same recipe, the flow head
+    assert PolicyConfig.from_dict(dict(gpu_flow.model)) == PolicyConfig(**{**vars(large), "action_head": "flow"})
+    assert gpu_flow.trainer == gpu.trainer and gpu_flow.data == gpu.data and gpu_flow.grounding == gpu.grounding
 
 
 def test_closed_loop_probe_compares_the_policy_with_the_expert_on_its_own_states(trained_run, tmp_path):

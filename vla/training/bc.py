@@ -103,10 +103,12 @@ def check_config(cfg: DictConfig) -> PolicyConfig:
             f"grounding.negatives={g.negatives} trains the reader's abstain cell, which model.scope_check=false "
             "removes: set grounding.negatives=0 too"
         )
-    if t.cache_keypoints and (config.keypoints != 2 or config.aux_weight != 0 or cfg.data.instructions != "train"):
-        raise ValueError(  # keypoints read once must stay right: the reader frozen, each step worded as recorded
-            "trainer.cache_keypoints=true needs model.keypoints=2, model.aux_weight=0 and data.instructions=train; "
-            f"got {config.keypoints}, {config.aux_weight} and {cfg.data.instructions}"
+    if t.cache_keypoints and (config.keypoints != 2 or config.aux_weight != 0):
+        # Keypoints read once stay right: the reader is frozen, and every sample index keeps the one
+        # wording (re-worded or rewritten) it was read with.
+        raise ValueError(
+            "trainer.cache_keypoints=true needs model.keypoints=2 and model.aux_weight=0; "
+            f"got {config.keypoints} and {config.aux_weight}"
         )
     check_device(cfg.device)
     check_start_points(cfg.resume, cfg.init)
