@@ -36,9 +36,20 @@ def check_config(cfg: DictConfig) -> None:
     for kind in cfg.kinds:
         check_name("kinds", kind, KINDS)
     check_whole_numbers({"episodes": cfg.episodes, "scope_scenes": cfg.scope_scenes, "num_envs": cfg.num_envs})
-    threshold = cfg.scope_threshold
-    if threshold != "calibrated" and not (isinstance(threshold, float) and 0 < threshold < 1):
-        raise ValueError(f"scope_threshold must be 'calibrated' or a number in (0, 1), got {threshold!r}")
+    scope_threshold(cfg.scope_threshold)
+
+
+def scope_threshold(value: object) -> str | float:
+    """``calibrated``, or the number in (0, 1) given (the command line hands it over as text)."""
+    if value == "calibrated":
+        return value
+    try:
+        threshold = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0 < threshold < 1:
+        raise ValueError(f"scope_threshold must be 'calibrated' or a number in (0, 1), got {value!r}")
+    return threshold
 
 
 def run(cfg: DictConfig) -> dict:
@@ -49,7 +60,8 @@ def run(cfg: DictConfig) -> dict:
         if cfg.calibrate:  # checkpoints from before the known-commands check lack it
             policy.to(resolve_device(cfg.device))
             calibrate_and_record(policy, task_ids(list(cfg.tasks)), int(cfg.calibration_scenes), Path(payload["path"]))
-        runner = PolicyRunner(policy, tokenizer, resolve_device(cfg.device), scope_threshold=cfg.scope_threshold)
+        threshold = scope_threshold(cfg.scope_threshold)
+        runner = PolicyRunner(policy, tokenizer, resolve_device(cfg.device), scope_threshold=threshold)
         print(f"checkpoint {payload['path']} (step {payload.get('step')})")
         if runner.scope_threshold is None:
             print("this checkpoint was trained without model.scope_check: it never stops")

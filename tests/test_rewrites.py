@@ -174,3 +174,14 @@ def test_the_robustness_suite_runs_every_kind_on_the_same_seeds_and_asks_out_of_
     assert "| typo |" in table and "| nonsense |" in table
     with pytest.raises(ValueError, match="unknown rewrite kind 'rude'"):
         robustness_suite(runner, ["reach"], 1, ["rude"], 1, env_kwargs, 1, progress=False)
+
+
+def test_the_suite_takes_a_fixed_scope_threshold_from_the_command_line():
+    from eval.robustness import scope_threshold
+
+    assert scope_threshold("calibrated") == "calibrated"
+    assert scope_threshold("0.9938") == 0.9938  # as the command line hands it over: text
+    assert scope_threshold(0.5) == 0.5
+    for bad in ("1.5", "0", "often", None):
+        with pytest.raises(ValueError, match="scope_threshold must be 'calibrated' or a number in \\(0, 1\\)"):
+            scope_threshold(bad)
