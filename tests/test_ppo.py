@@ -250,6 +250,10 @@ def test_tiny_run_changes_the_weights_and_saves_a_loadable_checkpoint(bc_checkpo
     for key in ("train/clip_fraction", "train/approx_kl", "train/entropy", "train/explained_variance"):
         assert key in progress, key
     assert "train/kl_to_init" in progress and "time/env_steps_per_s" in progress
+    assert "time/rollout_s" in progress and "time/update_s" in progress
+    summary = json.loads((tiny_run / "summary.json").read_text())  # where the time went
+    assert summary["rollout_s"] > 0 and summary["update_s"] > 0
+    assert summary["rollout_s"] + summary["update_s"] + summary["eval_s"] <= summary["wall_s"] + 0.2
 
 
 def test_resume_continues_from_the_interrupted_step(bc_checkpoint, tmp_path):

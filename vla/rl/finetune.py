@@ -305,7 +305,8 @@ class CnnRunner:
 # --- periodic work during learn() ----------------------------------------------------------------------
 class PeriodicTasks(BaseCallback):
     """At every rollout start (i.e. after each update): throughput, evaluation, checkpoints;
-    and the interruption point ``stop_at_step``."""
+    and the interruption point ``stop_at_step``. It also splits the time between collecting
+    rollouts and the PPO updates (``time/rollout_s``, ``time/update_s``: where the time goes)."""
 
     def __init__(self, cfg, run_dir: Path, task_id: str, vla, tokenizer, env_kwargs: dict):
         super().__init__()
@@ -317,6 +318,8 @@ class PeriodicTasks(BaseCallback):
         self.clock = self.started = time.perf_counter()
         self.clock_steps = self.start_steps = 0
         self.eval_seconds = 0.0
+        self.rollout_seconds = self.update_seconds = 0.0
+        self.rollout_ended: float | None = None  # when the last rollout ended (an update follows)
         self.last_rate: float | None = None
 
     def _on_training_start(self) -> None:
@@ -332,8 +335,10 @@ class PeriodicTasks(BaseCallback):
     def _on_rollout_start(self) -> None:
         steps = self.num_timesteps
         if steps == self.clock_steps:
+            self.clock = time.perf_counter()  # the first rollout starts now
             return
         now = time.perf_counter()
+        self._count_update(now)
         self.logger.record("time/env_steps_per_s", (steps - self.clock_steps) / (now - self.clock))
         every = self.cfg.eval.every_steps
         if every and steps - self.last_eval >= every:
@@ -346,10 +351,23 @@ class PeriodicTasks(BaseCallback):
             self.stopping = True
         self.clock, self.clock_steps = time.perf_counter(), steps
 
+    def _on_rollout_end(self) -> None:
+        self.rollout_ended = time.perf_counter()
+        self.rollout_seconds += self.rollout_ended - self.clock
+        self.logger.record("time/rollout_s", self.rollout_ended - self.clock)
+
+    def _count_update(self, now: float) -> None:
+        """The update that followed the last rollout ended at ``now``."""
+        if self.rollout_ended is not None:
+            self.update_seconds += now - self.rollout_ended
+            self.logger.record("time/update_s", now - self.rollout_ended)
+            self.rollout_ended = None
+
     def _on_step(self) -> bool:
         return not self.stopping
 
     def _on_training_end(self) -> None:
+        self._count_update(time.perf_counter())
         if self.stopping:
             return
         if self.cfg.eval.every_steps and self.num_timesteps != self.last_eval:
@@ -422,6 +440,8 @@ class PeriodicTasks(BaseCallback):
             "wall_s": round(wall, 1),
             "eval_s": round(self.eval_seconds, 1),
             "env_steps_per_s": round(steps / max(wall - self.eval_seconds, 1e-9), 1),
+            "rollout_s": round(self.rollout_seconds, 1),  # collecting rollouts: env steps and the policy's actions
+            "update_s": round(self.update_seconds, 1),  # the PPO updates (critic-only ones included)
             "last_success_rate": self.last_rate,
             "best_success_rate": self.best,
         }
