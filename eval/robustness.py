@@ -24,7 +24,7 @@ from vla.app.console import run_log
 from vla.checkpoint import build_policy, read_checkpoint
 from vla.evaluation.closed_loop import held_out_demos, policy_env_kwargs
 from vla.evaluation.robustness import calibrate_and_record, open_loop_by_kind, robustness_suite, robustness_table
-from vla.inference import PolicyRunner
+from vla.inference import PolicyRunner, parse_scope_threshold
 from vla.training.runtime import check_whole_numbers, resolve_device
 
 
@@ -36,20 +36,7 @@ def check_config(cfg: DictConfig) -> None:
     for kind in cfg.kinds:
         check_name("kinds", kind, KINDS)
     check_whole_numbers({"episodes": cfg.episodes, "scope_scenes": cfg.scope_scenes, "num_envs": cfg.num_envs})
-    scope_threshold(cfg.scope_threshold)
-
-
-def scope_threshold(value: object) -> str | float:
-    """``calibrated``, or the number in (0, 1) given (the command line hands it over as text)."""
-    if value == "calibrated":
-        return value
-    try:
-        threshold = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        threshold = float("nan")
-    if not 0 < threshold < 1:
-        raise ValueError(f"scope_threshold must be 'calibrated' or a number in (0, 1), got {value!r}")
-    return threshold
+    parse_scope_threshold(cfg.scope_threshold)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -60,7 +47,7 @@ def run(cfg: DictConfig) -> dict:
         if cfg.calibrate:  # checkpoints from before the known-commands check lack it
             policy.to(resolve_device(cfg.device))
             calibrate_and_record(policy, task_ids(list(cfg.tasks)), int(cfg.calibration_scenes), Path(payload["path"]))
-        threshold = scope_threshold(cfg.scope_threshold)
+        threshold = parse_scope_threshold(cfg.scope_threshold)
         runner = PolicyRunner(policy, tokenizer, resolve_device(cfg.device), scope_threshold=threshold)
         print(f"checkpoint {payload['path']} (step {payload.get('step')})")
         if runner.scope_threshold is None:

@@ -177,11 +177,13 @@ def test_the_robustness_suite_runs_every_kind_on_the_same_seeds_and_asks_out_of_
 
 
 def test_the_suite_takes_a_fixed_scope_threshold_from_the_command_line():
-    from eval.robustness import scope_threshold
+    from vla.inference import parse_scope_threshold as scope_threshold  # the suite's, the demo's and the server's
 
     assert scope_threshold("calibrated") == "calibrated"
     assert scope_threshold("0.9938") == 0.9938  # as the command line hands it over: text
     assert scope_threshold(0.5) == 0.5
-    for bad in ("1.5", "0", "often", None):
-        with pytest.raises(ValueError, match="scope_threshold must be 'calibrated' or a number in \\(0, 1\\)"):
+    assert scope_threshold("off") is None and scope_threshold(None) is None
+    allowed = "allowed are calibrated, off, or a number in \\(0, 1\\)"
+    for bad in ("1.5", "0", "often"):
+        with pytest.raises(ValueError, match=f"scope_threshold={bad}: {allowed}"):
             scope_threshold(bad)

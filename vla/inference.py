@@ -210,6 +210,22 @@ def _shown(text: str) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def parse_scope_threshold(value: object) -> float | str | None:
+    """A config's scope_threshold as PolicyRunner takes it: ``calibrated``, ``off`` (or null:
+    never stop) or a number in (0, 1), which the command line hands over as text."""
+    if value is None or value == "off":
+        return None
+    if value == CALIBRATED:
+        return CALIBRATED
+    try:
+        number = float(str(value))
+    except ValueError:
+        number = -1.0
+    if not 0.0 < number < 1.0:
+        raise ValueError(f"scope_threshold={value}: allowed are calibrated, off, or a number in (0, 1)")
+    return number
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity; containers and taskset narrow it)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

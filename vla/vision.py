@@ -128,11 +128,11 @@ def adapt_vit(vit: ViT, frozen_layers: int = 0, lora_rank: int = 0) -> None:
 def keyed_as_adapted(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Weights saved without adapters, keyed as ``module`` holds them: under LoRA a linear layer's
     own weights live in its ``base_layer`` (without adapters: ``state`` as it is)."""
-    own = module.state_dict()
+    own = module.state_dict().keys()
     renamed = {}
     for key, value in state.items():
-        module, _, leaf = key.rpartition(".")
-        base = f"{module}.base_layer.{leaf}"
+        layer, _, leaf = key.rpartition(".")
+        base = f"{layer}.base_layer.{leaf}"
         renamed[base if key not in own and base in own else key] = value
     return renamed
 

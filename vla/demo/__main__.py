@@ -9,25 +9,11 @@ from omegaconf import DictConfig
 
 from vla.app.cli import hydra_entry
 from vla.demo.app import DemoLimits
+from vla.inference import parse_scope_threshold
 
 FRAME_SIZES = (16, 512)  # the env's image size range (envs/tabletop_env.py)
 MAX_STEPS = 10_000
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
-def scope_threshold(value: object) -> float | str | None:
-    """configs/demo.yaml's spelling -> PolicyRunner's: calibrated, off (null) or a number in (0, 1)."""
-    if value is None or value == "off":
-        return None
-    if value == "calibrated":
-        return "calibrated"
-    try:
-        number = float(str(value))
-    except ValueError:
-        number = -1.0
-    if not 0.0 < number < 1.0:
-        raise ValueError(f"scope_threshold={value}: allowed are calibrated, off, or a number in (0, 1)")
-    return number
 
 
 def limits(cfg: DictConfig) -> DemoLimits:
@@ -51,7 +37,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"max_sessions={cfg.max_sessions}: at least 1 page must be allowed")
     if not cfg.idle_timeout_s > 0:
         raise ValueError(f"idle_timeout_s={cfg.idle_timeout_s}: must be more than 0 seconds")
-    scope_threshold(cfg.scope_threshold)
+    parse_scope_threshold(cfg.scope_threshold)
     limits(cfg)
 
 
@@ -62,9 +48,8 @@ def demo(cfg: DictConfig) -> None:
     from vla.inference import load_policy
     from vla.training.runtime import resolve_device
 
-    runner = load_policy(
-        cfg.checkpoint, device=resolve_device(cfg.device), scope_threshold=scope_threshold(cfg.scope_threshold)
-    )
+    threshold = parse_scope_threshold(cfg.scope_threshold)
+    runner = load_policy(cfg.checkpoint, device=resolve_device(cfg.device), scope_threshold=threshold)
     service = DemoService(runner, limits(cfg), name=str(cfg.checkpoint))
     print(f"demo of {cfg.checkpoint}: open http://{cfg.host}:{cfg.port} in a browser (Ctrl-C stops it)")
     uvicorn.Server(uvicorn_config(service, cfg.host, int(cfg.port))).run()

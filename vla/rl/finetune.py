@@ -353,8 +353,9 @@ class PeriodicTasks(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         self.rollout_ended = time.perf_counter()
-        self.rollout_seconds += self.rollout_ended - self.clock
-        self.logger.record("time/rollout_s", self.rollout_ended - self.clock)
+        seconds = self.rollout_ended - self.clock  # the clock restarts as each rollout starts
+        self.rollout_seconds += seconds
+        self.logger.record("time/rollout_s", seconds)
 
     def _count_update(self, now: float) -> None:
         """The update that followed the last rollout ended at ``now``."""

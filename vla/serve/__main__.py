@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from vla.app.cli import hydra_entry
+from vla.inference import parse_scope_threshold
 from vla.serve.app import PolicyService, ServeLimits, make_app
 from vla.serve.batcher import BatcherConfig
 
@@ -19,6 +20,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"port must be a whole number in 0..65535, got {cfg.port!r}")
     if not isinstance(cfg.max_body_kb, int) or cfg.max_body_kb < 1:
         raise ValueError(f"max_body_kb must be a whole number >= 1, got {cfg.max_body_kb!r}")
+    parse_scope_threshold(cfg.scope_threshold)
 
 
 def batching(cfg: DictConfig) -> BatcherConfig:
@@ -31,7 +33,8 @@ def serve(cfg: DictConfig) -> None:
     from vla.inference import load_policy
     from vla.training.runtime import resolve_device
 
-    runner = load_policy(cfg.checkpoint, device=resolve_device(cfg.device), scope_threshold=cfg.scope_threshold)
+    threshold = parse_scope_threshold(cfg.scope_threshold)
+    runner = load_policy(cfg.checkpoint, device=resolve_device(cfg.device), scope_threshold=threshold)
     service = PolicyService(runner, batching(cfg), ServeLimits(int(cfg.max_body_kb)), name=str(cfg.checkpoint))
     print(f"serving {cfg.checkpoint} on http://{cfg.host}:{cfg.port}  (POST /act, GET /health, GET /metrics)")
     # uvicorn's own limit answers 503 to connections past the queue's size and a margin
