@@ -330,3 +330,39 @@ def test_ppo_fine_tunes_a_policy_with_grounded_keypoints(tmp_path):
     obs, _ = env.reset(seed=0)
     assert runner.act(obs).shape == (7,)
     env.close()
+
+
+def test_multi_task_ppo_runs_every_task_and_evaluates_each(bc_checkpoint, tmp_path):
+    run_dir = tmp_path / "multi"
+    result = run(
+        f"init={bc_checkpoint}", f"run_dir={run_dir}", "task=[reach,push]", "ppo.total_timesteps=16", "eval.every_steps=16"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "VLASandbox/Reach-v0, VLASandbox/Push-v0" in result.stdout
+    evals = [json.loads(line) for line in (run_dir / "evals.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in evals] == [0, 16]
+    for row in evals:  # one episode per task: the mean is over both
+        assert set(row["per_task"]) == {"VLASandbox/Reach-v0", "VLASandbox/Push-v0"} and row["episodes"] == 2
+
+
+def test_more_tasks_than_envs_is_one_clear_error(tmp_path):
+    result = run("task=[reach,push,lift]", f"run_dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "env.num_envs=2" in last and "3 tasks" in last
+
+
+def test_the_hard_task_recipes_share_one_budget_and_differ_in_their_tasks():
+    from vla.app.cli import compose_config
+    from vla.rl.finetune import check_config, ppo_task_ids
+
+    stack = compose_config("ppo", ["+recipe=stack_gpu", "init=null", "ppo.kl_coef=0"])  # the scratch baseline
+    five = compose_config("ppo", ["+recipe=five_tasks_gpu", "init=null", "ppo.kl_coef=0"])
+    for cfg in (stack, five):
+        check_config(cfg)
+    assert ppo_task_ids(stack.task) == ["VLASandbox/Stack-v0"] and len(ppo_task_ids(five.task)) == 5
+    assert stack.ppo.total_timesteps == five.ppo.total_timesteps == 49152
+    assert five.env.num_envs % 5 == 0  # every task the same number of envs
+    assert (five.env.num_envs * five.ppo.n_steps) % five.ppo.batch_size == 0  # whole minibatches
+    with pytest.raises(ValueError, match="it needs init"):  # the KL anchor needs a starting policy
+        check_config(compose_config("ppo", ["+recipe=stack_gpu", "init=null"]))

@@ -163,6 +163,7 @@ OFF_BY_DEFAULT = {
     "critic_lr": 1e-4,
 }
 NULL_ALLOWED = {"ppo.target_kl"}  # null switches it off (configs/ppo.yaml)
+TEXT_OR_LIST = {"task"}  # one name or a list of them (configs/ppo.yaml: multi-task PPO)
 # Shares and probabilities: at most 1.
 FRACTIONS = {"beta", "beta_decay", "rewrites", "val_fraction", "negatives", "gamma", "gae_lambda", "dropout"}
 
@@ -203,6 +204,9 @@ def check_types(cfg: DictConfig, defaults: DictConfig, overrides: list[str]) -> 
         elif isinstance(was, float):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
             kind = "a number"
+        elif isinstance(was, str) and key in TEXT_OR_LIST:
+            ok = isinstance(value, str) or (isinstance(value, ListConfig) and all(isinstance(v, str) for v in value))
+            kind = "a name or a list of names"
         elif isinstance(was, str):
             ok, kind = isinstance(value, str), f"text (quote it: {key}='{override.split('=', 1)[1]}')"
         else:

@@ -60,9 +60,18 @@ VEC_ENVS = ("subproc", "dummy")
 VALUE_HEADS = ("shared", "separate")
 
 
+def ppo_task_ids(task: str | list[str]) -> list[str]:
+    """The env ids of ``task``: one task name, or a list of them (multi-task PPO: env ``i`` of the
+    vector env runs task ``i mod len(tasks)``, and evaluation averages over every task)."""
+    names = [task] if isinstance(task, str) else list(task)
+    return task_ids(names)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no env: one clear error before any env or model starts."""
-    task_ids([cfg.task])
+    tasks = ppo_task_ids(cfg.task)
+    if cfg.env.num_envs < len(tasks):
+        raise ValueError(f"env.num_envs={cfg.env.num_envs} cannot run {len(tasks)} tasks: give at least one env per task")
     check_name("algo", cfg.algo, ALGOS)
     check_name("env.reward_type", cfg.env.reward_type, REWARD_TYPES)
     check_name("env.vec_env", cfg.env.vec_env, VEC_ENVS)
@@ -92,7 +101,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    (task_id,) = task_ids([cfg.task])
+    tasks = ppo_task_ids(cfg.task)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -110,8 +119,11 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     # --- environments: SubprocVecEnv workers each build their own env ---------------------------
     env_kwargs = env_settings(cfg, vla)
-    make = functools.partial(make_env, task_id, env_kwargs, tokenizer.state_dict() if tokenizer else None)
-    env_fns = [functools.partial(make, cfg.seed * 1000 + i) for i in range(cfg.env.num_envs)]
+    tokenizer_state = tokenizer.state_dict() if tokenizer else None
+    env_fns = [  # env i runs task i mod len(tasks): every task gets its share of each rollout
+        functools.partial(make_env, tasks[i % len(tasks)], env_kwargs, tokenizer_state, cfg.seed * 1000 + i)
+        for i in range(cfg.env.num_envs)
+    ]
     venv: VecEnv = SubprocVecEnv(env_fns) if cfg.env.vec_env == "subproc" else DummyVecEnv(env_fns)
     venv.seed(cfg.seed)
 
@@ -165,17 +177,17 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     model.set_logger(configure(str(run_dir / "tb"), ["tensorboard", "csv"]))
     trainable = sum(x.numel() for x in model.policy.parameters() if x.requires_grad)
     print(
-        f"run dir: {run_dir} | algo {cfg.algo} | {task_id} | {cfg.env.num_envs} {cfg.env.vec_env} envs | "
+        f"run dir: {run_dir} | algo {cfg.algo} | {', '.join(tasks)} | {cfg.env.num_envs} {cfg.env.vec_env} envs | "
         f"{trainable / 1e6:.2f}M trainable params | device {device}"
     )
 
     # --- the loop: SB3's learn(), with evaluation, checkpoints and throughput as a callback -----
-    tasks = PeriodicTasks(cfg, run_dir, task_id, vla, tokenizer, env_kwargs)
+    periodic = PeriodicTasks(cfg, run_dir, tasks, vla, tokenizer, env_kwargs)
     remaining = int(p.total_timesteps) - model.num_timesteps
     if remaining > 0:
-        model.learn(remaining, callback=tasks, reset_num_timesteps=resume is None)
+        model.learn(remaining, callback=periodic, reset_num_timesteps=resume is None)
     venv.close()
-    summary = tasks.summary()
+    summary = periodic.summary()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))
     return summary
@@ -308,9 +320,9 @@ class PeriodicTasks(BaseCallback):
     and the interruption point ``stop_at_step``. It also splits the time between collecting
     rollouts and the PPO updates (``time/rollout_s``, ``time/update_s``: where the time goes)."""
 
-    def __init__(self, cfg, run_dir: Path, task_id: str, vla, tokenizer, env_kwargs: dict):
+    def __init__(self, cfg, run_dir: Path, tasks: list[str], vla, tokenizer, env_kwargs: dict):
         super().__init__()
-        self.cfg, self.run_dir, self.task_id = cfg, run_dir, task_id
+        self.cfg, self.run_dir, self.tasks = cfg, run_dir, tasks
         self.vla, self.tokenizer, self.env_kwargs = vla, tokenizer, env_kwargs
         self.best = -1.0
         self.last_eval = self.last_checkpoint = None
@@ -388,13 +400,15 @@ class PeriodicTasks(BaseCallback):
             runner, kwargs = CnnRunner(self.model, length), {"image_size": self.cfg.env.image_size}
         e = self.cfg.eval
         results, _ = evaluate(
-            runner, [self.task_id], e.episodes, num_envs=e.num_envs, seed=VALIDATION_SEED_BASE, env_kwargs=kwargs
+            runner, self.tasks, e.episodes, num_envs=e.num_envs, seed=VALIDATION_SEED_BASE, env_kwargs=kwargs
         )
-        successes = results[0].successes
+        successes = [s for r in results for s in r.successes]  # e.episodes per task, every task
         k, n = int(sum(successes)), len(successes)
         lo, hi = wilson_interval(k, n)
         rate = k / n
         row = {"step": self.num_timesteps, "success_rate": rate, "successes": k, "episodes": n, "ci95": [lo, hi]}
+        if len(results) > 1:
+            row["per_task"] = {r.task_id: float(np.mean(r.successes)) for r in results}
         with (self.run_dir / "evals.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
         self.logger.record("eval/success_rate", rate)
