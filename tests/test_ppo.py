@@ -334,9 +334,8 @@ def test_ppo_fine_tunes_a_policy_with_grounded_keypoints(tmp_path):
 
 def test_multi_task_ppo_runs_every_task_and_evaluates_each(bc_checkpoint, tmp_path):
     run_dir = tmp_path / "multi"
-    result = run(
-        f"init={bc_checkpoint}", f"run_dir={run_dir}", "task=[reach,push]", "ppo.total_timesteps=16", "eval.every_steps=16"
-    )
+    steps = ("ppo.total_timesteps=16", "eval.every_steps=16")
+    result = run(f"init={bc_checkpoint}", f"run_dir={run_dir}", "task=[reach,push]", *steps)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "VLASandbox/Reach-v0, VLASandbox/Push-v0" in result.stdout
     evals = [json.loads(line) for line in (run_dir / "evals.jsonl").read_text().splitlines()]

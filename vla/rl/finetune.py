@@ -71,7 +71,9 @@ def check_config(cfg: DictConfig) -> None:
     """Every check that needs no env: one clear error before any env or model starts."""
     tasks = ppo_task_ids(cfg.task)
     if cfg.env.num_envs < len(tasks):
-        raise ValueError(f"env.num_envs={cfg.env.num_envs} cannot run {len(tasks)} tasks: give at least one env per task")
+        raise ValueError(
+            f"env.num_envs={cfg.env.num_envs} cannot run {len(tasks)} tasks: give at least one env per task"
+        )
     check_name("algo", cfg.algo, ALGOS)
     check_name("env.reward_type", cfg.env.reward_type, REWARD_TYPES)
     check_name("env.vec_env", cfg.env.vec_env, VEC_ENVS)
