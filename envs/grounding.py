@@ -34,7 +34,9 @@ GROUNDING_SEED_STRIDE = 1_000_000  # scene sets with different seeds never share
 GROUNDING_START_SPREAD = 0.5  # rad: arm starts spread over the workspace (occlusion, variety)
 _CHUNK = 500  # scenes per worker task
 # what a cached scene set hands back (``render_scenes`` documents each)
-SCENE_KEYS = ("images", "instructions", "key_positions", "key_uv", "key_kinds", "tasks", "specs", "objects")
+SCENE_KEYS = (
+    "images", "instructions", "key_positions", "key_uv", "key_kinds", "target_sibling", "tasks", "specs", "objects"
+)  # fmt: skip
 
 
 def render_scenes(
@@ -109,7 +111,7 @@ def load_or_render_scenes(
             found = {k: int(cached[k]) for k in ("count", "seed", "image_size")}
             found["split"] = str(cached["split"]) if "split" in cached else "train"  # older caches
             found["wording"] = str(cached["wording"]) if "wording" in cached else None
-            if found == wanted and "specs" in cached:  # older caches lack the task specs and objects
+            if found == wanted and all(k in cached for k in SCENE_KEYS):  # older caches lack some keys
                 return {k: cached[k] for k in SCENE_KEYS}
     scenes = render_scenes(count, seed, image_size, workers, progress, split)
     path.parent.mkdir(parents=True, exist_ok=True)

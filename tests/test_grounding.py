@@ -174,25 +174,6 @@ def test_the_kind_loss_asks_the_reader_what_each_keypoint_names():
         train(1.0, without)
 
 
-def test_sibling_share_draws_batches_from_scenes_where_the_shape_word_decides():
-    scenes = synthetic_scenes()
-    sibling = np.zeros(len(scenes["images"]), dtype=bool)
-    sibling[:40] = True
-    scenes["target_sibling"] = sibling
-    scenes["key_uv"][~sibling] = np.nan  # a batch that draws one of these has a NaN loss
-
-    def train(share: float, scenes=scenes) -> dict[str, float]:
-        policy = keypoint_policy()
-        return pretrain_keypoints(policy, scenes, steps=3, batch_size=32, progress=False, sibling_share=share)
-
-    assert np.isfinite(train(1.0)["train_loss"])  # only the sibling scenes were drawn
-    assert np.isnan(train(0.0)["train_loss"])
-    with pytest.raises(ValueError, match="sibling_share must be a share in \\[0, 1\\], got 1.5"):
-        train(1.5)
-    with pytest.raises(ValueError, match="needs scenes with target_sibling"):
-        train(0.5, {k: v for k, v in scenes.items() if k != "target_sibling"})
-
-
 def test_the_grounding_probe_breaks_paraphrase_errors_down_by_template_and_noun(tmp_path):
     from eval.probes.grounding_probe import markdown, noun_of, probe
     from vla.app.cli import compose_config

@@ -31,7 +31,6 @@ def pretrain_keypoints(
     kind_weight: float = 0.0,
     rewrites: float = 0.0,
     negatives: float = 0.0,
-    sibling_share: float = 0.0,
 ) -> dict[str, float]:
     """Train ``policy.keypoint_reader`` to put its heatmaps on the true image coordinates
     (``scenes["key_uv"]``) of the scenes' targets and destinations. The last ``heldout``
@@ -46,13 +45,7 @@ def pretrain_keypoints(
 
     ``rewrites`` and ``negatives`` re-word that share of the training scenes
     (``envs.grounding.training_wordings``): as people type (training lexicon), or naming
-    nothing in view, where the reader's abstain cell (``model.scope_check``) is the label.
-
-    ``sibling_share`` of each batch is drawn from the scenes whose target has its same-colour
-    sibling on the table (``scenes["target_sibling"]``), the only scenes where pointing needs the
-    shape word; the rest uniformly from all training scenes."""
-    if not 0.0 <= sibling_share <= 1.0:
-        raise ValueError(f"sibling_share must be a share in [0, 1], got {sibling_share}")
+    nothing in view, where the reader's abstain cell (``model.scope_check``) is the label."""
     if kind_weight < 0:
         raise ValueError(f"kind_weight must be 0 or more, got {kind_weight}")
     reader = policy.keypoint_reader
@@ -105,22 +98,10 @@ def pretrain_keypoints(
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, min(100, steps // 10), steps))
     generator = torch.Generator().manual_seed(seed)
-    with_sibling = round(sibling_share * batch_size)
-    sibling_scenes = torch.zeros(0, dtype=torch.long)
-    if with_sibling:
-        if "target_sibling" not in scenes:
-            raise ValueError("grounding.sibling_share > 0 needs scenes with target_sibling (render them again)")
-        sibling_scenes = torch.from_numpy(np.flatnonzero(scenes["target_sibling"][:train_count]))
-        if not len(sibling_scenes):
-            raise ValueError("grounding.sibling_share > 0, but no training scene has the target's sibling on the table")
     reader.train()
     bar = progress_bar(range(steps), desc="grounding", disable=not progress)
     for _ in bar:
-        index = torch.randint(0, train_count, (batch_size - with_sibling,), generator=generator)
-        if with_sibling:
-            pick = torch.randint(0, len(sibling_scenes), (with_sibling,), generator=generator)
-            index = torch.cat([sibling_scenes[pick], index])
-        loss, error_px = heatmap_loss(index)
+        loss, error_px = heatmap_loss(torch.randint(0, train_count, (batch_size,), generator=generator))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -157,7 +138,6 @@ def ground_and_measure(
         kind_weight=g.kind_weight,
         rewrites=g.get("rewrites", 0.0),
         negatives=g.get("negatives", 0.0),
-        sibling_share=g.get("sibling_share", 0.0),
     )
     reworded = paraphrased_heldout_scenes(g.scenes, seed, image_size, g.workers)
     errors = keypoint_errors(policy, reworded, range(len(reworded["images"])))
