@@ -152,6 +152,10 @@ def test_flex_attention_decodes_the_tokens_of_sdpa(word_tokens):
     flex = StaticDecoder(policy, 6, torch.device("cpu"), attention="flex")
     assert flex.policy.flex_attention and not policy.flex_attention
     assert torch.equal(flex.decode(data), expected)
+    if not word_tokens:  # compiled: the masks are built outside the graph, once per shape
+        compiled = StaticDecoder(policy, 6, torch.device("cpu"), mode="compile", attention="flex")
+        assert torch.equal(compiled.decode(data), expected) and torch.equal(compiled.decode(data), expected)
+        assert len(compiled.policy._flex_cache) == 1
     with pytest.raises(ValueError, match="decoding=parallel"):
         StaticDecoder(
             VLAPolicy(PolicyConfig.from_dict({**TINY_MODEL, "proprio_dim": 8})),

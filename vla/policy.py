@@ -220,6 +220,7 @@ class VLAPolicy(nn.Module):
         # Parallel decoding through FlexAttention instead of SDPA with a boolean mask (an inference
         # choice, not a weight: vla/fast_inference.py sets it on its copy when asked to).
         self.flex_attention = False
+        self._flex_cache: dict[tuple, tuple[Any, Any]] = {}  # FlexAttention masks per shape (_flex_masks)
         # The keypoint heatmap logits of the last prefix (B, K, cells): the loss reads them
         # after the decoder has run, without threading them through every caller.
         self._keypoint_logits: torch.Tensor | None = None
@@ -379,24 +380,35 @@ class VLAPolicy(nn.Module):
             x = block(x, own, cache, i, queries_from=read_from if i == last else 0, film=film)
         return x
 
-    @staticmethod
-    def _flex_masks(key_valid: torch.Tensor, prefix_length: int, read_from: int) -> tuple[Any, Any]:
+    @torch.compiler.disable  # built eagerly, outside a compiled graph or a CUDA graph's capture
+    def _flex_masks(self, key_valid: torch.Tensor, prefix_length: int, read_from: int) -> tuple[Any, Any]:
         """``_mask``'s rule as FlexAttention block masks, for every query and for the queries
-        from ``read_from`` on (the last block's): one fused kernel that reads no dense mask."""
+        from ``read_from`` on (the last block's): one fused kernel that reads no dense mask.
+        Without word tokens every key of every sample is valid, so the masks depend on the
+        shapes alone: built once per shape and kept (a CUDA graph replays them as captured)."""
         from torch.nn.attention.flex_attention import create_block_mask
 
         b, n = key_valid.shape
+        device = key_valid.device
+        shared = not self.config.word_tokens  # no padded keys: one mask for the whole batch
+        cache_key = (n, prefix_length, read_from, str(device))
+        if shared and cache_key in self._flex_cache:
+            return self._flex_cache[cache_key]
 
         def rule(offset: int):
             def allowed(batch, head, q, kv):
                 q = q + offset
-                return ((kv < prefix_length) | ((q >= prefix_length) & (kv <= q))) & key_valid[batch, kv]
+                causal = (kv < prefix_length) | ((q >= prefix_length) & (kv <= q))
+                return causal if shared else causal & key_valid[batch, kv]
 
             return allowed
 
-        device = key_valid.device
-        full = create_block_mask(rule(0), b, None, n, n, device=device)
-        return full, create_block_mask(rule(read_from), b, None, n - read_from, n, device=device)
+        rows = None if shared else b
+        full = create_block_mask(rule(0), rows, None, n, n, device=device)
+        masks = full, create_block_mask(rule(read_from), rows, None, n - read_from, n, device=device)
+        if shared:
+            self._flex_cache[cache_key] = masks
+        return masks
 
     # --- training ------------------------------------------------------------------------
     def action_logits(self, batch: dict[str, Any], augment: bool = False) -> torch.Tensor:

@@ -12,6 +12,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+_fused_flex_attention = None
+
+
+def fused_flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:
+    """FlexAttention as one fused kernel. Called eagerly, ``flex_attention`` falls back to a dense
+    reference implementation (every score materialised, and a CPU scalar that a CUDA graph
+    cannot capture); compiled, it becomes the kernel. Compiled once, on a GPU only: on a CPU
+    the reference is what runs in the tests."""
+    global _fused_flex_attention
+    if not q.is_cuda:
+        return flex_attention(q, k, v, block_mask=block_mask)
+    if _fused_flex_attention is None:
+        _fused_flex_attention = torch.compile(flex_attention, dynamic=False)
+    return _fused_flex_attention(q, k, v, block_mask=block_mask)
+
 
 class KVCache:
     """Keys and values of every layer for the tokens decoded so far."""
@@ -54,7 +69,7 @@ class Attention(nn.Module):
         if queries_from:
             q = q[:, :, queries_from:]
         if isinstance(mask, BlockMask):  # FlexAttention: the mask as a predicate, already for these queries
-            y = flex_attention(q, k, v, block_mask=mask)
+            y = fused_flex_attention(q, k, v, block_mask=mask)
         else:
             if queries_from and mask is not None and mask.shape[-2] > 1:
                 mask = mask[..., queries_from:, :]
