@@ -108,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="LABEL=RUN_DIR")
     parser.add_argument("--out", type=Path, default=Path("docs/images/ppo_curves.png"))
-    parser.add_argument("--title", default="Reach: success vs env steps")
+    parser.add_argument("--title", default="PPO: validation success vs env steps")
     args = parser.parse_args()
     runs = {}
     for item in args.runs:
