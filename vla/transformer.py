@@ -12,20 +12,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-_fused_flex_attention = None
+# compiled lazily, at the first call on a GPU (creating it compiles nothing)
+_compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
 
 
 def fused_flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:
     """FlexAttention as one fused kernel. Called eagerly, ``flex_attention`` falls back to a dense
     reference implementation (every score materialised, and a CPU scalar that a CUDA graph
-    cannot capture); compiled, it becomes the kernel. Compiled once, on a GPU only: on a CPU
-    the reference is what runs in the tests."""
-    global _fused_flex_attention
+    cannot capture); compiled, it becomes the kernel. Compiled on a GPU only: on a CPU the
+    reference is what runs in the tests."""
     if not q.is_cuda:
         return flex_attention(q, k, v, block_mask=block_mask)
-    if _fused_flex_attention is None:
-        _fused_flex_attention = torch.compile(flex_attention, dynamic=False)
-    return _fused_flex_attention(q, k, v, block_mask=block_mask)
+    return _compiled_flex_attention(q, k, v, block_mask=block_mask)
 
 
 class KVCache:
