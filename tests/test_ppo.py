@@ -351,7 +351,7 @@ def test_more_tasks_than_envs_is_one_clear_error(tmp_path):
     assert last.startswith("error:") and "env.num_envs=2" in last and "3 tasks" in last
 
 
-def test_the_hard_task_recipes_share_one_budget_and_differ_in_their_tasks():
+def test_the_task_recipes_compose_to_what_they_name():
     from vla.app.cli import compose_config
     from vla.rl.finetune import check_config, ppo_task_ids
 
@@ -365,3 +365,7 @@ def test_the_hard_task_recipes_share_one_budget_and_differ_in_their_tasks():
     assert (five.env.num_envs * five.ppo.n_steps) % five.ppo.batch_size == 0  # whole minibatches
     with pytest.raises(ValueError, match="it needs init"):  # the KL anchor needs a starting policy
         check_config(compose_config("ppo", ["+recipe=stack_gpu", "init=null"]))
+    # the CPU recipe is what was measured: reach_cpu over all five tasks, one env each
+    five_cpu = compose_config("ppo", ["+recipe=five_tasks_cpu"])
+    measured = ["+recipe=reach_cpu", "task=[reach,push,lift,pick_place,stack]", "env.num_envs=5", "eval.episodes=10"]
+    assert five_cpu == compose_config("ppo", measured)
