@@ -314,6 +314,6 @@ def resolve_tasks(tasks: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(resolved))
 
 
-def task_ids(tasks: list[str] | tuple[str, ...]) -> list[str]:
+def task_ids(tasks: str | list[str] | tuple[str, ...]) -> list[str]:
     """Gymnasium env ids of task names or ids (``resolve_tasks`` checks them)."""
     return [TASK_CLASSES[name].env_id for name in resolve_tasks(tasks)]

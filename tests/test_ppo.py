@@ -352,14 +352,15 @@ def test_more_tasks_than_envs_is_one_clear_error(tmp_path):
 
 
 def test_the_task_recipes_compose_to_what_they_name():
+    from envs.tasks import task_ids
     from vla.app.cli import compose_config
-    from vla.rl.finetune import check_config, ppo_task_ids
+    from vla.rl.finetune import check_config
 
     stack = compose_config("ppo", ["+recipe=stack_gpu", "init=null", "ppo.kl_coef=0"])  # the scratch baseline
     five = compose_config("ppo", ["+recipe=five_tasks_gpu", "init=null", "ppo.kl_coef=0"])
     for cfg in (stack, five):
         check_config(cfg)
-    assert ppo_task_ids(stack.task) == ["VLASandbox/Stack-v0"] and len(ppo_task_ids(five.task)) == 5
+    assert task_ids(stack.task) == ["VLASandbox/Stack-v0"] and len(task_ids(five.task)) == 5
     assert stack.ppo.total_timesteps == five.ppo.total_timesteps == 49152
     assert five.env.num_envs % 5 == 0  # every task the same number of envs
     assert (five.env.num_envs * five.ppo.n_steps) % five.ppo.batch_size == 0  # whole minibatches

@@ -60,16 +60,9 @@ VEC_ENVS = ("subproc", "dummy")
 VALUE_HEADS = ("shared", "separate")
 
 
-def ppo_task_ids(task: str | list[str]) -> list[str]:
-    """The env ids of ``task``: one task name, or a list of them (multi-task PPO: env ``i`` of the
-    vector env runs task ``i mod len(tasks)``, and evaluation averages over every task)."""
-    names = [task] if isinstance(task, str) else list(task)
-    return task_ids(names)
-
-
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no env: one clear error before any env or model starts."""
-    tasks = ppo_task_ids(cfg.task)
+    tasks = task_ids(cfg.task)  # one name, or a list: multi-task PPO (env i runs task i mod n)
     if cfg.env.num_envs < len(tasks):
         raise ValueError(
             f"env.num_envs={cfg.env.num_envs} cannot run {len(tasks)} tasks: give at least one env per task"
@@ -103,7 +96,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    tasks = ppo_task_ids(cfg.task)
+    tasks = task_ids(cfg.task)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -409,8 +402,7 @@ class PeriodicTasks(BaseCallback):
         lo, hi = wilson_interval(k, n)
         rate = k / n
         row = {"step": self.num_timesteps, "success_rate": rate, "successes": k, "episodes": n, "ci95": [lo, hi]}
-        if len(results) > 1:
-            row["per_task"] = {r.task_id: float(np.mean(r.successes)) for r in results}
+        row["per_task"] = {r.task_id: float(np.mean(r.successes)) for r in results}
         with (self.run_dir / "evals.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
         self.logger.record("eval/success_rate", rate)
