@@ -370,3 +370,15 @@ def test_the_task_recipes_compose_to_what_they_name():
     five_cpu = compose_config("ppo", ["+recipe=five_tasks_cpu"])
     measured = ["+recipe=reach_cpu", "task=[reach,push,lift,pick_place,stack]", "env.num_envs=5", "eval.episodes=10"]
     assert five_cpu == compose_config("ppo", measured)
+
+
+def test_training_envs_draw_the_configured_wordings_and_never_the_held_out_ones():
+    from vla.app.cli import compose_config
+    from vla.rl.finetune import check_config, env_settings, make_env
+
+    cfg = compose_config("ppo", ["algo=cnn", "env.instruction_split=augmented_large"])
+    env = make_env(TASK, env_settings(cfg, None), None, seed=0)
+    assert env.unwrapped.instruction_split == "augmented_large"
+    env.close()
+    with pytest.raises(ValueError, match="heldout"):  # the test wordings stay out of training
+        check_config(compose_config("ppo", ["algo=cnn", "env.instruction_split=heldout"]))

@@ -29,6 +29,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from envs.evaluation import VALIDATION_SEED_BASE, evaluate
+from envs.instructions import TRAINING_SPLITS
 from envs.stats import wilson_interval
 from envs.tasks import task_ids
 from envs.vocabulary import check_name
@@ -70,6 +71,7 @@ def check_config(cfg: DictConfig) -> None:
     check_name("algo", cfg.algo, ALGOS)
     check_name("env.reward_type", cfg.env.reward_type, REWARD_TYPES)
     check_name("env.vec_env", cfg.env.vec_env, VEC_ENVS)
+    check_name("env.instruction_split", cfg.env.instruction_split, TRAINING_SPLITS)
     check_name("ppo.value_head", cfg.ppo.value_head, VALUE_HEADS)
     p = cfg.ppo
     check_whole_numbers({f"ppo.{k}": p[k] for k in ("total_timesteps", "n_steps", "batch_size", "n_epochs")})
@@ -275,6 +277,7 @@ def env_settings(cfg: DictConfig, vla: VLAPolicy | None) -> dict[str, Any]:
         reward_type=e.reward_type,
         success_bonus=e.success_bonus,
         terminate_on_success=e.terminate_on_success,
+        instruction_split=e.instruction_split,
     )
     camera = policy_env_kwargs(vla) if vla is not None else {"image_size": e.image_size, "cameras": ["scene"]}
     return {**settings, **camera}
