@@ -450,7 +450,7 @@ def test_a_run_takes_the_grounded_reader_of_another_instead_of_grounding_its_own
     other = train(
         tiny_demos, tmp_path / "other", *model, "model.keypoint_channels=8", f"grounding.reader={tmp_path / 'source'}"
     )
-    assert_one_clear_error(other, "grounding.reader=", "keypoint_channels: checkpoint 32 vs config 8")
+    assert_one_clear_error(other, "grounding.reader=", "keypoint_channels: checkpoint 16 vs config 8")
 
 
 @pytest.mark.parametrize("adapt", ["model.vision_frozen_layers=1", "model.vision_lora_rank=2"], ids=["frozen", "lora"])

@@ -86,7 +86,7 @@ class PolicyConfig:
     proprio_dim: int = 9  # leading env proprio elements read (envs.PROPRIO_NAMES): pose, gripper opening, its velocity
     # --- where the instruction points: text-queried keypoints ---
     keypoints: int = 2  # 2: soft-argmax keypoints of the target and its destination as tokens; 0: off
-    keypoint_channels: int = 32  # channels of the keypoint reader's half-resolution conv map
+    keypoint_channels: int = 16  # channels of the keypoint reader's half-resolution conv map
     keypoint_sentence: bool = True  # each keypoint question also reads the sentence embedding (held-out nouns)
     aux_weight: float = 0.0  # >0: train the keypoint heatmaps on the demos too (needs images, no keypoint cache)
     loss_weighting: str = "fixed"  # fixed: action + aux_weight x aux | uncertainty: learned weights (Kendall et al.)
