@@ -290,6 +290,8 @@ def test_the_default_and_the_recipes_compose_to_their_measured_settings():
     assert not keypoints_only.vision_tokens and (keypoints_only.width, keypoints_only.layers) == (64, 2)
     flow = check_config(compose_config("bc", ["+recipe=five_cpu_flow"]))  # the same recipe, the flow head
     assert flow == PolicyConfig(**{**vars(keypoints_only), "action_head": "flow"})
+    reader32 = check_config(compose_config("bc", ["+recipe=five_cpu_reader32"]))  # the default, a wider reader
+    assert reader32 == PolicyConfig(**{**vars(config), "keypoint_channels": 32})
 
     gpu = compose_config("bc", ["+recipe=five_gpu"])
     large = PolicyConfig.from_dict(dict(gpu.model))
