@@ -117,7 +117,7 @@ class SimNode(Node):
         # Realtime: once the watchdog has stopped the robot, a command answering an observation
         # published before the stop cannot restart it. A dead policy's last commands can sit in
         # the executor's queue on a loaded machine and arrive after the stop (seen in CI).
-        self._stale_up_to: int | None = None  # stamp key of the last observation before the stop
+        self._stale_up_to: int | None = None  # stamp key of the last observation before the stop or goal
         self._sent: dict[int, float] = {}  # stamp -> monotonic publish time of that observation
         self._obs_key: int | None = None
         self._acked: str | None = None  # the policy's last instruction acknowledgement
@@ -315,6 +315,10 @@ class SimNode(Node):
             self._episode = episode
             self._commands.clear()
             self._latest.clear()
+            if self.mode == "realtime" and self._obs_key is not None:
+                # Only answers to this goal's own observations drive it: a command queued for an
+                # earlier one (a dead policy's, or one sent before a stop) cannot restart the robot.
+                self._stale_up_to = self._obs_key
             # Lock-step: always wait for this goal's acknowledgement. The "" sent when the last goal
             # ended may reach the policy after this goal's first frame otherwise (topics are not
             # ordered with respect to each other), and it would answer that frame holding still.
