@@ -114,9 +114,9 @@ class SimNode(Node):
         self._early_cancels: set[bytes] = set()  # goal ids cancelled before their _execute ran
         self._commands: dict[int, dict[str, object]] = {}  # stamp -> {"twist", "gripper"}
         self._latest: dict[str, object] = {}  # realtime: the freshest twist and gripper command
-        # Realtime: once the watchdog has stopped the robot, a command answering an observation
-        # published before the stop cannot restart it. A dead policy's last commands can sit in
-        # the executor's queue on a loaded machine and arrive after the stop (seen in CI).
+        # Realtime: once the watchdog has stopped the robot, or a new goal has started, a command
+        # answering an observation published before then cannot move it. A dead policy's last
+        # commands can sit in the executor's queue on a loaded machine and arrive late (seen in CI).
         self._stale_up_to: int | None = None  # stamp key of the last observation before the stop or goal
         self._sent: dict[int, float] = {}  # stamp -> monotonic publish time of that observation
         self._obs_key: int | None = None
