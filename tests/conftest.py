@@ -8,8 +8,20 @@ from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MAX_WORKERS = 4  # test processes at most: each holds torch and a sentence encoder (~1-2 GB)
+
+# Under pytest-xdist every worker is a process of its own: give each its share of the cores
+# for torch, set before any test imports torch (which reads it once).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
 import pytest  # noqa: E402
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject's default): one worker per core, at most MAX_WORKERS."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 # A policy small enough to train for a few steps in seconds on 2 CPU cores.
 TINY_MODEL = {
