@@ -23,6 +23,7 @@ def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto`` (pyproject's default): one worker per core, at most MAX_WORKERS."""
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
+
 # A policy small enough to train for a few steps in seconds on 2 CPU cores.
 TINY_MODEL = {
     "image_size": 32,

@@ -163,3 +163,14 @@ def test_flex_attention_decodes_the_tokens_of_sdpa(word_tokens):
             torch.device("cpu"),
             attention="flex",
         )
+
+
+def test_flex_attention_refuses_a_gpu_batch_past_cudas_grid_limit_in_one_line():
+    """batch x heads over 65,535 is one clear error on a GPU (CUDA's own is "invalid argument");
+    the CPU kernel has no such grid, so the same batch is allowed there."""
+    from vla.fast_inference import check_flex_batch
+
+    check_flex_batch(8_191, 8, torch.device("cuda"))  # 65,528: fits
+    with pytest.raises(ValueError, match=r"at most 8,191 samples per batch with 8 heads.*got batch 8,192"):
+        check_flex_batch(8_192, 8, torch.device("cuda"))
+    check_flex_batch(8_192, 8, torch.device("cpu"))

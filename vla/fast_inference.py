@@ -39,6 +39,20 @@ ATTENTIONS = (
 )  # SDPA with a boolean mask | FlexAttention (parallel decoding; compiled: one fused kernel)
 INPUT_NAMES = ("image", "proprio", "text_states", "text_mask")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# FlexAttention's GPU kernel puts batch x heads on one launch-grid axis, which CUDA caps at
+# 65,535 (inferred: batch 8,192 x 8 heads = 65,536 failed with "CUDA driver error: invalid
+# argument" on an H100, batch 4,096 ran).
+FLEX_GRID_LIMIT = 65_535
+
+
+def check_flex_batch(batch_size: int, heads: int, device: torch.device) -> None:
+    """One clear error instead of CUDA's when FlexAttention on a GPU cannot launch this batch."""
+    if device.type == "cuda" and batch_size * heads > FLEX_GRID_LIMIT:
+        raise ValueError(
+            f"attention=flex on a GPU runs at most {FLEX_GRID_LIMIT // heads:,} samples per batch with {heads} "
+            f"heads (batch x heads <= {FLEX_GRID_LIMIT:,}, CUDA's grid limit), got batch {batch_size:,}: "
+            "use a smaller batch or attention=sdpa"
+        )
 
 
 def text_inputs(policy: VLAPolicy, instructions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,6 +89,8 @@ class StaticDecoder:
             raise ValueError(f"unknown attention {attention!r}; valid values are: {', '.join(ATTENTIONS)}")
         if attention == "flex" and (policy.config.decoding != "parallel" or mode == "onnx"):
             raise ValueError("attention=flex serves parallel decoding in PyTorch: needs decoding=parallel, not onnx")
+        if attention == "flex":
+            check_flex_batch(batch_size, policy.config.heads, device)
         self.dtype, self.device, self.mode, self.batch_size = DTYPES[dtype], device, mode, batch_size
         self.policy = policy.to(device).eval()
         if attention == "flex":  # on a shallow copy: the caller's policy keeps SDPA
