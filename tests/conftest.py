@@ -8,7 +8,7 @@ from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MAX_WORKERS = 4  # test processes at most: each holds torch and a sentence encoder (~1-2 GB)
+MAX_WORKERS = 4  # test processes at most: each holds its own torch, models and simulators in memory
 
 # Under pytest-xdist every worker is a process of its own: give each its share of the cores
 # for torch, set before any test imports torch (which reads it once).

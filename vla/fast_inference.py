@@ -87,9 +87,9 @@ class StaticDecoder:
             raise ValueError("mode=onnx runs the scene-camera decode in fp32 on the CPU: needs device=cpu, dtype=fp32")
         if attention not in ATTENTIONS:
             raise ValueError(f"unknown attention {attention!r}; valid values are: {', '.join(ATTENTIONS)}")
-        if attention == "flex" and (policy.config.decoding != "parallel" or mode == "onnx"):
-            raise ValueError("attention=flex serves parallel decoding in PyTorch: needs decoding=parallel, not onnx")
         if attention == "flex":
+            if policy.config.decoding != "parallel" or mode == "onnx":
+                raise ValueError("attention=flex serves parallel decoding in PyTorch: needs decoding=parallel, no onnx")
             check_flex_batch(batch_size, policy.config.heads, device)
         self.dtype, self.device, self.mode, self.batch_size = DTYPES[dtype], device, mode, batch_size
         self.policy = policy.to(device).eval()
