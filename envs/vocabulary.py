@@ -27,6 +27,11 @@ ZONE_COLOURS: dict[str, tuple[float, float, float]] = {
 }
 
 
+def scene_nouns() -> dict[str, list[str]]:
+    """Every colour an instruction can name -> the nouns of the things of that colour."""
+    return {**{c: list(OBJECT_SHAPES) for c in OBJECT_COLOURS}, **{c: ["zone"] for c in ZONE_COLOURS}}
+
+
 def colour_palette() -> dict[str, list[float]]:
     """Every colour an instruction can name (objects and zones) -> its sRGB in [0, 1]."""
     return {name: list(rgb) for name, rgb in {**OBJECT_COLOURS, **ZONE_COLOURS}.items()}

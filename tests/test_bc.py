@@ -270,15 +270,15 @@ def test_keypoints_read_once_after_grounding_train_as_reading_them_every_step_do
 
 
 def test_the_default_and_the_recipes_compose_to_their_measured_settings():
-    from envs.vocabulary import colour_palette
+    from envs.vocabulary import colour_palette, scene_nouns
     from vla.app.cli import compose_config
     from vla.policy import PolicyConfig
     from vla.training.bc import check_config
 
     cfg = compose_config("bc", [])  # python train/bc.py: five tasks, the ViT model, on the CPU
     config = check_config(cfg)
-    # the small model is PolicyConfig's defaults, with the world's colours for its colour words
-    assert config == PolicyConfig(colour_palette=colour_palette())
+    # the small model is PolicyConfig's defaults, with the world's colours and nouns to read by
+    assert config == PolicyConfig(colour_palette=colour_palette(), scene_nouns=scene_nouns())
     assert (
         config.vision_tokens
         and config.keypoints == 2

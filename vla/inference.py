@@ -13,8 +13,9 @@ me a song"), by the similarity of its sentence embedding to the nearest of the t
 instructions kept with the weights. ``act_with_info(obs)`` returns the action and
 ``{"stopped": bool, "message": str | None, "nothing_named": probability,
 "command_similarity": cosine, "read_as": str}`` (what the policy read: the instruction
-normalised, its colour words read as the world's colours, vla/colour_words.py); ``act``
-returns the action alone.
+normalised, its colour words read as the world's colours, vla/colour_words.py, and, once the
+typed wording passed the checks, a colour's unknown noun as the thing of that colour in view,
+vla/noun_reading.py); ``act`` returns the action alone.
 
 Threads: a batch of one is a few small matrix products, and torch's default of one thread
 per core makes each wait for the slowest core; beside another busy process that cost a
@@ -39,6 +40,7 @@ import torch
 from vla.checkpoint import build_policy, read_checkpoint
 from vla.data import check_observations, observations_to_batch
 from vla.language import normalise_instruction, sentence_embedding
+from vla.noun_reading import NounReading
 from vla.policy import CAMERA_KEYS, VLAPolicy
 from vla.tokenizer import ActionTokenizer
 
@@ -93,8 +95,12 @@ class PolicyRunner:
         self.scope_threshold = scope_threshold if checks else None
         # below this similarity to every known command an instruction stops (-1: no known commands)
         self.command_threshold = float(policy.known_commands.threshold) if checks else -1.0
-        # (session, instruction) -> "nothing named" probability at the instruction's first sighting
-        self._verdicts: dict[tuple[str, str], tuple[float, float]] = {}
+        # the world's nouns per colour: unknown nouns are read as the things in view they can name
+        c = policy.config
+        self.nouns = NounReading(c.scene_nouns) if c.noun_reading and c.scene_nouns else None
+        # (session, instruction) -> ("nothing named" probability, similarity to the nearest known
+        # command, what the policy reads) at the instruction's first sighting
+        self._verdicts: dict[tuple[str, str], tuple[float, float, str]] = {}
 
     def reset(self, session: str | None = None) -> None:
         """Between episodes: forget which instructions were checked for scope (of one
@@ -131,6 +137,8 @@ class PolicyRunner:
         batch = observations_to_batch(observations, self.device)
         threads = inference_threads(len(observations)) if self.threads == "auto" else self.threads
         with torch_threads(threads if self.device.type == "cpu" else None):
+            verdicts = self.scope_verdicts(batch, sessions)
+            typed, batch["instruction"] = batch["instruction"], self.readings(batch, sessions)
             if self.backend == "onnx" and len(observations) == 1 and self.temperature <= 0:
                 bins = self._onnx_decoder().decode(batch)
             else:
@@ -139,15 +147,14 @@ class PolicyRunner:
                     bins = self.policy.decode(
                         batch, use_cache=self.use_cache, temperature=self.temperature, generator=self.generator
                     )
-            verdicts = self.scope_verdicts(batch, sessions)
-        return self.finish(bins.cpu().numpy(), batch["instruction"], verdicts)
+        return self.finish(bins.cpu().numpy(), typed, verdicts, batch["instruction"])
 
     def finish(
-        self, bins: np.ndarray, texts: list[str], verdicts: np.ndarray
+        self, bins: np.ndarray, texts: list[str], verdicts: np.ndarray, readings: list[str]
     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Actions and infos from decoded ``bins`` (B, 7): the arm held still where an instruction
-        is empty, names nothing in view, or is like no command trained on (``verdicts``:
-        ``scope_verdicts`` per row)."""
+        (``texts``, as typed) is empty, names nothing in view, or is like no command trained on
+        (``verdicts``: ``scope_verdicts`` per row); ``readings``: what the policy read of each."""
         actions = self.tokenizer.decode(bins)
         infos = []
         for i, text in enumerate(texts):
@@ -170,7 +177,7 @@ class PolicyRunner:
                     "message": message,
                     "nothing_named": float(nothing),
                     "command_similarity": float(similarity),
-                    "read_as": self.policy.reader(text),
+                    "read_as": readings[i],
                 }
             )
         return actions, infos
@@ -186,23 +193,55 @@ class PolicyRunner:
     def scope_verdicts(self, batch: dict[str, Any], sessions: list[str]) -> np.ndarray:
         """(B, 2): the reader's probability that each instruction's target is nowhere in view,
         and the instruction's similarity to its nearest known command, as judged at the
-        instruction's first sighting in its session since ``reset()``."""
+        instruction's first sighting in its session since ``reset()``; there, too, what the
+        policy reads of it (``readings``)."""
         texts = batch["instruction"]
-        if self.scope_threshold is None:
-            return np.tile([0.0, 1.0], (len(texts), 1))
         keys = list(zip(sessions, texts, strict=True))
         new = [i for i, key in enumerate(keys) if key not in self._verdicts]
         if new:
             if len(self._verdicts) > 10_000:  # a long-running caller that never resets
                 self._verdicts.clear()
             asked = [texts[i] for i in new]
-            text_states, text_mask = self.policy.text(asked, self.device)
-            images = batch["image"][new]
-            nothing = self.policy.keypoint_reader.nothing_named(images, text_states, text_mask)[:, 0]
-            similarity = self.policy.known_commands.similarity(sentence_embedding(text_states, text_mask))
-            for i, p, s in zip(new, nothing.tolist(), similarity.tolist(), strict=True):
-                self._verdicts.setdefault(keys[i], (p, s))
-        return np.array([self._verdicts[key] for key in keys])
+            if self.scope_threshold is None:
+                nothing, similarity = [0.0] * len(new), [1.0] * len(new)
+            else:
+                text_states, text_mask = self.policy.text(asked, self.device)
+                images = batch["image"][new]
+                nothing = self.policy.keypoint_reader.nothing_named(images, text_states, text_mask)[:, 0].tolist()
+                similarity = self.policy.known_commands.similarity(sentence_embedding(text_states, text_mask)).tolist()
+            for i, p, s in zip(new, nothing, similarity, strict=True):
+                stops = self.scope_threshold is not None and (p > self.scope_threshold or s < self.command_threshold)
+                reading = self.policy.reader(texts[i])
+                if self.nouns is not None and not stops:
+                    reading = self._read_nouns(reading, batch["image"][i])
+                self._verdicts.setdefault(keys[i], (p, s, reading))
+        return np.array([self._verdicts[key][:2] for key in keys])
+
+    def readings(self, batch: dict[str, Any], sessions: list[str]) -> list[str]:
+        """What the policy reads of each instruction (after ``scope_verdicts`` saw the batch): the
+        instruction normalised, its colour words read as the world's colours, and its unknown
+        nouns as the things in view they can name (vla/noun_reading.py)."""
+        return [self._verdicts[key][2] for key in zip(sessions, batch["instruction"], strict=True)]
+
+    def _read_nouns(self, text: str, image: torch.Tensor) -> str:
+        """``text`` with its unknown nouns read as the world's: the reading whose named things the
+        keypoint reader finds in view (fewest keypoints answering "nothing named" above even
+        odds), then the one whose nouns the encoder finds nearest the typed words."""
+        readings = self.nouns.readings(text)
+        if len(readings) == 1:
+            return readings[0]
+        missing = torch.zeros(len(readings))
+        reader = self.policy.keypoint_reader
+        if reader is not None and reader.absent is not None:
+            states, mask = self.policy.text(readings, self.device)
+            nothing = reader.nothing_named(image[None].expand(len(readings), *image.shape), states, mask)
+            missing = (nothing > 0.5).sum(-1).float().cpu()
+        pairs = [self.nouns.typed_and_read(text, reading) for reading in readings]
+        words = sorted({w for typed_read in pairs for pair in typed_read for w in pair})
+        embedded = dict(zip(words, self.policy.sentences(words, self.device).cpu(), strict=True))
+        likeness = torch.tensor([sum(float(embedded[t] @ embedded[r]) for t, r in p) for p in pairs])
+        best = min(range(len(readings)), key=lambda j: (float(missing[j]), -float(likeness[j])))
+        return readings[best]
 
 
 def _shown(text: str) -> str:

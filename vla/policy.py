@@ -81,6 +81,9 @@ class PolicyConfig:
     colour_words: bool = True  # read colour words outside the palette as the palette colour they look like
     colour_palette: dict[str, list[float]] = field(default_factory=dict)  # the world's colours (name -> sRGB),
     # set by training from the world it learns (envs/vocabulary.py); empty: colour words are read as typed
+    noun_reading: bool = True  # act reads a colour's unknown noun ("red block") as a thing of that colour in view
+    scene_nouns: dict[str, list[str]] = field(default_factory=dict)  # the world's nouns per colour (red: cube,
+    # cylinder), set by training (envs/vocabulary.py); empty: nouns are read as typed (vla/noun_reading.py)
     # --- proprioception ---
     use_proprio: bool = True  # one proprio token (standardised with the demos' statistics)
     proprio_dim: int = 9  # leading env proprio elements read (envs.PROPRIO_NAMES): pose, gripper opening, its velocity

@@ -18,7 +18,8 @@ class ContinuousEngine:
     def __init__(self, runner: PolicyRunner, max_batch: int, block_size: int = 16):
         self.runner = runner
         self.decoder = ContinuousDecoder(runner.policy, block_size=block_size, max_batch=max_batch)
-        self._finishing: dict[Any, tuple[str, np.ndarray]] = {}  # key -> (instruction, scope verdicts)
+        # key -> (instruction, scope verdicts, what the policy read of it)
+        self._finishing: dict[Any, tuple[str, np.ndarray, str]] = {}
 
     @property
     def running(self) -> int:
@@ -30,18 +31,21 @@ class ContinuousEngine:
                 self.runner.reset(session)
         observations = [obs for _, (obs, _, _) in requests]
         batch = observations_to_batch(observations, self.runner.device)
-        verdicts = self.runner.scope_verdicts(batch, [session for _, (_, session, _) in requests])
+        sessions = [session for _, (_, session, _) in requests]
+        verdicts = self.runner.scope_verdicts(batch, sessions)
+        typed, batch["instruction"] = batch["instruction"], self.runner.readings(batch, sessions)
         rows = [{k: v[i : i + 1] for k, v in batch.items()} for i in range(len(requests))]
         self.decoder.admit([(key, row) for (key, _), row in zip(requests, rows, strict=True)])
-        for (key, _), text, verdict in zip(requests, batch["instruction"], verdicts, strict=True):
-            self._finishing[key] = (text, verdict)
+        for (key, _), text, verdict, reading in zip(requests, typed, verdicts, batch["instruction"], strict=True):
+            self._finishing[key] = (text, verdict, reading)
 
     def step(self) -> list[tuple[Any, dict[str, Any]]]:
         finished = self.decoder.step()
         if not finished:
             return []
-        texts, verdicts = zip(*(self._finishing.pop(key) for key, _ in finished), strict=True)
-        actions, infos = self.runner.finish(np.array([bins for _, bins in finished]), list(texts), np.array(verdicts))
+        texts, verdicts, readings = zip(*(self._finishing.pop(key) for key, _ in finished), strict=True)
+        bins = np.array([bins for _, bins in finished])
+        actions, infos = self.runner.finish(bins, list(texts), np.array(verdicts), list(readings))
         results = zip(finished, actions, infos, strict=True)
         return [(key, {"action": action.tolist(), **info}) for (key, _), action, info in results]
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from envs.vocabulary import colour_palette
+from envs.vocabulary import colour_palette, scene_nouns
 from vla.policy import PolicyConfig
 
 
@@ -149,8 +149,11 @@ def keep_rows_up_to(path: Path, step: int) -> None:
 
 def policy_config(model: DictConfig) -> PolicyConfig:
     """The policy config of a ``model`` group, reading colour words against this world's colours
-    (``model.colour_words``: the palette comes from envs/vocabulary.py unless the config gives one)."""
+    (``model.colour_words``: the palette comes from envs/vocabulary.py unless the config gives one)
+    and unknown nouns as this world's things (``model.noun_reading``: ``scene_nouns`` likewise)."""
     values = OmegaConf.to_container(model)
     if values.get("colour_words", True) and not values.get("colour_palette"):
         values["colour_palette"] = colour_palette()
+    if values.get("noun_reading", True) and not values.get("scene_nouns"):
+        values["scene_nouns"] = scene_nouns()
     return PolicyConfig.from_dict(values)
