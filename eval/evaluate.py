@@ -31,7 +31,7 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-weight")
 
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no model: one clear error before the checkpoint loads."""
-    if not Path(cfg.checkpoint).exists():
+    if not Path(str(cfg.checkpoint)).exists():
         raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
     task_ids(list(cfg.tasks))
     check_name("keypoints", cfg.keypoints, KEYPOINT_SOURCES)

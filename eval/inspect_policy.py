@@ -30,7 +30,7 @@ MAX_SEED = 2**63 - 1 - MAX_EPISODES  # seed + episode index must stay a 64-bit s
 
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no model: one clear error before the checkpoint loads."""
-    if not str(cfg.checkpoint).strip() or not Path(cfg.checkpoint).exists():
+    if not str(cfg.checkpoint).strip() or not Path(str(cfg.checkpoint)).exists():
         raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
     check_name("task", cfg.task, TASK_CLASSES)
     check_name("video", cfg.video, VIDEO_FORMATS)

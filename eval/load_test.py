@@ -24,7 +24,7 @@ from vla.training.runtime import check_whole_numbers, resolve_device
 
 
 def check_config(cfg: DictConfig) -> None:
-    if not Path(cfg.checkpoint).exists():
+    if not Path(str(cfg.checkpoint)).exists():
         raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
     task_ids([cfg.task])
     robots = {f"robots[{i}]": n for i, n in enumerate(cfg.robots)}

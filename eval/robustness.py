@@ -30,7 +30,7 @@ from vla.training.runtime import check_whole_numbers, resolve_device
 
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no model: one clear error before the checkpoint loads."""
-    if not Path(cfg.checkpoint).exists():
+    if not Path(str(cfg.checkpoint)).exists():
         raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
     task_ids(list(cfg.tasks))
     for kind in cfg.kinds:

@@ -140,3 +140,19 @@ def test_any_override(checkpoint, case):
         assert message is not None, f"python {name}: {override} reached the job"
     elif must_refuse is None:  # a default restated on the command line
         assert message is None, f"python {name}: {override} (its default) was refused: {message}"
+
+
+@pytest.mark.parametrize(
+    ("name", "override"),
+    [
+        ("bc", "grounding.reader=1"),
+        ("bc", "init=1"),
+        ("bc", "resume=1"),
+        ("bc", "vision_init=1"),
+        ("eval", "checkpoint=1"),
+    ],
+)
+def test_a_number_where_a_path_belongs_is_one_line_naming_it(checkpoint, name, override):
+    """Hydra hands a bare number over as an int: a path check must still say which path is missing."""
+    message = run(name, override, checkpoint)
+    assert message is not None and override.split("=")[0] in message and "=1" in message, message

@@ -23,7 +23,7 @@ def limits(cfg: DictConfig) -> DemoLimits:
 
 
 def check_config(cfg: DictConfig) -> None:
-    if not Path(cfg.checkpoint).exists():
+    if not Path(str(cfg.checkpoint)).exists():
         raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
         raise ValueError(f"port must be a whole number in 0..65535, got {cfg.port!r}")

@@ -13,7 +13,7 @@ from vla.serve.batcher import BatcherConfig
 
 
 def check_config(cfg: DictConfig) -> None:
-    if not Path(cfg.checkpoint).exists():
+    if not Path(str(cfg.checkpoint)).exists():
         raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
     batching(cfg)
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:

@@ -112,7 +112,9 @@ def check_config(cfg: DictConfig) -> PolicyConfig:
         )
     check_device(cfg.device)
     check_start_points(cfg.resume, cfg.init)
-    if g.get("reader") and not Path(g.reader).exists():
+    if cfg.get("vision_init") and not Path(str(cfg.vision_init)).exists():
+        raise FileNotFoundError(f"vision_init={cfg.vision_init}: no such checkpoint or run directory")
+    if g.get("reader") and not Path(str(g.reader)).exists():
         raise FileNotFoundError(f"grounding.reader={g.reader}: no such checkpoint or run directory")
     if g.get("reader") and not config.keypoints:
         raise ValueError(f"grounding.reader={g.reader} is a keypoint reader for a model without one (keypoints=0)")

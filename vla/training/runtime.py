@@ -105,9 +105,9 @@ def check_device(name: str) -> torch.device:
 
 def check_start_points(resume: str | None, init: str | None) -> None:
     """``resume=<run dir>`` must hold a latest.pt; ``init=<checkpoint or run dir>`` must exist."""
-    if init and not Path(init).exists():
+    if init and not Path(str(init)).exists():
         raise FileNotFoundError(f"cannot start from init={init}: no such checkpoint or run directory")
-    if resume and not (Path(resume) / "checkpoints" / "latest.pt").exists():
+    if resume and not (Path(str(resume)) / "checkpoints" / "latest.pt").exists():
         raise FileNotFoundError(f"cannot resume from resume={resume}: no checkpoints/latest.pt there")
 
 
