@@ -47,6 +47,7 @@ from vla.tokenizer import ActionTokenizer
 CALIBRATED = "calibrated"  # scope_threshold: the one training set from validation scenes (calibrate_scope)
 ARM_DIMS = 6  # the action's translation and rotation elements: zero when stopped
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # precision -> autocast dtype
+NOTHING_ODDS = 0.5  # noun reading: a keypoint answering "nothing named" above this finds nothing in view
 BACKENDS = ("torch", "onnx")  # onnx: batch-1 greedy decoding through ONNX Runtime (CPU; the onnx extra)
 
 
@@ -235,7 +236,7 @@ class PolicyRunner:
         if reader is not None and reader.absent is not None:
             states, mask = self.policy.text(readings, self.device)
             nothing = reader.nothing_named(image[None].expand(len(readings), *image.shape), states, mask)
-            missing = (nothing > 0.5).sum(-1).float().cpu()
+            missing = (nothing > NOTHING_ODDS).sum(-1).float().cpu()
         pairs = [self.nouns.typed_and_read(text, reading) for reading in readings]
         words = sorted({w for typed_read in pairs for pair in typed_read for w in pair})
         embedded = dict(zip(words, self.policy.sentences(words, self.device).cpu(), strict=True))
