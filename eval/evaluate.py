@@ -21,7 +21,7 @@ from envs.tasks import task_ids
 from envs.vocabulary import check_name
 from vla.app.cli import hydra_entry
 from vla.app.console import run_log
-from vla.checkpoint import build_policy, read_checkpoint
+from vla.checkpoint import build_policy, check_checkpoint_path, read_checkpoint
 from vla.evaluation.closed_loop import held_out_demos, open_loop_accuracy, run_report
 from vla.training.runtime import resolve_device
 
@@ -31,8 +31,7 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-weight")
 
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no model: one clear error before the checkpoint loads."""
-    if not Path(str(cfg.checkpoint)).exists():
-        raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
+    check_checkpoint_path(cfg.checkpoint)
     task_ids(list(cfg.tasks))
     check_name("keypoints", cfg.keypoints, KEYPOINT_SOURCES)
     check_name("precision", cfg.precision, PRECISIONS)

@@ -18,6 +18,7 @@ from envs.tasks import TASK_CLASSES
 from envs.vocabulary import check_name
 from vla.app.cli import hydra_entry
 from vla.app.console import run_log
+from vla.checkpoint import check_checkpoint_path
 from vla.evaluation.inspection import inspect_episodes
 from vla.inference import load_policy
 from vla.training.runtime import resolve_device
@@ -30,8 +31,7 @@ MAX_SEED = 2**63 - 1 - MAX_EPISODES  # seed + episode index must stay a 64-bit s
 
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no model: one clear error before the checkpoint loads."""
-    if not str(cfg.checkpoint).strip() or not Path(str(cfg.checkpoint)).exists():
-        raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
+    check_checkpoint_path(cfg.checkpoint)
     check_name("task", cfg.task, TASK_CLASSES)
     check_name("video", cfg.video, VIDEO_FORMATS)
     if not DEVICE.fullmatch(str(cfg.device)):

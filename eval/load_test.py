@@ -18,14 +18,14 @@ from omegaconf import DictConfig
 
 from envs.tasks import task_ids
 from vla.app.cli import hydra_entry
+from vla.checkpoint import check_checkpoint_path
 from vla.serve.batcher import BatcherConfig
 from vla.serve.load import ServedPolicy, load_row
 from vla.training.runtime import check_whole_numbers, resolve_device
 
 
 def check_config(cfg: DictConfig) -> None:
-    if not Path(str(cfg.checkpoint)).exists():
-        raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
+    check_checkpoint_path(cfg.checkpoint)
     task_ids([cfg.task])
     robots = {f"robots[{i}]": n for i, n in enumerate(cfg.robots)}
     check_whole_numbers({"seconds": cfg.seconds, "num_envs": cfg.num_envs} | robots)

@@ -21,7 +21,7 @@ from envs.tasks import task_ids
 from envs.vocabulary import check_name
 from vla.app.cli import hydra_entry
 from vla.app.console import run_log
-from vla.checkpoint import build_policy, read_checkpoint
+from vla.checkpoint import build_policy, check_checkpoint_path, read_checkpoint
 from vla.evaluation.closed_loop import held_out_demos, policy_env_kwargs
 from vla.evaluation.robustness import calibrate_and_record, open_loop_by_kind, robustness_suite, robustness_table
 from vla.inference import PolicyRunner, parse_scope_threshold
@@ -30,8 +30,7 @@ from vla.training.runtime import check_whole_numbers, resolve_device
 
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no model: one clear error before the checkpoint loads."""
-    if not Path(str(cfg.checkpoint)).exists():
-        raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
+    check_checkpoint_path(cfg.checkpoint)
     task_ids(list(cfg.tasks))
     for kind in cfg.kinds:
         check_name("kinds", kind, KINDS)

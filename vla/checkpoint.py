@@ -65,6 +65,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used, with the reason and the path."""
 
 
+def check_checkpoint_path(value: object, key: str = "checkpoint") -> None:
+    """A config's checkpoint setting names a file or run directory that exists (Hydra hands a
+    bare number over as an int, so the value is read as text)."""
+    if not str(value).strip() or not Path(str(value)).exists():
+        raise FileNotFoundError(f"{key}={value}: no such checkpoint file or run directory")
+
+
 def save_checkpoint(path: str | Path, policy: VLAPolicy, tokenizer: ActionTokenizer, **extra: Any) -> Path:
     payload = {
         "format": FORMAT,

@@ -138,8 +138,8 @@ class PolicyRunner:
         batch = observations_to_batch(observations, self.device)
         threads = inference_threads(len(observations)) if self.threads == "auto" else self.threads
         with torch_threads(threads if self.device.type == "cpu" else None):
-            verdicts = self.scope_verdicts(batch, sessions)
-            typed, batch["instruction"] = batch["instruction"], self.readings(batch, sessions)
+            typed = batch["instruction"]
+            verdicts, batch["instruction"] = self.check_instructions(batch, sessions)
             if self.backend == "onnx" and len(observations) == 1 and self.temperature <= 0:
                 bins = self._onnx_decoder().decode(batch)
             else:
@@ -155,21 +155,12 @@ class PolicyRunner:
     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Actions and infos from decoded ``bins`` (B, 7): the arm held still where an instruction
         (``texts``, as typed) is empty, names nothing in view, or is like no command trained on
-        (``verdicts``: ``scope_verdicts`` per row); ``readings``: what the policy read of each."""
+        (``verdicts``: ``check_instructions`` per row); ``readings``: what the policy read of each."""
         actions = self.tokenizer.decode(bins)
         infos = []
         for i, text in enumerate(texts):
-            message = None
             nothing, similarity = verdicts[i]
-            if not normalise_instruction(text):
-                message = f"the instruction {text!r} is empty: nothing to do"
-            elif self.scope_threshold is not None and similarity < self.command_threshold:
-                message = (
-                    f"{_shown(text)!r} reads as no task this policy was trained for (similarity {similarity:.2f} "
-                    f"to the nearest known command, below {self.command_threshold:.2f}): holding still"
-                )
-            elif self.scope_threshold is not None and nothing > self.scope_threshold:
-                message = f"nothing in view matches {_shown(text)!r} (confidence {nothing:.2f}): holding still"
+            message = self._stop_message(text, nothing, similarity)
             if message is not None:
                 actions[i, :ARM_DIMS] = 0.0
             infos.append(
@@ -183,6 +174,19 @@ class PolicyRunner:
             )
         return actions, infos
 
+    def _stop_message(self, text: str, nothing: float, similarity: float) -> str | None:
+        """Why ``text`` (as typed) stops the arm, given its verdicts, or None where it does not."""
+        if not normalise_instruction(text):
+            return f"the instruction {text!r} is empty: nothing to do"
+        if self.scope_threshold is not None and similarity < self.command_threshold:
+            return (
+                f"{_shown(text)!r} reads as no task this policy was trained for (similarity {similarity:.2f} "
+                f"to the nearest known command, below {self.command_threshold:.2f}): holding still"
+            )
+        if self.scope_threshold is not None and nothing > self.scope_threshold:
+            return f"nothing in view matches {_shown(text)!r} (confidence {nothing:.2f}): holding still"
+        return None
+
     def _onnx_decoder(self):
         if self._onnx is None:
             from vla.fast_inference import StaticDecoder
@@ -191,11 +195,12 @@ class PolicyRunner:
         return self._onnx
 
     @torch.no_grad()
-    def scope_verdicts(self, batch: dict[str, Any], sessions: list[str]) -> np.ndarray:
-        """(B, 2): the reader's probability that each instruction's target is nowhere in view,
-        and the instruction's similarity to its nearest known command, as judged at the
-        instruction's first sighting in its session since ``reset()``; there, too, what the
-        policy reads of it (``readings``)."""
+    def check_instructions(self, batch: dict[str, Any], sessions: list[str]) -> tuple[np.ndarray, list[str]]:
+        """Verdicts (B, 2): the reader's probability that each instruction's target is nowhere in
+        view, and the instruction's similarity to its nearest known command; and what the policy
+        reads of each (normalised, colour words read as the world's colours, unknown nouns as the
+        things in view they can name: vla/noun_reading.py). Both are settled at the instruction's
+        first sighting in its session since ``reset()``."""
         texts = batch["instruction"]
         keys = list(zip(sessions, texts, strict=True))
         new = [i for i, key in enumerate(keys) if key not in self._verdicts]
@@ -211,18 +216,12 @@ class PolicyRunner:
                 nothing = self.policy.keypoint_reader.nothing_named(images, text_states, text_mask)[:, 0].tolist()
                 similarity = self.policy.known_commands.similarity(sentence_embedding(text_states, text_mask)).tolist()
             for i, p, s in zip(new, nothing, similarity, strict=True):
-                stops = self.scope_threshold is not None and (p > self.scope_threshold or s < self.command_threshold)
                 reading = self.policy.reader(texts[i])
-                if self.nouns is not None and not stops:
+                if self.nouns is not None and self._stop_message(texts[i], p, s) is None:
                     reading = self._read_nouns(reading, batch["image"][i])
                 self._verdicts.setdefault(keys[i], (p, s, reading))
-        return np.array([self._verdicts[key][:2] for key in keys])
-
-    def readings(self, batch: dict[str, Any], sessions: list[str]) -> list[str]:
-        """What the policy reads of each instruction (after ``scope_verdicts`` saw the batch): the
-        instruction normalised, its colour words read as the world's colours, and its unknown
-        nouns as the things in view they can name (vla/noun_reading.py)."""
-        return [self._verdicts[key][2] for key in zip(sessions, batch["instruction"], strict=True)]
+        judged = [self._verdicts[key] for key in keys]
+        return np.array([(p, s) for p, s, _ in judged]), [reading for _, _, reading in judged]
 
     def _read_nouns(self, text: str, image: torch.Tensor) -> str:
         """``text`` with its unknown nouns read as the world's: the reading whose named things the
@@ -237,11 +236,14 @@ class PolicyRunner:
             states, mask = self.policy.text(readings, self.device)
             nothing = reader.nothing_named(image[None].expand(len(readings), *image.shape), states, mask)
             missing = (nothing > NOTHING_ODDS).sum(-1).float().cpu()
-        pairs = [self.nouns.typed_and_read(text, reading) for reading in readings]
-        words = sorted({w for typed_read in pairs for pair in typed_read for w in pair})
+        phrases = self.nouns.phrases(text)
+        read = [[reading.split(" ")[p.index] for p in phrases] for reading in readings]
+        words = sorted({p.word for p in phrases} | {noun for nouns in read for noun in nouns})
         embedded = dict(zip(words, self.policy.sentences(words, self.device).cpu(), strict=True))
-        likeness = torch.tensor([sum(float(embedded[t] @ embedded[r]) for t, r in p) for p in pairs])
-        best = min(range(len(readings)), key=lambda j: (float(missing[j]), -float(likeness[j])))
+        likeness = [
+            sum(float(embedded[p.word] @ embedded[n]) for p, n in zip(phrases, nouns, strict=True)) for nouns in read
+        ]
+        best = min(range(len(readings)), key=lambda j: (float(missing[j]), -likeness[j]))
         return readings[best]
 
 

@@ -81,8 +81,3 @@ class NounReading:
                 read[phrase.index] = noun
             readings.append(" ".join(read))
         return readings
-
-    def typed_and_read(self, text: str, reading: str) -> list[tuple[str, str]]:
-        """(typed word, noun read) for each unknown noun of ``text`` in ``reading``."""
-        read = reading.split(" ")
-        return [(p.word, read[p.index]) for p in self.phrases(text)]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from omegaconf import DictConfig
 
 from vla.app.cli import hydra_entry
+from vla.checkpoint import check_checkpoint_path
 from vla.demo.app import DemoLimits
 from vla.inference import parse_scope_threshold
 
@@ -23,8 +23,7 @@ def limits(cfg: DictConfig) -> DemoLimits:
 
 
 def check_config(cfg: DictConfig) -> None:
-    if not Path(str(cfg.checkpoint)).exists():
-        raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
+    check_checkpoint_path(cfg.checkpoint)
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
         raise ValueError(f"port must be a whole number in 0..65535, got {cfg.port!r}")
     if not DEVICE.fullmatch(str(cfg.device)):

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import DictConfig
 
 from vla.app.cli import hydra_entry
+from vla.checkpoint import check_checkpoint_path
 from vla.inference import parse_scope_threshold
 from vla.serve.app import PolicyService, ServeLimits, make_app
 from vla.serve.batcher import BatcherConfig
 
 
 def check_config(cfg: DictConfig) -> None:
-    if not Path(str(cfg.checkpoint)).exists():
-        raise FileNotFoundError(f"checkpoint={cfg.checkpoint}: no such checkpoint file or run directory")
+    check_checkpoint_path(cfg.checkpoint)
     batching(cfg)
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
         raise ValueError(f"port must be a whole number in 0..65535, got {cfg.port!r}")

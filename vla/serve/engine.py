@@ -32,8 +32,8 @@ class ContinuousEngine:
         observations = [obs for _, (obs, _, _) in requests]
         batch = observations_to_batch(observations, self.runner.device)
         sessions = [session for _, (_, session, _) in requests]
-        verdicts = self.runner.scope_verdicts(batch, sessions)
-        typed, batch["instruction"] = batch["instruction"], self.runner.readings(batch, sessions)
+        typed = batch["instruction"]
+        verdicts, batch["instruction"] = self.runner.check_instructions(batch, sessions)
         rows = [{k: v[i : i + 1] for k, v in batch.items()} for i in range(len(requests))]
         self.decoder.admit([(key, row) for (key, _), row in zip(requests, rows, strict=True)])
         for (key, _), text, verdict, reading in zip(requests, typed, verdicts, batch["instruction"], strict=True):

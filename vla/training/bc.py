@@ -28,7 +28,7 @@ from envs.tabletop_env import PROPRIO_NAMES
 from envs.tasks import resolve_tasks, task_ids
 from envs.vocabulary import check_name
 from vla.app.console import run_log
-from vla.checkpoint import CheckpointError, load_weights, read_checkpoint, save_checkpoint
+from vla.checkpoint import CheckpointError, check_checkpoint_path, load_weights, read_checkpoint, save_checkpoint
 from vla.checkpoint import check_config as check_checkpoint_config
 from vla.data import ActionTokenDataset, collate
 from vla.evaluation.closed_loop import final_evaluation, success_rate
@@ -112,10 +112,10 @@ def check_config(cfg: DictConfig) -> PolicyConfig:
         )
     check_device(cfg.device)
     check_start_points(cfg.resume, cfg.init)
-    if cfg.get("vision_init") and not Path(str(cfg.vision_init)).exists():
-        raise FileNotFoundError(f"vision_init={cfg.vision_init}: no such checkpoint or run directory")
-    if g.get("reader") and not Path(str(g.reader)).exists():
-        raise FileNotFoundError(f"grounding.reader={g.reader}: no such checkpoint or run directory")
+    if cfg.get("vision_init"):
+        check_checkpoint_path(cfg.vision_init, "vision_init")
+    if g.get("reader"):
+        check_checkpoint_path(g.reader, "grounding.reader")
     if g.get("reader") and not config.keypoints:
         raise ValueError(f"grounding.reader={g.reader} is a keypoint reader for a model without one (keypoints=0)")
     if not (Path(cfg.data.path) / "index.h5").exists() and not cfg.data.collect_if_missing:
